@@ -1,0 +1,229 @@
+"""Saving and loading, safely: atomic writes, safetensors weights, no unpickling of foreign files.
+
+A *model folder* holds `model.safetensors` and `config.json` ({"format": "gptlab", "model":
+{...GPTConfig...}, plus task metadata such as label names}). A training checkpoint is a model
+folder plus `train_state.pt` (optimizer, RNG states, step), read back with
+`torch.load(weights_only=True)`. Checkpoints live in `RUN/checkpoints/step-NNNNNN/`, and
+`RUN/checkpoints/LATEST` names the newest complete one: it is only updated after the folder is
+fully written and renamed into place, so a crash mid-save never leaves a broken latest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from gptlab.config import GPTConfig
+from gptlab.errors import GptlabError
+from gptlab.model import GPT
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAIN_STATE = "train_state.pt"
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(tmp_path)`, fsync, then rename over the target, so readers
+    see either the old file or the complete new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _state_to_save(model: GPT) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if model.tied:
+        del state["out_head.weight"]  # the same tensor as tok_emb.weight
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_model(model: GPT, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write a model folder (weights + config), each file atomically."""
+    directory = Path(directory)
+    state = _state_to_save(model)
+    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    config = {"format": "gptlab", "model": model.cfg.to_dict(), **(meta or {})}
+    atomic_write_json(directory / CONFIG, config)
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GptlabError(f"{path}: no config.json; not a gptlab model folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GptlabError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != "gptlab" or "model" not in data:
+        raise GptlabError(f"{path}: not a gptlab model config (expected format 'gptlab')")
+    return data
+
+
+def read_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, with a one-line error for a missing or broken file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GptlabError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise GptlabError(f"{path}: cannot read weights ({exc}); the file may be truncated") from None
+
+
+def build_model(cfg: GPTConfig, state: dict[str, torch.Tensor], source: str) -> GPT:
+    """A GPT holding exactly `state`, built without allocating a second, random copy first."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    expected = model.state_dict()
+    if model.tied:
+        expected.pop("out_head.weight")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise GptlabError(f"{source}: tensor {missing[0]} missing ({len(missing)} missing in all)")
+    if unexpected:
+        raise GptlabError(f"{source}: unexpected tensor {unexpected[0]} for this model config")
+    for name, ref in expected.items():
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise GptlabError(
+                f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
+                f"the config implies {tuple(ref.shape)}"
+            )
+    model.load_state_dict(state, strict=False, assign=True)
+    if model.tied:
+        model.out_head.weight = model.tok_emb.weight
+    return model.eval()
+
+
+def load_model_folder(directory: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
+    """Load a model folder; returns the model (in eval mode) and its config.json."""
+    directory = Path(directory)
+    meta = read_config(directory)
+    cfg = GPTConfig.from_dict(meta["model"], source=str(directory / CONFIG))
+    state = read_safetensors(directory / WEIGHTS, device=device)
+    return build_model(cfg, state, str(directory / WEIGHTS)), meta
+
+
+# ---- training checkpoints ------------------------------------------------------------------
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: GPT,
+    train_state: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write `checkpoints/step-NNNNNN/` completely under a temporary name, rename it into
+    place, then point LATEST at it; older checkpoints beyond `keep` are removed afterwards."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, meta)
+    atomic_write(tmp / TRAIN_STATE, lambda p: torch.save(train_state, p))
+    fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    atomic_write_text(root / "LATEST", final.name + "\n")
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = checkpoint_dir(run_dir) / "LATEST"
+    if not pointer.is_file():
+        return None
+    path = checkpoint_dir(run_dir) / pointer.read_text(encoding="utf-8").strip()
+    if not (path / TRAIN_STATE).is_file():
+        raise GptlabError(f"{pointer}: names {path.name}, which is missing or incomplete")
+    return path
+
+
+def load_train_state(checkpoint: Path) -> dict[str, Any]:
+    path = checkpoint / TRAIN_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GptlabError(f"{path}: training state not found") from None
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise GptlabError(f"{path}: cannot read training state ({exc.__class__.__name__})") from None
+
+
+def iter_model_folders(run_dir: Path) -> Iterator[Path]:
+    """Candidate model folders of a run, best first: the final model, then the latest checkpoint."""
+    if (run_dir / WEIGHTS).is_file():
+        yield run_dir
+    if (run_dir / "model" / WEIGHTS).is_file():
+        yield run_dir / "model"
+    latest = latest_checkpoint(run_dir) if checkpoint_dir(run_dir).is_dir() else None
+    if latest is not None:
+        yield latest
+
+
+def load_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
+    """Resolve what a user passes as --model: a model folder, a run folder (its final model,
+    else its latest checkpoint), or a preset name of OpenAI's GPT-2 (pretrained weights)."""
+    path = Path(spec)
+    if path.exists():
+        for folder in iter_model_folders(path):
+            return load_model_folder(folder, device)
+        raise GptlabError(f"{path}: no model here (expected model.safetensors + config.json, "
+                          "or a run folder with model/ or checkpoints/)")
+    from gptlab.config import OPENAI_SIZES, PRESETS
+
+    if str(spec) in OPENAI_SIZES:
+        raise GptlabError(f"{spec}: pretrained weights are not available yet")
+    if str(spec) in PRESETS:
+        raise GptlabError(f"{spec}: preset {spec!r} has no pretrained weights; train it with "
+                          f"`gptlab pretrain --preset {spec}` and pass the run folder")
+    raise GptlabError(f"{spec}: no such model folder, run folder or preset")

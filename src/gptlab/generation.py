@@ -1,0 +1,184 @@
+"""Text generation: greedy, temperature, top-k and top-p sampling, batched, with a KV cache.
+
+Prompts of different lengths share a batch by left padding (the KV cache masks the padding
+and counts positions from each row's first real token, so a row generates exactly what it
+would alone). A row stops at a stop token (not included in its output) or once its text
+contains a stop string (trimmed by `generate_text`).
+
+When a row would pass the model's context length, `on_context_full` decides:
+- "slide" (default): keep the most recent half of the context, rebuild the cache from it and
+  go on; each new token then sees at least half a context of history.
+- "stop": end generation there; `GenerationStats.hit_context_limit` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.model import GPT, KVCache
+from gptlab.tokenizer import EOT_ID, decode, encode
+
+log = logging.getLogger("gptlab")
+
+
+@dataclass
+class Sampling:
+    """How to pick each next token. temperature 0 means greedy (argmax)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_ids: tuple[int, ...] = (EOT_ID,)
+    stop_strings: tuple[str, ...] = ()
+    on_context_full: Literal["slide", "stop"] = "slide"
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise GptlabError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise GptlabError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise GptlabError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise GptlabError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationStats:
+    hit_context_limit: bool = False
+    slides: int = 0
+    steps: int = 0
+    finished: list[bool] = field(default_factory=list)
+
+
+def sample_next(
+    logits: torch.Tensor, s: Sampling, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Pick one token per row from logits (B, V)."""
+    if s.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / s.temperature
+    if s.top_k is not None and s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p is not None and s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (keeps at least one).
+        drop = (probs.cumsum(dim=-1) - probs) >= s.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), width), EOT_ID, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        if p:
+            idx[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+    n_pad = torch.tensor([width - len(p) for p in prompts], dtype=torch.long)
+    return idx.to(device), n_pad.to(device)
+
+
+def _prefill(
+    model: GPT, tokens: torch.Tensor, n_pad: torch.Tensor
+) -> tuple[KVCache, torch.Tensor]:
+    """A fresh cache filled with `tokens`; returns it and the last position's logits (B, V)."""
+    p = next(model.parameters())
+    cache = KVCache(model.cfg, tokens.shape[0], model.cfg.context_length, p.device, p.dtype, n_pad)
+    logits = model(tokens, cache=cache, last_only=True)[:, -1]
+    return cache, logits
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    s: Sampling,
+    use_cache: bool = True,
+    stats: GenerationStats | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (tokens (B,), active (B,) bool) once per step; `active[b]` is False for rows that
+    have already stopped, whose token is then meaningless. Without `use_cache`, every step
+    recomputes the whole window from scratch (the slow reference the cache is tested against)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise GptlabError("every prompt needs at least one token")
+    if model.cfg.n_classes is not None:
+        raise GptlabError("this model is a classifier; it cannot generate text")
+    stats = stats if stats is not None else GenerationStats()
+    ctx = model.cfg.context_length
+    device = next(model.parameters()).device
+    generator = None
+    if s.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(s.seed)
+    # Prompts longer than the context keep their most recent tokens.
+    prompts = [list(p[-(ctx - 1):]) if len(p) >= ctx else list(p) for p in prompts]
+    tokens, n_pad = _left_pad(prompts, device)
+    active = torch.ones(len(prompts), dtype=torch.bool, device=device)
+    generated: list[list[int]] = [[] for _ in prompts]
+    stop_ids = torch.tensor(s.stop_ids or [-1], device=device)
+    cache, logits = _prefill(model, tokens, n_pad)
+    for _ in range(s.max_new_tokens):
+        nxt = sample_next(logits, s, generator)
+        active &= ~torch.isin(nxt, stop_ids)
+        stats.steps += 1
+        yield nxt, active.clone()
+        for row in torch.nonzero(active).flatten().tolist():
+            generated[row].append(int(nxt[row]))
+            if s.stop_strings and _ends_with_stop(generated[row], s.stop_strings):
+                active[row] = False
+        if not active.any():
+            break
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        if tokens.shape[1] >= ctx:
+            if s.on_context_full == "stop":
+                stats.hit_context_limit = True
+                log.info("generation reached the context length (%d tokens) and stopped", ctx)
+                break
+            drop = tokens.shape[1] - ctx // 2
+            tokens, n_pad = tokens[:, drop:], (n_pad - drop).clamp_min(0)
+            stats.slides += 1
+            cache, logits = _prefill(model, tokens, n_pad)
+        elif use_cache:
+            logits = model(nxt[:, None], cache=cache, last_only=True)[:, -1]
+        else:
+            cache, logits = _prefill(model, tokens, n_pad)
+    stats.finished = (~active).tolist()
+
+
+def _ends_with_stop(ids: list[int], stops: tuple[str, ...]) -> bool:
+    # Stop strings are short: the last few tokens' text is enough to find one just completed.
+    tail = decode(ids[-16:])
+    return any(stop in tail for stop in stops)
+
+
+def generate(
+    model: GPT, prompts: Sequence[Sequence[int]], s: Sampling, use_cache: bool = True
+) -> list[list[int]]:
+    """New token ids for each prompt (stop tokens excluded)."""
+    out: list[list[int]] = [[] for _ in prompts]
+    for nxt, active in generate_tokens(model, prompts, s, use_cache=use_cache):
+        for row in torch.nonzero(active).flatten().tolist():
+            out[row].append(int(nxt[row]))
+    return out
+
+
+def trim_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = min((text.find(stop) for stop in stops if stop in text), default=len(text))
+    return text[:cut]
+
+
+def generate_text(model: GPT, prompts: Sequence[str], s: Sampling) -> list[str]:
+    """Generated continuations of each prompt, cut before any stop string."""
+    ids = generate(model, [encode(p) for p in prompts], s)
+    return [trim_at_stop(decode(row), s.stop_strings) for row in ids]

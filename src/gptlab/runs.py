@@ -1,0 +1,93 @@
+"""Run folders: where every training job keeps its config, metrics, plots and checkpoints.
+
+    RUN/config.json        the resolved configuration of the job
+    RUN/metrics.jsonl      one JSON object per logged event (training and evaluation)
+    RUN/*.png              plots drawn from metrics.jsonl
+    RUN/samples.txt        sample generations
+    RUN/checkpoints/       resumable training checkpoints (see gptlab.checkpoints)
+    RUN/model/             the final model folder
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from gptlab.checkpoints import atomic_write, atomic_write_json  # noqa: E402
+from gptlab.errors import GptlabError  # noqa: E402
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def prepare(self, config: dict[str, Any], resume: bool) -> None:
+        """Create the folder (refusing to mix a new run into an old one) and write config.json."""
+        if self.path.exists() and not self.path.is_dir():
+            raise GptlabError(f"{self.path}: exists and is not a folder")
+        if not resume and self.path.is_dir() and (self.path / "config.json").exists():
+            raise GptlabError(
+                f"{self.path}: already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path / "config.json", config)
+        except PermissionError:
+            raise GptlabError(f"{self.path}: not writable") from None
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash mid-write
+        return records
+
+    def truncate_metrics(self, step: int) -> None:
+        """On resume, forget records logged after the checkpoint being resumed."""
+        kept = [r for r in self.metrics() if r.get("step", 0) <= step]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        atomic_write(self.metrics_path, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def plot(
+        self, filename: str, series: dict[str, tuple[str, str]], ylabel: str, title: str
+    ) -> Path:
+        """Plot metrics: `series` maps a legend label to (event kind, field), x = step."""
+        records = self.metrics()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, (kind, key) in series.items():
+            pts = [(r["step"], r[key]) for r in records if r.get("kind") == kind and key in r]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, label=label, marker="o" if len(pts) < 30 else None, markersize=3)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        out = self.path / filename
+        atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=110))
+        plt.close(fig)
+        return out
