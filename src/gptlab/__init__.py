@@ -3,5 +3,5 @@
 from gptlab.config import PRESETS, GPTConfig
 from gptlab.model import GPT
 
-__all__ = ["GPT", "GPTConfig", "PRESETS"]
+__all__ = ["GPT", "PRESETS", "GPTConfig"]
 __version__ = "0.1.0"

@@ -107,7 +107,9 @@ def read_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.T
         with safe_open(str(path), framework="pt", device=device) as f:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise GptlabError(f"{path}: cannot read weights ({exc}); the file may be truncated") from None
+        raise GptlabError(
+            f"{path}: cannot read weights ({exc}); the file may be truncated"
+        ) from None
 
 
 def build_model(cfg: GPTConfig, state: dict[str, torch.Tensor], source: str) -> GPT:
@@ -196,7 +198,9 @@ def load_train_state(checkpoint: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise GptlabError(f"{path}: training state not found") from None
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise GptlabError(f"{path}: cannot read training state ({exc.__class__.__name__})") from None
+        raise GptlabError(
+            f"{path}: cannot read training state ({exc.__class__.__name__})"
+        ) from None
 
 
 def iter_model_folders(run_dir: Path) -> Iterator[Path]:
@@ -217,13 +221,17 @@ def load_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, An
     if path.exists():
         for folder in iter_model_folders(path):
             return load_model_folder(folder, device)
-        raise GptlabError(f"{path}: no model here (expected model.safetensors + config.json, "
-                          "or a run folder with model/ or checkpoints/)")
+        raise GptlabError(
+            f"{path}: no model here (expected model.safetensors + config.json, "
+            "or a run folder with model/ or checkpoints/)"
+        )
     from gptlab.config import OPENAI_SIZES, PRESETS
 
     if str(spec) in OPENAI_SIZES:
         raise GptlabError(f"{spec}: pretrained weights are not available yet")
     if str(spec) in PRESETS:
-        raise GptlabError(f"{spec}: preset {spec!r} has no pretrained weights; train it with "
-                          f"`gptlab pretrain --preset {spec}` and pass the run folder")
+        raise GptlabError(
+            f"{spec}: preset {spec!r} has no pretrained weights; train it with "
+            f"`gptlab pretrain --preset {spec}` and pass the run folder"
+        )
     raise GptlabError(f"{spec}: no such model folder, run folder or preset")

@@ -25,7 +25,8 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptlab",
-        description="GPT-2 from scratch: pretrain, load OpenAI's weights, fine-tune, evaluate, serve.",
+        description="GPT-2 from scratch: pretrain, load OpenAI's weights, fine-tune, evaluate, "
+        "serve.",
     )
     parser.add_argument("--version", action="version", version=f"gptlab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
@@ -38,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
     try:
         return int(args.func(args) or 0)
     except GptlabError as exc:
@@ -53,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in USER_OS_ERRORS:
             raise
-        print(f"gptlab {args.command}: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"gptlab {args.command}: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr
+        )
         return 2
 
 

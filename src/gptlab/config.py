@@ -32,7 +32,9 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
             if getattr(self, name) < 1:
-                raise GptlabError(f"model config: {name} must be positive, got {getattr(self, name)}")
+                raise GptlabError(
+                    f"model config: {name} must be positive, got {getattr(self, name)}"
+                )
         if self.emb_dim % self.n_heads:
             raise GptlabError(
                 f"model config: emb_dim {self.emb_dim} is not divisible by n_heads {self.n_heads}"
@@ -88,13 +90,16 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt-nano": GPTConfig(context_length=64, emb_dim=32, n_layers=2, n_heads=2),
 }
 
-OPENAI_SIZES = {"gpt2-small": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
+OPENAI_SIZES = {
+    "gpt2-small": "124M",
+    "gpt2-medium": "355M",
+    "gpt2-large": "774M",
+    "gpt2-xl": "1558M",
+}
 
 
 def get_preset(name: str) -> GPTConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise GptlabError(
-            f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}"
-        ) from None
+        raise GptlabError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

@@ -157,5 +157,7 @@ class ResumableBatches:
         order = list(range(len(self.dataset)))  # type: ignore[arg-type]
         b = self.batch_size
         n = -(-len(order) // b)
-        batches = [order[i * b : (i + 1) * b] for i in range(n if n_batches is None else min(n, n_batches))]
+        batches = [
+            order[i * b : (i + 1) * b] for i in range(n if n_batches is None else min(n, n_batches))
+        ]
         return iter(DataLoader(self.dataset, batch_sampler=batches, collate_fn=self.collate_fn))

@@ -80,19 +80,19 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(
+    prompts: Sequence[Sequence[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     idx = torch.full((len(prompts), width), EOT_ID, dtype=torch.long)
     for row, p in enumerate(prompts):
         if p:
-            idx[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            idx[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
     n_pad = torch.tensor([width - len(p) for p in prompts], dtype=torch.long)
     return idx.to(device), n_pad.to(device)
 
 
-def _prefill(
-    model: GPT, tokens: torch.Tensor, n_pad: torch.Tensor
-) -> tuple[KVCache, torch.Tensor]:
+def _prefill(model: GPT, tokens: torch.Tensor, n_pad: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
     """A fresh cache filled with `tokens`; returns it and the last position's logits (B, V)."""
     p = next(model.parameters())
     cache = KVCache(model.cfg, tokens.shape[0], model.cfg.context_length, p.device, p.dtype, n_pad)
@@ -122,7 +122,7 @@ def generate_tokens(
     if s.seed is not None:
         generator = torch.Generator(device=device).manual_seed(s.seed)
     # Prompts longer than the context keep their most recent tokens.
-    prompts = [list(p[-(ctx - 1):]) if len(p) >= ctx else list(p) for p in prompts]
+    prompts = [list(p[-(ctx - 1) :]) if len(p) >= ctx else list(p) for p in prompts]
     tokens, n_pad = _left_pad(prompts, device)
     active = torch.ones(len(prompts), dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in prompts]

@@ -205,7 +205,7 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final-normed hidden states (B, T, emb_dim), before the output head."""
-        b, t = idx.shape
+        t = idx.shape[1]
         if cache is not None:
             if cache.length + t > cache.max_len:
                 raise ValueError(f"KV cache full: {cache.length} + {t} > {cache.max_len}")

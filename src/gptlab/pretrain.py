@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from gptlab.checkpoints import atomic_write_text, save_model
+from gptlab.checkpoints import atomic_write_json, save_model
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, pretraining_datasets, read_corpus, tokenize_corpus
 from gptlab.errors import GptlabError
 from gptlab.generation import Sampling, generate_text
 from gptlab.model import GPT
 from gptlab.runs import RunDir
-from gptlab.training import TrainConfig, TrainResult, pick_device, train
+from gptlab.training import TrainConfig, TrainResult, perplexity, pick_device, train
 
 
 @dataclass
@@ -59,26 +59,40 @@ def pretrain(c: PretrainConfig, resume: bool = False, stop_after: int | None = N
     ids = tokenize_corpus(read_corpus(c.corpus))
     source = str(c.corpus or "bundled corpus the-verdict.txt")
     train_ds, val_ds = pretraining_datasets(ids, context, stride, c.val_fraction, source)
-    train_batches = ResumableBatches(train_ds, c.batch_size, shuffle=True, seed=c.seed,
-                                     pin_memory=device.type == "cuda")
+    train_batches = ResumableBatches(
+        train_ds, c.batch_size, shuffle=True, seed=c.seed, pin_memory=device.type == "cuda"
+    )
     val_batches = ResumableBatches(val_ds, c.batch_size, shuffle=False, drop_last=False)
     steps_per_epoch = max(1, train_batches.per_epoch // c.grad_accum)
     max_steps = c.max_steps or c.epochs * steps_per_epoch
     tc = TrainConfig(
-        max_steps=max_steps, lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.warmup_steps,
-        grad_accum=c.grad_accum, grad_clip=c.grad_clip,
-        eval_interval=min(c.eval_interval, max_steps), seed=c.seed, precision=c.precision,
+        max_steps=max_steps,
+        lr=c.lr,
+        weight_decay=c.weight_decay,
+        warmup_steps=c.warmup_steps,
+        grad_accum=c.grad_accum,
+        grad_clip=c.grad_clip,
+        eval_interval=min(c.eval_interval, max_steps),
+        seed=c.seed,
+        precision=c.precision,
     )
     run = RunDir(c.out)
-    run.prepare({
-        "task": "pretrain",
-        "pretrain": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
-        "model": model_cfg.to_dict(),
-        "train": asdict(tc),
-        "data": {"tokens": len(ids), "train_windows": len(train_ds), "val_windows": len(val_ds),
-                 "steps_per_epoch": steps_per_epoch},
-        "device": str(device),
-    }, resume=resume)
+    run.prepare(
+        {
+            "task": "pretrain",
+            "pretrain": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
+            "model": model_cfg.to_dict(),
+            "train": asdict(tc),
+            "data": {
+                "tokens": len(ids),
+                "train_windows": len(train_ds),
+                "val_windows": len(val_ds),
+                "steps_per_epoch": steps_per_epoch,
+            },
+            "device": str(device),
+        },
+        resume=resume,
+    )
     torch.manual_seed(c.seed)
     model = GPT(model_cfg)
     sampling = Sampling(max_new_tokens=c.sample_tokens, temperature=0.0)
@@ -89,14 +103,39 @@ def pretrain(c: PretrainConfig, resume: bool = False, stop_after: int | None = N
         samples.append(f"[step {step}] {text}")
         model.train()
 
-    result = train(model, train_batches, val_batches, tc, run, device, resume=resume,
-                   meta={"task": "lm"}, on_eval=sample, stop_after=stop_after)
+    result = train(
+        model,
+        train_batches,
+        val_batches,
+        tc,
+        run,
+        device,
+        resume=resume,
+        meta={"task": "lm"},
+        on_eval=sample,
+        stop_after=stop_after,
+    )
     if samples:
         with open(run.path / "samples.txt", "a", encoding="utf-8") as f:
             f.write("\n".join(samples) + "\n")
-    run.plot("loss.png", {"train": ("eval", "train_loss"), "validation": ("eval", "val_loss")},
-             "cross-entropy loss", "pretraining loss")
+    run.plot(
+        "loss.png",
+        {"train": ("eval", "train_loss"), "validation": ("eval", "val_loss")},
+        "cross-entropy loss",
+        "pretraining loss",
+    )
     if result.step >= max_steps:
         save_model(model, run.path / "model", {"task": "lm"})
-        atomic_write_text(run.path / "DONE", f"step {result.step}\n")
+        atomic_write_json(
+            run.path / "results.json",
+            {
+                "task": "pretrain",
+                "steps": result.step,
+                "tokens_seen": result.tokens_seen,
+                "train_loss": result.train_loss,
+                "val_loss": result.val_loss,
+                "val_ppl": perplexity(result.val_loss),
+                "train_seconds": result.seconds,
+            },
+        )
     return result

@@ -1,11 +1,11 @@
 """Run folders: where every training job keeps its config, metrics, plots and checkpoints.
 
-    RUN/config.json        the resolved configuration of the job
-    RUN/metrics.jsonl      one JSON object per logged event (training and evaluation)
-    RUN/*.png              plots drawn from metrics.jsonl
-    RUN/samples.txt        sample generations
-    RUN/checkpoints/       resumable training checkpoints (see gptlab.checkpoints)
-    RUN/model/             the final model folder
+RUN/config.json        the resolved configuration of the job
+RUN/metrics.jsonl      one JSON object per logged event (training and evaluation)
+RUN/*.png              plots drawn from metrics.jsonl
+RUN/samples.txt        sample generations
+RUN/checkpoints/       resumable training checkpoints (see gptlab.checkpoints)
+RUN/model/             the final model folder
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from gptlab.checkpoints import atomic_write, atomic_write_json  # noqa: E402
-from gptlab.errors import GptlabError  # noqa: E402
+from gptlab.checkpoints import atomic_write, atomic_write_json
+from gptlab.errors import GptlabError
 
 
 class RunDir:

@@ -254,29 +254,50 @@ def train(
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
                 window_tokens, window_start = 0, now
-                run.log({"kind": "train", "step": step, "loss": step_loss,
-                         "lr": optimizer.param_groups[0]["lr"], "tokens": tokens_seen,
-                         "tokens_per_s": round(tps, 1)})
+                run.log(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "loss": step_loss,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "tokens": tokens_seen,
+                        "tokens_per_s": round(tps, 1),
+                    }
+                )
                 bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
             done = step == cfg.max_steps
             if step % cfg.eval_interval == 0 or done or interrupted.is_set() or step == stop_after:
                 train_loss = evaluate_loss(
-                    model, train_batches.first(cfg.eval_batches), loss_fn, device, cfg.precision)
+                    model, train_batches.first(cfg.eval_batches), loss_fn, device, cfg.precision
+                )
                 val_loss = evaluate_loss(
-                    model, val_batches.first(cfg.eval_batches), loss_fn, device, cfg.precision)
+                    model, val_batches.first(cfg.eval_batches), loss_fn, device, cfg.precision
+                )
                 last_eval = (train_loss, val_loss)
-                run.log({"kind": "eval", "step": step, "train_loss": train_loss,
-                         "val_loss": val_loss, "train_ppl": perplexity(train_loss),
-                         "val_ppl": perplexity(val_loss), "tokens": tokens_seen})
-                bar.write(f"step {step}: train loss {train_loss:.3f}, val loss {val_loss:.3f} "
-                          f"(ppl {perplexity(val_loss):.1f})")
+                run.log(
+                    {
+                        "kind": "eval",
+                        "step": step,
+                        "train_loss": train_loss,
+                        "val_loss": val_loss,
+                        "train_ppl": perplexity(train_loss),
+                        "val_ppl": perplexity(val_loss),
+                        "tokens": tokens_seen,
+                    }
+                )
+                bar.write(
+                    f"step {step}: train loss {train_loss:.3f}, val loss {val_loss:.3f} "
+                    f"(ppl {perplexity(val_loss):.1f})"
+                )
                 if on_eval is not None:
                     on_eval(step)
                 checkpoint()
             if interrupted.is_set():
-                raise Interrupted(f"interrupted at step {step}; checkpoint saved in "
-                                  f"{run.path}/checkpoints (rerun with --resume to continue)")
+                raise Interrupted(
+                    f"interrupted at step {step}; checkpoint saved in "
+                    f"{run.path}/checkpoints (rerun with --resume to continue)"
+                )
             if step == stop_after:
                 break
     return TrainResult(step, tokens_seen, last_eval[0], last_eval[1], elapsed)

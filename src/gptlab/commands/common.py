@@ -33,37 +33,59 @@ def non_negative_float(text: str) -> float:
 def add_command(
     sub: Any, name: str, run: Callable[[argparse.Namespace], int], help: str, description: str
 ) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=description,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.set_defaults(func=run)
     return p
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cuda, mps, cpu, or auto (best available)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast on GPU, fp32 on CPU")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 autocast on GPU, fp32 on CPU",
+    )
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    g.add_argument("--temperature", type=non_negative_float, default=0.0,
-                   help="0 means greedy decoding")
+    g.add_argument(
+        "--temperature", type=non_negative_float, default=0.0, help="0 means greedy decoding"
+    )
     g.add_argument("--top-k", type=positive_int, default=None)
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--no-stop", action="store_true",
-                   help="do not stop at <|endoftext|>")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="also stop when the output contains TEXT (repeatable)")
-    g.add_argument("--on-context-full", choices=["slide", "stop"], default="slide",
-                   help="slide the window and go on, or stop, when the context is full")
+    g.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="also stop when the output contains TEXT (repeatable)",
+    )
+    g.add_argument(
+        "--on-context-full",
+        choices=["slide", "stop"],
+        default="slide",
+        help="slide the window and go on, or stop, when the context is full",
+    )
 
 
 def sampling_from_args(args: argparse.Namespace) -> Sampling:
     return Sampling(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, seed=args.seed, stop_ids=() if args.no_stop else (EOT_ID,),
-        stop_strings=tuple(args.stop), on_context_full=args.on_context_full,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_ids=() if args.no_stop else (EOT_ID,),
+        stop_strings=tuple(args.stop),
+        on_context_full=args.on_context_full,
     )

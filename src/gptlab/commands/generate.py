@@ -17,9 +17,14 @@ from gptlab.training import pick_device
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "generate", run, "generate text from a prompt",
-                    "Continue --prompt with a trained model (a run folder, a model folder, or a "
-                    "pretrained preset such as gpt2-small), printing tokens as they come.")
+    p = add_command(
+        sub,
+        "generate",
+        run,
+        "generate text from a prompt",
+        "Continue --prompt with a trained model (a run folder, a model folder, or a "
+        "pretrained preset such as gpt2-small), printing tokens as they come.",
+    )
     p.add_argument("--model", required=True, help="run folder, model folder or preset")
     p.add_argument("--prompt", required=True)
     p.add_argument("--device", default="auto")
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     sys.stdout.write("\n")
     if stats.hit_context_limit:
-        print(f"[stopped: reached the context length of {model.cfg.context_length} tokens]",
-              file=sys.stderr)
+        print(
+            f"[stopped: reached the context length of {model.cfg.context_length} tokens]",
+            file=sys.stderr,
+        )
     return 0

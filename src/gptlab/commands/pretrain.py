@@ -15,15 +15,24 @@ DEFAULTS = PretrainConfig()
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "pretrain", run, "pretrain a GPT from scratch on text",
-                    "Pretrain a GPT on a UTF-8 text file or a folder of .txt files (default: the "
-                    "bundled short story), writing a run folder with config, metrics, loss plot, "
-                    "samples and checkpoints.")
+    p = add_command(
+        sub,
+        "pretrain",
+        run,
+        "pretrain a GPT from scratch on text",
+        "Pretrain a GPT on a UTF-8 text file or a folder of .txt files (default: the "
+        "bundled short story), writing a run folder with config, metrics, loss plot, "
+        "samples and checkpoints.",
+    )
     p.add_argument("--corpus", type=Path, default=None, help="text file or folder of .txt files")
     p.add_argument("--out", type=Path, default=DEFAULTS.out, help="run folder")
     p.add_argument("--preset", default=DEFAULTS.preset, choices=list(PRESETS))
-    p.add_argument("--context", type=positive_int, default=None,
-                   help="window length in tokens (default: the preset's context)")
+    p.add_argument(
+        "--context",
+        type=positive_int,
+        default=None,
+        help="window length in tokens (default: the preset's context)",
+    )
     p.add_argument("--stride", type=positive_int, default=None, help="default: the window length")
     p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
     p.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
@@ -46,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(PretrainConfig)}
     config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     result = pretrain(config, resume=args.resume)
-    samples = (config.out / "samples.txt")
-    print(f"done: {result.step} steps, {result.tokens_seen:,} tokens in {result.seconds:.0f} s; "
-          f"train loss {result.train_loss:.3f}, val loss {result.val_loss:.3f}")
+    samples = config.out / "samples.txt"
+    print(
+        f"done: {result.step} steps, {result.tokens_seen:,} tokens in {result.seconds:.0f} s; "
+        f"train loss {result.train_loss:.3f}, val loss {result.val_loss:.3f}"
+    )
     if samples.exists():
         print("sample:", samples.read_text(encoding="utf-8").strip().splitlines()[-1])
     print(f"run folder: {config.out}")

@@ -1,0 +1,73 @@
+"""LoRA: low-rank adapters on the linear layers of the transformer blocks.
+
+`apply_lora` freezes the model and wraps chosen nn.Linear layers so that
+y = W x + b + (alpha / rank) * B(A(x)), with B initialised to zero (the adapted model starts
+equal to the base). `merge_lora` folds B A into W and restores plain nn.Linear layers, giving a
+model with the original parameter names and the same outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gptlab.errors import GptlabError
+
+# Short names of the block's linear layers: attention qkv and output, feed-forward in and out.
+TARGETS = {"qkv": "attn.qkv", "attn_proj": "attn.proj", "fc": "ff.fc", "ff_proj": "ff.proj"}
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        if rank < 1:
+            raise GptlabError(f"LoRA rank must be positive, got {rank}")
+        self.base = base
+        self.scale = alpha / rank
+        self.lora_a = nn.Parameter(
+            torch.empty(rank, base.in_features, device=base.weight.device, dtype=base.weight.dtype)
+        )
+        self.lora_b = nn.Parameter(
+            torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype)
+        )
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
+
+    def merged(self) -> nn.Linear:
+        with torch.no_grad():
+            self.base.weight += (self.lora_b @ self.lora_a) * self.scale
+        return self.base
+
+
+def apply_lora(
+    model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = tuple(TARGETS)
+) -> int:
+    """Freeze every parameter, then add trainable adapters to `targets` in every block.
+    Returns the number of adapter parameters."""
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise GptlabError(f"unknown LoRA target {unknown[0]!r}; choose from {', '.join(TARGETS)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    added = 0
+    for block in model.blocks:  # type: ignore[attr-defined]
+        for target in targets:
+            parent_name, attr = TARGETS[target].split(".")
+            parent = getattr(block, parent_name)
+            layer = LoRALinear(getattr(parent, attr), rank, alpha)
+            setattr(parent, attr, layer)
+            added += layer.lora_a.numel() + layer.lora_b.numel()
+    return added
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight, in place."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, name, child.merged())
+    return model
