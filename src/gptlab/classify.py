@@ -530,8 +530,12 @@ def _save_classifier(model: GPT, path: Path, meta: dict[str, Any]) -> None:
     save_model(model, path, meta)
 
 
-def finetune_classifier(c: ClassifierConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) a classification fine-tuning job in `c.out`; returns results.json."""
+def finetune_classifier(
+    c: ClassifierConfig, resume: bool = False, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Run (or resume) a classification fine-tuning job in `c.out`; returns results.json.
+    `stop_after` ends early after that optimizer step's checkpoint (as an interruption would)
+    and returns {} without results.json."""
     wall_start = time.perf_counter()
     device = pick_device(c.device)
     run = RunDir(c.out)
@@ -631,6 +635,7 @@ def finetune_classifier(c: ClassifierConfig, resume: bool = False) -> dict[str, 
         resume=resume,
         meta=meta,
         on_eval=on_eval,
+        stop_after=stop_after,
     )
     run.plot(
         "loss.png",
@@ -644,6 +649,8 @@ def finetune_classifier(c: ClassifierConfig, resume: bool = False) -> dict[str, 
         "accuracy",
         "classification accuracy",
     )
+    if result.step < tc.max_steps:
+        return {}
 
     best_model, best_meta = load_model_folder(best_path, device=str(device))
     test = datasets["test"]
