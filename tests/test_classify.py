@@ -44,10 +44,10 @@ CPU = torch.device("cpu")
 TINY = GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_layers=3, n_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
-    """These models are tiny: one thread beats two that wait on each other (and on a busy
-    machine, by far)."""
+    """These models are tiny: one thread beats two that wait on each other (by far on a busy
+    machine). Runs after conftest's two-thread default."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
