@@ -26,6 +26,7 @@ from gptlab.classify import (
     extract_sms_spam,
     finetune_classifier,
     load_sms_spam,
+    load_splits,
     metrics,
     pad_batch,
     read_labelled,
@@ -376,7 +377,7 @@ def test_pretrain_on_texts_never_sees_validation_or_test(tmp_path: Path) -> None
     data = read_labelled(path)
     kept, left_out = balance(data.examples, seed=123)
     train, val, test = split(kept, seed=123)
-    assert texts == {t for t, _ in train + left_out}
+    assert texts == {t for t, _ in train + left_out} == set(load_splits(cfg).unlabelled_texts())
     assert not texts & {t for t, _ in val + test}
     assert len(left_out) == 40 and results["n_train"] == 28
     assert (tmp_path / "run" / "pretrain" / "results.json").exists()

@@ -384,12 +384,16 @@ def predict_proba(
 
 
 def classify_texts(
-    model: GPT, texts: list[str], device: torch.device, batch_size: int = 32
+    model: GPT,
+    texts: list[str],
+    device: torch.device,
+    batch_size: int = 32,
+    max_length: int | None = None,
 ) -> list[tuple[int, float]]:
-    """(label index, probability) per text."""
+    """(label index, probability) per text, cut to `max_length` tokens as in training."""
     seqs = []
     for i, text in enumerate(texts):
-        seq = encode_text(text, model.cfg.context_length)
+        seq = encode_text(text, max_length or model.cfg.context_length)
         if len(seq) == 0:
             raise GptlabError(f"text {i + 1} is empty")
         seqs.append(seq)
@@ -477,12 +481,31 @@ class ClassifierConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-def _load_data(c: ClassifierConfig) -> LabelledData:
+@dataclass
+class Splits:
+    labels: tuple[str, ...]
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    left_out: list[Example]  # dropped by balancing: usable as unlabelled text
+    n_examples: int
+
+    def unlabelled_texts(self) -> list[str]:
+        """The text a model may pretrain on: training texts and those left out by balancing,
+        never validation or test."""
+        return [text for text, _ in self.train + self.left_out]
+
+
+def load_splits(c: ClassifierConfig) -> Splits:
+    """The job's data: loaded, balanced and split exactly as `finetune_classifier` does."""
     if c.download:
-        return load_sms_spam(download_sms_spam(c.out / "data"))
-    if c.data is None:
-        return load_sms_spam()
-    return read_labelled(c.data, c.labels)
+        data = load_sms_spam(download_sms_spam(c.out / "data"))
+    elif c.data is None:
+        data = load_sms_spam()
+    else:
+        data = read_labelled(c.data, c.labels)
+    kept, left_out = balance(data.examples, c.seed) if c.balance else (data.examples, [])
+    return Splits(data.labels, *split(kept, c.seed), left_out, len(data.examples))
 
 
 def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.device) -> GPT:
@@ -546,29 +569,26 @@ def finetune_classifier(
     wall_start = time.perf_counter()
     device = pick_device(c.device)
     run = RunDir(c.out)
-    data = _load_data(c)
-    kept, left_out = balance(data.examples, c.seed) if c.balance else (data.examples, [])
-    train_ex, val_ex, test_ex = split(kept, c.seed)
-    counts = Counter(label for _, label in kept)
+    data = load_splits(c)
+    counts = Counter(label for _, label in data.train + data.val + data.test)
     run.prepare(
         {
             "task": "classify",
             "classify": c.to_json(),
             "labels": list(data.labels),
             "data": {
-                "examples": len(data.examples),
+                "examples": data.n_examples,
                 "per_label": {data.labels[i]: n for i, n in sorted(counts.items())},
-                "left_out_by_balancing": len(left_out),
-                "train": len(train_ex),
-                "val": len(val_ex),
-                "test": len(test_ex),
+                "left_out_by_balancing": len(data.left_out),
+                "train": len(data.train),
+                "val": len(data.val),
+                "test": len(data.test),
             },
             "device": str(device),
         },
         resume=resume,
     )
-    unlabelled = [text for text, _ in train_ex + left_out]
-    base = _base_model(c, unlabelled, device)
+    base = _base_model(c, data.unlabelled_texts(), device)
     model = classifier_from(base, len(data.labels), c.dropout, c.seed)
     del base
     frozen = set_trainable(model, c.trainable, c.trainable_blocks, c.lora_rank, c.lora_alpha)
@@ -577,7 +597,7 @@ def finetune_classifier(
 
     datasets = {
         name: ClassificationDataset.from_texts(ex, max_length)
-        for name, ex in (("train", train_ex), ("val", val_ex), ("test", test_ex))
+        for name, ex in (("train", data.train), ("val", data.val), ("test", data.test))
     }
     pad_to = datasets["train"].longest() if c.pad_to_longest else None
     cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0
@@ -672,9 +692,9 @@ def finetune_classifier(
         "best_val_accuracy": best_meta["val_acc"],
         "best_epoch": best_meta["step"] / per_epoch,
         "epochs": c.epochs,
-        "n_train": len(train_ex),
-        "n_val": len(val_ex),
-        "n_test": len(test_ex),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
         "trainable": c.trainable,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "cached_prefix": cached,
