@@ -529,7 +529,8 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
                 max_steps=c.pretrain_steps,
                 lr=c.pretrain_lr,
                 warmup_steps=min(100, c.pretrain_steps // 10),
-                eval_interval=max(1, c.pretrain_steps // 5),
+                # one evaluation, at the end: each pass over all windows costs ~1/3 epoch
+                eval_interval=c.pretrain_steps,
                 sample_prompt="Hey",
                 seed=c.seed,
                 device=str(device),
