@@ -48,6 +48,11 @@ def run() -> int:
     acc = results["test_accuracy"]
     print(f"test accuracy: {acc:.4f} on {results['n_test']} held-out messages (target >= 0.95)")
     print(f"wall time: {wall:.0f} s = {wall / 60:.1f} min (target < 15 min)")
+    pre = json.loads((args.out / "pretrain" / "results.json").read_text(encoding="utf-8"))
+    print(
+        f"of which pretraining steps {pre['train_seconds']:.0f} s ({pre['tokens_seen']:,} tokens,"
+        f" val loss {pre['val_loss']:.2f}), fine-tuning steps {results['train_seconds']:.0f} s"
+    )
     print(
         f"precision {results['precision']:.4f}, recall {results['recall']:.4f}, "
         f"f1 {results['f1']:.4f}, confusion {results['confusion_matrix']}"
