@@ -206,6 +206,10 @@ def test_cli_reports_bad_data_as_one_line(tmp_path: Path, capsys: pytest.Capture
                    str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert status == 2 and "\n" not in err and "bad.tsv:2:" in err
+    status = main(["finetune-classifier", "--base", str(tmp_path / "none"), "--out",
+                   str(tmp_path / "run")])  # fmt: skip
+    assert status == 2 and "none: no such model folder" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # so the corrected command needs no --resume
 
 
 def test_extract_sms_spam_from_uci_zip_checks_sha256(tmp_path: Path) -> None:

@@ -542,9 +542,7 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
     return model
 
 
-def _base_model(c: ClassifierConfig, unlabelled: list[str], device: torch.device) -> GPT:
-    if c.pretrain_on_texts:
-        return _pretrain_on_texts(c, unlabelled, device)
+def _base_model(c: ClassifierConfig) -> GPT:
     if c.base == "random":
         torch.manual_seed(c.seed)
         return GPT(get_preset(c.preset))
@@ -571,6 +569,8 @@ def finetune_classifier(
     device = pick_device(c.device)
     run = RunDir(c.out)
     data = load_splits(c)
+    # a bad --base fails here, before the run folder exists
+    base = None if c.pretrain_on_texts else _base_model(c)
     counts = Counter(label for _, label in data.train + data.val + data.test)
     run.prepare(
         {
@@ -589,7 +589,8 @@ def finetune_classifier(
         },
         resume=resume,
     )
-    base = _base_model(c, data.unlabelled_texts(), device)
+    if base is None:
+        base = _pretrain_on_texts(c, data.unlabelled_texts(), device)
     model = classifier_from(base, len(data.labels), c.dropout, c.seed)
     del base
     frozen = set_trainable(model, c.trainable, c.trainable_blocks, c.lora_rank, c.lora_alpha)
