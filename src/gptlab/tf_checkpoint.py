@@ -160,7 +160,9 @@ class TFCheckpoint:
         try:
             header, self.entries = self._parse_index(index)
         except (ValueError, struct.error, IndexError) as exc:
-            raise GptlabError(f"{self.index_path}: not a TensorFlow checkpoint index ({exc})") from None
+            raise GptlabError(
+                f"{self.index_path}: not a TensorFlow checkpoint index ({exc})"
+            ) from None
         self.num_shards = header.get(1, 1)
         if header.get(2, 0) != 0:
             raise GptlabError(f"{self.index_path}: big-endian checkpoints are not supported")
