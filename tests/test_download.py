@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from file_server import FileServer, serve
 
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
+from tests.file_server import FileServer, serve
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
