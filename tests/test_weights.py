@@ -43,8 +43,8 @@ def reference_hf_model() -> GPT2LMHeadModel:
         n_embd=HPARAMS["n_embd"],
         n_layer=HPARAMS["n_layer"],
         n_head=HPARAMS["n_head"],
-        bos_token_id=0,
-        eos_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,  # generate the full length, as gptlab does with no stop ids
     )
     state = {}
     for name in values.files:
@@ -64,6 +64,13 @@ def reference_hf_model() -> GPT2LMHeadModel:
     assert unexpected == [] and set(missing) <= {"lm_head.weight"}
     model.tie_weights()
     return model.eval()
+
+
+def assert_same_weights(a: GPT, b: GPT) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name, tensor in sa.items():
+        assert torch.equal(tensor, sb[name]), name
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +96,7 @@ def test_greedy_generation_matches_transformers(tf_model: GPT):
     # One prompt per call: generation pads batches with <|endoftext|>, absent from this vocab.
     ours = [generate(tf_model, [prompt], greedy)[0] for prompt in prompts]
     hf = reference_hf_model()
-    for prompt, tokens in zip(prompts, ours):
+    for prompt, tokens in zip(prompts, ours, strict=True):
         with torch.no_grad():
             out = hf.generate(
                 torch.tensor([prompt]),
@@ -251,8 +258,7 @@ def test_ensure_pretrained_downloads_converts_and_caches(
     assert sorted(p.name for p in (tmp_path / "openai" / "124M").iterdir()) == sorted(OPENAI_FILES)
     model, meta = load_model(folder)
     assert meta["source"] == "openai:gpt2-small"
-    for (name, ours), theirs in zip(model.state_dict().items(), tf_model.state_dict().values()):
-        assert torch.equal(ours, theirs), name
+    assert_same_weights(model, tf_model)
     n_requests = len(mirror.requests)
     assert ensure_pretrained("gpt2-small", tmp_path, base_url=mirror.url) == folder
     assert len(mirror.requests) == n_requests  # converted once, then served from the cache
@@ -284,9 +290,9 @@ def test_hf_source(tmp_path: Path, tf_model: GPT):
     export_hf(tf_model, tmp_path / "exported")
     weights = (tmp_path / "exported" / "model.safetensors").read_bytes()
     (tmp_path / "exported" / "config.json").unlink()  # as if only the weights were published
-    with serve({"openai-community/gpt2-xl/resolve/main/model.safetensors": weights}) as server:
-        with pytest.raises(GptlabError, match="width 32 is not a GPT-2 size"):
-            ensure_pretrained("gpt2-xl", tmp_path / "cache", server.url, source="hf")
+    files = {"openai-community/gpt2-xl/resolve/main/model.safetensors": weights}
+    with serve(files) as server, pytest.raises(GptlabError, match="width 32 is not a GPT-2"):
+        ensure_pretrained("gpt2-xl", tmp_path / "cache", server.url, source="hf")
     assert (tmp_path / "cache" / "hf" / "gpt2-xl" / "model.safetensors").read_bytes() == weights
     assert not (tmp_path / "cache" / "models").exists()
 
@@ -296,8 +302,7 @@ def test_convert_command_round_trip(tmp_path: Path, tf_model: GPT):
     assert cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert cli_main(["convert", str(tmp_path / "hf"), str(tmp_path / "again")]) == 0
     again, _ = load_model(tmp_path / "again")
-    for (name, ours), theirs in zip(again.state_dict().items(), tf_model.state_dict().values()):
-        assert torch.equal(ours, theirs), name
+    assert_same_weights(again, tf_model)
 
 
 def test_unknown_pretrained_name(tmp_path: Path):
