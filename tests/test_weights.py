@@ -286,15 +286,20 @@ def test_corrupt_download_is_never_used(tmp_path: Path):
     assert not (tmp_path / "models" / "gpt2-medium").exists()
 
 
-def test_hf_source(tmp_path: Path, tf_model: GPT):
-    export_hf(tf_model, tmp_path / "exported")
-    weights = (tmp_path / "exported" / "model.safetensors").read_bytes()
-    (tmp_path / "exported" / "config.json").unlink()  # as if only the weights were published
-    files = {"openai-community/gpt2-xl/resolve/main/model.safetensors": weights}
-    with serve(files) as server, pytest.raises(GptlabError, match="width 32 is not a GPT-2"):
-        ensure_pretrained("gpt2-xl", tmp_path / "cache", server.url, source="hf")
-    assert (tmp_path / "cache" / "hf" / "gpt2-xl" / "model.safetensors").read_bytes() == weights
-    assert not (tmp_path / "cache" / "models").exists()
+def test_hf_source_downloads_and_infers_the_heads(tmp_path: Path):
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=96, n_positions=32, n_embd=768, n_layer=1, n_head=12)
+    hf = GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path / "published")
+    weights = (tmp_path / "published" / "model.safetensors").read_bytes()
+    files = {"openai-community/gpt2/resolve/main/model.safetensors": weights}  # no config.json
+    with serve(files) as server:
+        folder = ensure_pretrained("gpt2-small", tmp_path / "cache", server.url, source="hf")
+    model, _ = load_model(folder)
+    assert model.cfg.n_heads == 12  # GPT-2's head count for width 768
+    idx = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-4, rtol=0)
 
 
 def test_convert_command_round_trip(tmp_path: Path, tf_model: GPT):
