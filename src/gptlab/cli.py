@@ -19,6 +19,9 @@ from gptlab.errors import GptlabError, Interrupted
 COMMANDS = {
     "pretrain": "pretrain",
     "generate": "generate",
+    "finetune-instruct": "finetune_instruct",
+    "respond": "respond",
+    "chat": "chat",
 }
 
 
