@@ -259,17 +259,16 @@ def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]
     Also writes the test split as RUN/test.json and the merged model as RUN/model."""
     if c.batch_size < 1 or c.epochs < 1:
         raise GptlabError("batch size and epochs must be positive")
+    train_entries, val_entries, test_entries = split_entries(load_entries(c.data), c.seed)
+    source = str(c.data or f"bundled {BUNDLED_DATA}")
+    if not val_entries:
+        raise GptlabError(f"{source}: too few entries to leave any for validation")
     device = pick_device(c.device)
     model = _base_model(c, device)
     context = model.cfg.context_length
     max_length = c.max_length or context
     if not 2 <= max_length <= context:
         raise GptlabError(f"--max-length must be between 2 and the context {context}")
-
-    train_entries, val_entries, test_entries = split_entries(load_entries(c.data), c.seed)
-    source = str(c.data or f"bundled {BUNDLED_DATA}")
-    if not val_entries:
-        raise GptlabError(f"{source}: too few entries to leave any for validation")
     train_ds, val_ds = InstructionDataset(train_entries), InstructionDataset(val_entries)
     lengths = train_ds.lengths(max_length)
     collate_fn = partial(collate, max_length=max_length, mask_prompt=c.mask_prompt)
@@ -442,6 +441,16 @@ def progress_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".progress.jsonl")
 
 
+def progress_header(model_spec: str, data_path: Path, sampling: Sampling) -> dict[str, Any]:
+    """What a progress file was made from; a rerun only continues one with the same header."""
+    header = {
+        "model": str(model_spec),
+        "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
+        "sampling": asdict(instruct_sampling(sampling)),
+    }
+    return json.loads(json.dumps(header))  # as read back from JSON: tuples become lists
+
+
 def _read_progress(path: Path, header: dict[str, Any], n_entries: int) -> dict[int, str]:
     """Responses already written by an earlier run with the same inputs (a last line cut by a
     crash is ignored)."""
@@ -487,15 +496,7 @@ def respond(
         raise GptlabError(f"batch size must be positive, got {batch_size}")
     entries = load_entries(data_path, require_output=False)
     s = instruct_sampling(sampling)
-    header = json.loads(
-        json.dumps(
-            {
-                "model": str(model_spec),
-                "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
-                "sampling": asdict(s),
-            }
-        )
-    )
+    header = progress_header(model_spec, data_path, s)
     progress = progress_path(out_path)
     done = _read_progress(progress, header, len(entries))
     todo = [i for i in range(len(entries)) if i not in done]
