@@ -22,6 +22,7 @@ from gptlab.instruct import (
     collate,
     entry_prompt,
     finetune_instruct,
+    instruct_loss,
     load_entries,
     padding_fraction,
     progress_header,
@@ -33,6 +34,7 @@ from gptlab.instruct import (
 from gptlab.lora import apply_lora
 from gptlab.model import GPT
 from gptlab.tokenizer import EOT_ID, encode
+from gptlab.training import lm_loss
 
 E = EOT_ID
 X = -100
@@ -178,6 +180,19 @@ def test_collate_truncates_to_max_length() -> None:
     assert targets.tolist() == [[2, 3, 4], [7, E, X], [9, 10, E]]
     # A batch shorter than max_length is padded only to its own longest sequence.
     assert collate(BATCH[1:], max_length=100)[0].shape == (2, 3)
+
+
+def test_instruct_loss_equals_the_full_lm_loss() -> None:
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt-nano"))
+    batch = collate([tokenize_entry(e) for e in TINY[:3]], mask_prompt=True)
+    full, n_full = lm_loss(model, batch)
+    (grad_full,) = torch.autograd.grad(full, model.blocks[0].attn.qkv.weight)
+    fast, n_fast = instruct_loss(model, batch)
+    (grad_fast,) = torch.autograd.grad(fast, model.blocks[0].attn.qkv.weight)
+    assert n_fast == n_full == int((batch[1] != -100).sum())
+    torch.testing.assert_close(fast, full)
+    torch.testing.assert_close(grad_fast, grad_full)
 
 
 def test_padding_fraction_counts_padded_positions() -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -166,6 +167,15 @@ def collate(
         if mask_prompt:
             targets[row, : n_prompt - 1] = IGNORE_INDEX
     return inputs, targets
+
+
+def instruct_loss(model: GPT, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """gptlab.training.lm_loss, with logits computed only where there is a target: padding and
+    masked prompts are most positions, and the vocabulary projection is the largest matmul."""
+    x, y = batch
+    keep = y != IGNORE_INDEX
+    logits = model.out_head(model.hidden_states(x)[keep])
+    return F.cross_entropy(logits.float(), y[keep]), int(keep.sum())
 
 
 class LengthGroupedBatches(ResumableBatches):
@@ -349,6 +359,7 @@ def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]
         tc,
         run,
         device,
+        loss_fn=instruct_loss,
         resume=resume,
         meta={"task": "lm", "lora": lora},
         on_eval=sample,
