@@ -21,6 +21,9 @@ COMMANDS = {
     "generate": "generate",
     "download": "download",
     "convert": "convert",
+    "finetune-instruct": "finetune_instruct",
+    "respond": "respond",
+    "chat": "chat",
 }
 
 
