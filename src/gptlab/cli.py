@@ -24,6 +24,8 @@ COMMANDS = {
     "finetune-instruct": "finetune_instruct",
     "respond": "respond",
     "chat": "chat",
+    "finetune-classifier": "finetune_classifier",
+    "classify": "classify",
 }
 
 
