@@ -19,6 +19,8 @@ from gptlab.errors import GptlabError, Interrupted
 COMMANDS = {
     "pretrain": "pretrain",
     "generate": "generate",
+    "evaluate": "evaluate",
+    "serve": "serve",
 }
 
 
