@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import queue
+import signal
 import socket
 import threading
 import time
@@ -152,8 +153,9 @@ class Engine:
     def _work(self) -> None:
         running: list[tuple[Job, Iterator[str]]] = []
         while True:
-            try:
-                incoming = [self._inbox.get(block=not running)]
+            incoming: list[Job | None] = []
+            try:  # wait for work only when idle, then take everything that has arrived
+                incoming.append(self._inbox.get(block=not running))
                 while True:
                     incoming.append(self._inbox.get_nowait())
             except queue.Empty:
@@ -700,7 +702,11 @@ def run_server(
     server = uvicorn.Server(config)
     if on_ready is not None:
         on_ready(url)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal for the handler that
+    # was there before it; this one makes that a normal exit (status 0), not a kill.
+    previous = signal.signal(signal.SIGTERM, lambda *_: log.info("stopped on SIGTERM"))
     try:
         server.run(sockets=[sock])
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
