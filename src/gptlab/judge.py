@@ -150,8 +150,11 @@ def load_scores(path: Path, entries: list[dict[str, str]], judge: str) -> dict[i
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one line and fsync it; a line left unfinished by a crash is closed first, so the
+    new record never merges into it."""
+    with open(path, "ab+") as f:
+        torn = f.tell() > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+        f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 
