@@ -266,8 +266,9 @@ def train(
                 )
                 bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
-            done = step == cfg.max_steps
-            if step % cfg.eval_interval == 0 or done or interrupted.is_set() or step == stop_after:
+            # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
+            # exactly what an uninterrupted one does; checkpoint there and when stopping.
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 train_loss = evaluate_loss(
                     model, train_batches.first(cfg.eval_batches), loss_fn, device, cfg.precision
                 )
@@ -292,6 +293,8 @@ def train(
                 )
                 if on_eval is not None:
                     on_eval(step)
+                checkpoint()
+            elif interrupted.is_set() or step == stop_after:
                 checkpoint()
             if interrupted.is_set():
                 raise Interrupted(
