@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from serve_process import gptlab_command, gptlab_env, save_tiny_model, served
 
 from gptlab.errors import GptlabError
 from gptlab.judge import (
@@ -23,6 +22,7 @@ from gptlab.judge import (
     load_scores,
     parse_score,
 )
+from tests.serve_process import gptlab_command, gptlab_env, save_tiny_model, served
 
 
 class FakeJudge:
@@ -262,6 +262,7 @@ def test_bad_responses_files_are_named_exactly(tmp_path: Path, judge: FakeJudge)
 # ---- end to end: `gptlab evaluate` with `gptlab serve` as the judge ---------------------------
 
 
+@pytest.mark.slow  # two CLI processes and a server: 15-35 s on 2 busy cores
 def test_cli_evaluate_with_gptlab_serve_as_the_judge(tmp_path: Path) -> None:
     model = save_tiny_model(tmp_path / "judge-model")
     path = write_responses(tmp_path / "responses.json", ["Paris.", "Blue and red.", "42"])

@@ -16,14 +16,13 @@ import httpx
 import ollama
 import openai
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from serve_process import save_tiny_model, served
 
 from gptlab.checkpoints import load_model
 from gptlab.generation import Sampling, generate_text
 from gptlab.prompts import STOP_STRINGS, format_prompt
 from gptlab.serve import ApiError, ServeLimits, create_app, messages_to_prompt, until_stop
+from tests.serve_process import save_tiny_model, served
 
 MAX_TOKENS = 48
 
@@ -153,9 +152,9 @@ def test_seeded_sampling_repeats_and_differs_by_seed(server: str) -> None:
 
 def test_concurrent_streams_receive_exactly_their_own_tokens(server: str) -> None:
     """Six clients stream at once (greedy and seeded sampling); each stream must equal the same
-    request made alone, and the streams must really overlap in time."""
+    request made alone, and the streams must really have overlapped in time."""
     requests = [
-        {"model": "tiny", "prompt": f"Story number {i}:", "options": greedy(16)} for i in range(4)
+        {"model": "tiny", "prompt": f"Story number {i}:", "options": greedy(24)} for i in range(4)
     ] + [
         {
             "model": "tiny",
@@ -164,32 +163,38 @@ def test_concurrent_streams_receive_exactly_their_own_tokens(server: str) -> Non
         }
         for s in (7, 8)
     ]
+    start = threading.Barrier(len(requests))
 
-    def stream(body: dict, out: dict, key: int) -> None:
+    def stream(body: dict, out: dict, key: int, together: bool) -> None:
         pieces, times = [], []
+        if together:
+            start.wait()
         with httpx.stream("POST", f"{server}/api/generate", json=body, timeout=120) as resp:
             for line in resp.iter_lines():
-                chunk = json.loads(line)
-                pieces.append(chunk.get("response", ""))
+                pieces.append(json.loads(line).get("response", ""))
                 times.append(time.monotonic())
         out[key] = ("".join(pieces), times[0], times[-1])
 
     alone: dict = {}
     for i, body in enumerate(requests):
-        stream(body, alone, i)
-    together: dict = {}
+        stream(body, alone, i, together=False)
+    both: dict = {}
     threads = [
-        threading.Thread(target=stream, args=(b, together, i)) for i, b in enumerate(requests)
+        threading.Thread(target=stream, args=(b, both, i, True)) for i, b in enumerate(requests)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert [together[i][0] for i in range(len(requests))] == [
-        alone[i][0] for i in range(len(requests))
-    ]
+    n = len(requests)
+    assert [both[i][0] for i in range(n)] == [alone[i][0] for i in range(n)]
     assert len({alone[i][0] for i in range(4)}) == 4  # different prompts, different texts
-    assert max(t[1] for t in together.values()) < min(t[2] for t in together.values())
+    overlapping = [
+        i
+        for i in range(n)
+        if any(j != i and both[i][1] < both[j][2] and both[j][1] < both[i][2] for j in range(n))
+    ]
+    assert len(overlapping) >= n - 1, "the streams were served one after another"
 
 
 # ---- garbage, limits and fuzzing, in process -------------------------------------------------
@@ -198,13 +203,8 @@ def test_concurrent_streams_receive_exactly_their_own_tokens(server: str) -> Non
 @pytest.fixture(scope="module")
 def client(model_dir: Path) -> TestClient:
     limits = ServeLimits(max_tokens=4, max_body_bytes=4096, max_queue=8)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocess servers: fastest on a shared CI machine
-    try:
-        with TestClient(create_app(model_dir, name="tiny", limits=limits)) as c:
-            yield c
-    finally:
-        torch.set_num_threads(threads)
+    with TestClient(create_app(model_dir, name="tiny", limits=limits)) as c:
+        yield c
 
 
 GARBAGE = [
