@@ -26,6 +26,8 @@ COMMANDS = {
     "chat": "chat",
     "finetune-classifier": "finetune_classifier",
     "classify": "classify",
+    "evaluate": "evaluate",
+    "serve": "serve",
 }
 
 
