@@ -23,6 +23,7 @@ from gptlab.classify import (
     classifier_from,
     classify_texts,
     collate,
+    download_sms_spam,
     extract_sms_spam,
     finetune_classifier,
     load_sms_spam,
@@ -40,6 +41,7 @@ from gptlab.errors import GptlabError
 from gptlab.lora import LoRALinear
 from gptlab.model import GPT
 from gptlab.tokenizer import EOT_ID, encode
+from tests.file_server import serve
 
 CPU = torch.device("cpu")
 TINY = GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_layers=3, n_heads=2)
@@ -212,7 +214,7 @@ def test_cli_reports_bad_data_as_one_line(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "run").exists()  # so the corrected command needs no --resume
 
 
-def test_extract_sms_spam_from_uci_zip_checks_sha256(tmp_path: Path) -> None:
+def test_download_and_extract_sms_spam_check_sha256(tmp_path: Path) -> None:
     with bundled("SMSSpamCollection") as p:
         data = p.read_bytes()
     good = tmp_path / "good.zip"
@@ -227,6 +229,12 @@ def test_extract_sms_spam_from_uci_zip_checks_sha256(tmp_path: Path) -> None:
         zf.writestr("SMSSpamCollection", data[:-10])
     with pytest.raises(GptlabError, match=r"bad\.zip: SMSSpamCollection has sha256"):
         extract_sms_spam(bad, tmp_path / "out2")
+    with serve({"sms.zip": good.read_bytes(), "bad.zip": bad.read_bytes()}) as server:
+        sha = hashlib.sha256(good.read_bytes()).hexdigest()
+        got = download_sms_spam(tmp_path / "dl", url=f"{server.url}/sms.zip", sha256=sha)
+        assert got == tmp_path / "dl" / "SMSSpamCollection" and got.read_bytes() == data
+        with pytest.raises(GptlabError, match="bad.zip: SHA-256 mismatch"):
+            download_sms_spam(tmp_path / "dl2", url=f"{server.url}/bad.zip", sha256=sha)
     (tmp_path / "junk.zip").write_text("not a zip", encoding="utf-8")
     with pytest.raises(GptlabError, match="not a zip file"):
         extract_sms_spam(tmp_path / "junk.zip", tmp_path / "out3")

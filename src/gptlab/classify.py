@@ -53,6 +53,7 @@ from gptlab.checkpoints import (
 )
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, bundled, read_utf8
+from gptlab.download import download_file
 from gptlab.errors import GptlabError
 from gptlab.lora import apply_lora, merge_lora
 from gptlab.model import GPT
@@ -158,18 +159,9 @@ def extract_sms_spam(zip_path: Path, dest: Path) -> Path:
     return out
 
 
-def download_sms_spam(dest: Path) -> Path:
-    """Download the UCI zip (sha256-checked) into `dest` and extract the collection."""
-    try:  # the weights module owns HTTP downloads
-        from gptlab.download import download_file
-    except ImportError:
-        raise GptlabError(
-            "--download needs gptlab.download, which this build lacks; the bundled copy is "
-            "the same file (leave out --download)"
-        ) from None
-
-    zip_path = dest / "sms+spam+collection.zip"
-    download_file(UCI_URL, zip_path, sha256=UCI_ZIP_SHA256)
+def download_sms_spam(dest: Path, url: str = UCI_URL, sha256: str = UCI_ZIP_SHA256) -> Path:
+    """Download the UCI zip (sha256-checked, resumable) into `dest` and extract the collection."""
+    zip_path = download_file(url, dest / "sms+spam+collection.zip", sha256=sha256)
     return extract_sms_spam(zip_path, dest)
 
 
