@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from gptlab.cli import main
 
 DEFAULT_ARGS = [
@@ -35,7 +37,10 @@ DEFAULT_ARGS = [
 def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/spam-from-scratch"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args, extra = parser.parse_known_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shutil.rmtree(args.out, ignore_errors=True)
     command = ["finetune-classifier", *DEFAULT_ARGS, *extra, "--out", str(args.out)]
     print("gptlab", " ".join(command), flush=True)
