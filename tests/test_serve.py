@@ -4,6 +4,7 @@ same app in process (FastAPI's TestClient runs the real app, worker thread inclu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import signal
@@ -21,7 +22,15 @@ from fastapi.testclient import TestClient
 from gptlab.checkpoints import load_model
 from gptlab.generation import Sampling, generate_text
 from gptlab.prompts import STOP_STRINGS, format_prompt
-from gptlab.serve import ApiError, ServeLimits, create_app, messages_to_prompt, until_stop
+from gptlab.serve import (
+    ApiError,
+    Engine,
+    ServeLimits,
+    TextStream,
+    create_app,
+    messages_to_prompt,
+)
+from gptlab.tokenizer import encode
 from tests.serve_process import save_tiny_model, served
 
 MAX_TOKENS = 48
@@ -48,15 +57,22 @@ def greedy(n: int) -> dict:
 # ---- pure helpers ----------------------------------------------------------------------------
 
 
-def test_until_stop_never_shows_part_of_a_stop_string() -> None:
-    stopped: list[bool] = []
-    pieces = ["Hello", " wor", "ld\n#", "## Next", "never"]
-    out = list(until_stop(pieces, STOP_STRINGS, lambda: stopped.append(True)))
-    assert "".join(out) == "Hello world"
+def test_text_stream_never_shows_part_of_a_stop_string_or_a_character() -> None:
+    def pieces(text: str, stops: tuple[str, ...]) -> tuple[list[str], TextStream]:
+        stream = TextStream(stops)
+        out = [stream.push(t) for t in encode(text)]
+        return [*out, "" if stream.stopped else stream.flush()], stream
+
+    out, stream = pieces("Hello world\n### Next part", STOP_STRINGS)
+    assert "".join(out) == "Hello world" and stream.stopped
     assert all("#" not in piece for piece in out)  # the held-back "\n#" was never sent
-    assert stopped == [True]
     # A held-back tail that turns out not to start a stop string is released.
-    assert "".join(until_stop(["a\n", "#b", "c"], STOP_STRINGS, lambda: None)) == "a\n#bc"
+    out, stream = pieces("a\n#b c", STOP_STRINGS)
+    assert "".join(out) == "a\n#b c" and not stream.stopped
+    # Characters split over several byte-level tokens come out whole.
+    out, _ = pieces("naïve 日本語 🙂", ())
+    assert "".join(out) == "naïve 日本語 🙂" and "\ufffd" not in "".join(out)
+    assert "" in out  # some tokens carried only part of a character
 
 
 def test_messages_fold_into_the_alpaca_template() -> None:
@@ -68,6 +84,39 @@ def test_messages_fold_into_the_alpaca_template() -> None:
         with pytest.raises(ApiError) as err:
             messages_to_prompt(bad)
         assert err.value.status == 400
+
+
+def test_engine_batches_compatible_requests_and_each_gets_its_own_text(model_dir: Path) -> None:
+    """Requests waiting together share a batch when their sampling matches (greedy here, with
+    different token limits); seeded ones run alone. Every text equals the request run alone."""
+    model, _ = load_model(model_dir)
+    engine = Engine(model, max_queue=16, max_batch=2)
+    prompts = ["Once upon a time", "The cat", "Hello there, my friend", "A", "A"]
+    samplings = [Sampling(max_new_tokens=n, on_context_full="stop") for n in (9, 4, 6)] + [
+        Sampling(max_new_tokens=5, temperature=1.0, seed=seed) for seed in (1, 2)
+    ]
+
+    async def one(prompt: str, s: Sampling) -> tuple[str, int]:
+        run = engine.run(encode(prompt), s)
+        job = await anext(run)
+        text = "".join([piece async for piece in run])
+        return text, job.n_generated
+
+    async def all_at_once() -> list[tuple[str, int]]:
+        tasks = [asyncio.create_task(one(p, s)) for p, s in zip(prompts, samplings, strict=True)]
+        await asyncio.sleep(0.05)  # every request is queued before the worker starts
+        engine.start()
+        return await asyncio.gather(*tasks)
+
+    try:
+        results = asyncio.run(all_at_once())
+    finally:
+        engine.stop()
+    assert engine.batches == 4  # greedy: 2 + 1 (max_batch 2); seeded: 1 + 1
+    alone = [generate_text(model, [p], s)[0] for p, s in zip(prompts, samplings, strict=True)]
+    assert [text for text, _ in results] == alone
+    assert [n for _, n in results] == [9, 4, 6, 5, 5]
+    assert results[3] != results[4]  # different seeds
 
 
 # ---- official clients against the subprocess -------------------------------------------------

@@ -18,7 +18,9 @@ see each other's state and a seeded or greedy request gives the same text alone 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -27,13 +29,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -42,10 +43,10 @@ from starlette.exceptions import HTTPException
 
 from gptlab.checkpoints import load_model
 from gptlab.errors import GptlabError
-from gptlab.generation import GenerationStats, Sampling, generate_tokens
+from gptlab.generation import Sampling, generate_tokens
 from gptlab.model import GPT
 from gptlab.prompts import STOP_STRINGS, format_prompt
-from gptlab.tokenizer import EOT_ID, encode, stream_decode
+from gptlab.tokenizer import EOT_ID, encode, get_tokenizer
 
 log = logging.getLogger("gptlab")
 
@@ -59,9 +60,48 @@ class ServeLimits:
     max_tokens: int = 1024  # per request, also the default when a request sets no limit
     max_body_bytes: int = 1 << 20
     max_queue: int = 64  # requests waiting or running at once; more get 503
+    max_batch: int = 16  # requests generated together in one batch
 
 
 # ---- the worker that owns the model ----------------------------------------------------------
+
+
+class TextStream:
+    """Token ids in, text out: whole UTF-8 characters only, ending before the first stop string
+    and holding back any tail that could be the start of one, so a client never sees part of a
+    stop string (or of a character)."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = stops
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.decode(get_tokenizer().decode_single_token_bytes(token))
+        cuts = [self.pending.find(s) for s in self.stops if s in self.pending]
+        if cuts:
+            self.stopped = True
+            text, self.pending = self.pending[: min(cuts)], ""
+            return text
+        hold = max(
+            (
+                n
+                for s in self.stops
+                for n in range(len(s) - 1, 0, -1)
+                if self.pending.endswith(s[:n])
+            ),
+            default=0,
+        )
+        text = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(text) :]
+        return text
+
+    def flush(self) -> str:
+        text, self.pending = self.pending + self.decoder.decode(b"", final=True), ""
+        return text
 
 
 @dataclass
@@ -72,50 +112,102 @@ class Job:
     sampling: Sampling
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
+    cancelled: bool = False  # set by the event loop when the client has gone
+    finished: bool = False
     n_generated: int = 0
     stopped: bool = False  # ended at <|endoftext|> or a stop string, not at a length limit
     started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.text = TextStream(self.sampling.stop_strings)
 
     def emit(self, kind: str, value: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop is gone: nobody is listening
             self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, value))
 
-
-def until_stop(
-    pieces: Iterable[str], stops: Sequence[str], on_stop: Callable[[], None]
-) -> Iterator[str]:
-    """Pass streamed text through up to the first stop string (excluded), holding back any tail
-    that could be the start of one, so a client never sees part of a stop string."""
-    pending = ""
-    for piece in pieces:
-        pending += piece
-        cuts = [pending.find(s) for s in stops if s in pending]
-        if cuts:
-            if min(cuts) > 0:
-                yield pending[: min(cuts)]
-            on_stop()
+    def finish(self, error: Exception | None = None) -> None:
+        if self.finished:
             return
-        hold = max(
-            (n for s in stops for n in range(len(s) - 1, 0, -1) if pending.endswith(s[:n])),
-            default=0,
-        )
-        if len(pending) > hold:
-            yield pending[: len(pending) - hold]
-            pending = pending[len(pending) - hold :]
-    if pending:
-        yield pending
+        self.finished = True
+        if error is not None:
+            self.emit("error", error)
+            return
+        tail = self.text.flush()
+        if tail and not self.text.stopped:
+            self.emit("text", tail)
+        self.emit("done", None)
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share a batch. A seeded job never shares: its random
+        generator must see only its own draws, to give the same text as when alone."""
+        s = self.sampling
+        if s.seed is not None:
+            return (id(self),)
+        return (s.temperature, s.top_k, s.top_p, s.stop_ids, s.stop_strings, s.on_context_full)
+
+
+class Batch:
+    """Jobs generated together as one left-padded batch (`generate_tokens` gives each row what
+    it would give alone), under the longest of their token limits; each job ends at its own."""
+
+    def __init__(self, model: GPT, jobs: list[Job]) -> None:
+        self.jobs = jobs
+        longest = max(job.sampling.max_new_tokens for job in jobs)
+        s = dataclasses.replace(jobs[0].sampling, max_new_tokens=longest)
+        self.steps = generate_tokens(model, [job.prompt_ids for job in jobs], s)
+
+    def step(self) -> bool:
+        """Generate one token for every row and hand out the text; False once all are done."""
+        try:
+            nxt, active = next(self.steps)
+        except StopIteration:  # every row stopped, or the token limit or context was reached
+            self.end()
+            return False
+        except GptlabError as exc:
+            self.end(ApiError(400, str(exc)))
+            return False
+        for row, job in enumerate(self.jobs):
+            if job.finished or job.cancelled:
+                continue
+            if job.n_generated >= job.sampling.max_new_tokens:  # its own limit, below the batch's
+                job.finish()
+                continue
+            if not bool(active[row]):
+                job.stopped = True
+                job.finish()
+                continue
+            job.n_generated += 1
+            text = job.text.push(int(nxt[row]))
+            if text:
+                job.emit("text", text)
+            if job.text.stopped:
+                job.stopped = True
+                job.finish()
+            elif job.n_generated >= job.sampling.max_new_tokens:
+                job.finish()
+        if all(job.finished or job.cancelled for job in self.jobs):
+            self.steps.close()
+            return False
+        return True
+
+    def end(self, error: Exception | None = None) -> None:
+        for job in self.jobs:
+            job.finish(error)
 
 
 class Engine:
-    """The model plus the one thread allowed to run it."""
+    """The model plus the one thread allowed to run it. Each turn, the worker takes every
+    request that has arrived, groups compatible ones into batches of up to `max_batch`, then
+    advances every live batch by one token, so no request waits for another to finish."""
 
-    def __init__(self, model: GPT, max_queue: int) -> None:
+    def __init__(self, model: GPT, max_queue: int, max_batch: int) -> None:
         self.model = model
         self.max_queue = max_queue
+        self.max_batch = max_batch
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._live = 0  # jobs queued or running; touched only on the event loop
         self._thread: threading.Thread | None = None
+        self.batches = 0  # batches started, for logs and tests
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="gptlab-engine", daemon=True)
@@ -147,11 +239,11 @@ class Engine:
                 else:
                     return
         finally:
-            job.cancelled = True  # a client that went away frees the worker at its next step
+            job.cancelled = True  # a client that went away stops costing anything
             self._live -= 1
 
     def _work(self) -> None:
-        running: list[tuple[Job, Iterator[str]]] = []
+        running: list[Batch] = []
         while True:
             incoming: list[Job | None] = []
             try:  # wait for work only when idle, then take everything that has arrived
@@ -161,47 +253,28 @@ class Engine:
             except queue.Empty:
                 pass
             if None in incoming:
-                for job, _ in running:
-                    job.emit("error", ApiError(503, "server shutting down"))
+                for batch in running:
+                    batch.end(ApiError(503, "server shutting down"))
                 return
-            running += [(job, self._pieces(job)) for job in incoming if job is not None]
-            for entry in list(running):
-                job, pieces = entry
-                if not job.cancelled and self._step(job, pieces):
-                    continue
-                running.remove(entry)
+            groups: dict[tuple, list[Job]] = {}
+            for job in incoming:
+                if job is not None:
+                    groups.setdefault(job.batch_key(), []).append(job)
+            for jobs in groups.values():
+                for i in range(0, len(jobs), self.max_batch):
+                    running.append(Batch(self.model, jobs[i : i + self.max_batch]))
+                    self.batches += 1
+                    log.debug("batch of %d requests started", len(running[-1].jobs))
+            running = [batch for batch in running if self._step(batch)]
 
-    def _step(self, job: Job, pieces: Iterator[str]) -> bool:
-        """Advance one job by one text piece; False once it is finished."""
+    @staticmethod
+    def _step(batch: Batch) -> bool:
         try:
-            job.emit("text", next(pieces))
-            return True
-        except StopIteration:
-            job.emit("done", None)
-        except GptlabError as exc:
-            job.emit("error", ApiError(400, str(exc)))
-        except Exception as exc:  # a bug: report it to this client, keep serving the others
+            return batch.step()
+        except Exception as exc:  # a bug: report it to these clients, keep serving the others
             log.exception("generation failed")
-            job.emit("error", exc)
-        return False
-
-    def _pieces(self, job: Job) -> Iterator[str]:
-        def ids() -> Iterator[int]:
-            stats = GenerationStats()
-            with torch.inference_mode():
-                for nxt, active in generate_tokens(
-                    self.model, [job.prompt_ids], job.sampling, stats=stats
-                ):
-                    if not bool(active[0]):
-                        job.stopped = True
-                        return
-                    job.n_generated += 1
-                    yield int(nxt[0])
-
-        def stopped() -> None:
-            job.stopped = True
-
-        return until_stop(stream_decode(ids()), job.sampling.stop_strings, stopped)
+            batch.end(exc)
+            return False
 
 
 # ---- request bodies --------------------------------------------------------------------------
@@ -406,7 +479,7 @@ def create_app(
     name = name or "gptlab"
     served = {name, f"{name}:latest"}
     context = model.cfg.context_length
-    engine = Engine(model, limits.max_queue)
+    engine = Engine(model, limits.max_queue, limits.max_batch)
     created = int(time.time())
 
     @contextlib.asynccontextmanager
