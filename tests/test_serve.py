@@ -119,6 +119,37 @@ def test_engine_batches_compatible_requests_and_each_gets_its_own_text(model_dir
     assert results[3] != results[4]  # different seeds
 
 
+def test_requests_join_a_running_batch_and_still_get_their_own_text(model_dir: Path) -> None:
+    model, _ = load_model(model_dir)
+    engine = Engine(model, max_queue=16, max_batch=8)
+    prompts = ["Once upon a time", "The cat", "Hello there, my friend"]
+    s = Sampling(max_new_tokens=30, on_context_full="stop")
+
+    async def one(prompt: str, started: asyncio.Event | None = None) -> str:
+        pieces = []
+        async for piece in engine.run(encode(prompt), s):
+            if isinstance(piece, str):
+                pieces.append(piece)
+                if started is not None:
+                    started.set()
+        return "".join(pieces)
+
+    async def staggered() -> list[str]:
+        started = asyncio.Event()
+        first = asyncio.create_task(one(prompts[0], started))
+        await started.wait()  # the first is generating: the others join its batch
+        rest = asyncio.gather(*(one(p) for p in prompts[1:]))
+        return [await first, *await rest]
+
+    engine.start()
+    try:
+        texts = asyncio.run(staggered())
+    finally:
+        engine.stop()
+    assert engine.batches == 1 and engine.joins >= 1
+    assert texts == [generate_text(model, [p], s)[0] for p in prompts]
+
+
 # ---- official clients against the subprocess -------------------------------------------------
 
 

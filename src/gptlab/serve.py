@@ -114,12 +114,20 @@ class Job:
     out: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # set by the event loop when the client has gone
     finished: bool = False
-    n_generated: int = 0
+    generated: list[int] = field(default_factory=list)
     stopped: bool = False  # ended at <|endoftext|> or a stop string, not at a length limit
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         self.text = TextStream(self.sampling.stop_strings)
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.generated)
+
+    @property
+    def live(self) -> bool:
+        return not (self.finished or self.cancelled)
 
     def emit(self, kind: str, value: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop is gone: nobody is listening
@@ -148,13 +156,31 @@ class Job:
 
 class Batch:
     """Jobs generated together as one left-padded batch (`generate_tokens` gives each row what
-    it would give alone), under the longest of their token limits; each job ends at its own."""
+    it would give alone), under the longest of their token limits; each job ends at its own.
+
+    A job that joins a running batch restarts it: every row is prefilled afresh from its prompt
+    plus what it has generated so far, which yields the same next tokens as going on would.
+    """
 
     def __init__(self, model: GPT, jobs: list[Job]) -> None:
+        self.model = model
         self.jobs = jobs
-        longest = max(job.sampling.max_new_tokens for job in jobs)
+        self.key = jobs[0].batch_key()
+        longest = max(job.sampling.max_new_tokens - job.n_generated for job in jobs)
         s = dataclasses.replace(jobs[0].sampling, max_new_tokens=longest)
-        self.steps = generate_tokens(model, [job.prompt_ids for job in jobs], s)
+        self.steps = generate_tokens(model, [job.prompt_ids + job.generated for job in jobs], s)
+
+    def can_join(self, jobs: list[Job], max_batch: int) -> bool:
+        """Whether `jobs` may restart this batch with them (same sampling, room, and every row
+        far enough from the context end that the restart cannot truncate it)."""
+        if jobs[0].batch_key() != self.key or len(self.jobs) + len(jobs) > max_batch:
+            return False
+        limit = self.model.cfg.context_length - 1
+        return all(len(j.prompt_ids) + j.n_generated < limit for j in self.jobs if j.live)
+
+    def joined(self, jobs: list[Job]) -> Batch:
+        self.steps.close()
+        return Batch(self.model, [j for j in self.jobs if j.live] + jobs)
 
     def step(self) -> bool:
         """Generate one token for every row and hand out the text; False once all are done."""
@@ -167,7 +193,7 @@ class Batch:
             self.end(ApiError(400, str(exc)))
             return False
         for row, job in enumerate(self.jobs):
-            if job.finished or job.cancelled:
+            if not job.live:
                 continue
             if job.n_generated >= job.sampling.max_new_tokens:  # its own limit, below the batch's
                 job.finish()
@@ -176,8 +202,8 @@ class Batch:
                 job.stopped = True
                 job.finish()
                 continue
-            job.n_generated += 1
-            text = job.text.push(int(nxt[row]))
+            job.generated.append(int(nxt[row]))
+            text = job.text.push(job.generated[-1])
             if text:
                 job.emit("text", text)
             if job.text.stopped:
@@ -185,7 +211,7 @@ class Batch:
                 job.finish()
             elif job.n_generated >= job.sampling.max_new_tokens:
                 job.finish()
-        if all(job.finished or job.cancelled for job in self.jobs):
+        if not any(job.live for job in self.jobs):
             self.steps.close()
             return False
         return True
@@ -197,8 +223,9 @@ class Batch:
 
 class Engine:
     """The model plus the one thread allowed to run it. Each turn, the worker takes every
-    request that has arrived, groups compatible ones into batches of up to `max_batch`, then
-    advances every live batch by one token, so no request waits for another to finish."""
+    request that has arrived, adds it to a running batch with the same sampling settings if
+    there is room, else groups it with its peers into a new batch of up to `max_batch`, then
+    advances every batch by one token: no request waits for another to finish."""
 
     def __init__(self, model: GPT, max_queue: int, max_batch: int) -> None:
         self.model = model
@@ -207,7 +234,8 @@ class Engine:
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._live = 0  # jobs queued or running; touched only on the event loop
         self._thread: threading.Thread | None = None
-        self.batches = 0  # batches started, for logs and tests
+        self.batches = 0  # batches started, and restarted to take in new requests
+        self.joins = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="gptlab-engine", daemon=True)
@@ -262,10 +290,19 @@ class Engine:
                     groups.setdefault(job.batch_key(), []).append(job)
             for jobs in groups.values():
                 for i in range(0, len(jobs), self.max_batch):
-                    running.append(Batch(self.model, jobs[i : i + self.max_batch]))
-                    self.batches += 1
-                    log.debug("batch of %d requests started", len(running[-1].jobs))
+                    running = self._place(running, jobs[i : i + self.max_batch])
             running = [batch for batch in running if self._step(batch)]
+
+    def _place(self, running: list[Batch], jobs: list[Job]) -> list[Batch]:
+        for k, batch in enumerate(running):
+            if batch.can_join(jobs, self.max_batch):
+                running[k] = batch.joined(jobs)
+                self.joins += 1
+                log.debug("%d requests joined a batch of %d", len(jobs), len(running[k].jobs))
+                return running
+        self.batches += 1
+        log.debug("batch of %d requests started", len(jobs))
+        return [*running, Batch(self.model, jobs)]
 
     @staticmethod
     def _step(batch: Batch) -> bool:
