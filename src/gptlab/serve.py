@@ -44,8 +44,9 @@ from starlette.exceptions import HTTPException
 from gptlab.checkpoints import load_model
 from gptlab.errors import GptlabError
 from gptlab.generation import Sampling, generate_tokens
+from gptlab.instruct import instruct_sampling
 from gptlab.model import GPT
-from gptlab.prompts import STOP_STRINGS, format_prompt
+from gptlab.prompts import format_prompt
 from gptlab.tokenizer import EOT_ID, encode, get_tokenizer
 
 log = logging.getLogger("gptlab")
@@ -567,23 +568,24 @@ def create_app(
         top_p: float | None,
         seed: int | None,
         stop: Stop,
-        template_stops: tuple[str, ...],
+        chat: bool,
     ) -> Sampling:
         if max_tokens is not None and max_tokens > limits.max_tokens:
             raise ApiError(
                 400, f"max tokens {max_tokens} is over this server's limit of {limits.max_tokens}"
             )
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        return Sampling(
+        s = Sampling(
             max_new_tokens=limits.max_tokens if max_tokens is None else max_tokens,
             temperature=temperature,
             top_k=top_k or None,
             top_p=top_p if top_p and top_p < 1 else None,
             seed=seed,
             stop_ids=(EOT_ID,),
-            stop_strings=(*template_stops, *(s for s in stops if s)),
+            stop_strings=tuple(text for text in stops if text),
             on_context_full="stop",
         )
+        return instruct_sampling(s) if chat else s  # chat also stops at a new "###" section
 
     def ollama_sampling(o: OllamaOptions, chat: bool) -> Sampling:
         # Ollama's defaults; num_predict -1 or -2 means "until the context is full".
@@ -595,7 +597,7 @@ def create_app(
             0.9 if o.top_p is None else o.top_p,
             o.seed,
             o.stop,
-            STOP_STRINGS if chat else (),
+            chat,
         )
 
     def openai_sampling(r: OpenAISampling, max_tokens: int | None, chat: bool) -> Sampling:
@@ -606,7 +608,7 @@ def create_app(
             r.top_p,
             r.seed,
             r.stop,
-            STOP_STRINGS if chat else (),
+            chat,
         )
 
     def done_reason(job: Job) -> str:
