@@ -325,13 +325,14 @@ class Loose(BaseModel):
 
 
 Stop = str | list[str] | None
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 class OllamaOptions(Loose):
     temperature: float | None = Field(None, ge=0, le=100)
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     num_predict: int | None = Field(None, ge=-2)  # -1: until the context is full, as in Ollama
     stop: Stop = None
 
@@ -382,7 +383,7 @@ class OpenAISampling(Loose):
     max_tokens: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: Stop = None
     n: int = Field(1, ge=1, le=1)  # one choice per request
     stream: bool = False
