@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 
 import httpx
+import hypothesis
 import ollama
 import openai
 import pytest
+import schemathesis
 import torch
 from fastapi.testclient import TestClient
+from schemathesis.checks import not_a_server_error
 
 from gptlab.checkpoints import load_model
 from gptlab.generation import Sampling, generate_text
@@ -426,3 +429,37 @@ def test_sigterm_stops_the_server_cleanly(model_dir: Path) -> None:
         assert got, "the stream had started before SIGTERM"
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/api/tags", timeout=5)
+
+
+# ---- schemathesis against the OpenAPI schema ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error(model_dir: Path) -> None:
+    """Requests generated from the server's own OpenAPI schema, valid and not, to every
+    operation: never a 5xx."""
+    settings = hypothesis.settings(
+        max_examples=20,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    statuses: dict[int, int] = {}
+    with served(model_dir, "--max-tokens", "2") as (url, _):
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+
+        for operation in operations:
+
+            @settings
+            @hypothesis.given(case=operation.as_strategy())
+            def check(case: schemathesis.Case) -> None:
+                if isinstance(case.body, dict) and "model" in case.body:
+                    case.body["model"] = "tiny"  # else nearly all are 404s for random names
+                response = case.call_and_validate(checks=[not_a_server_error], timeout=60)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+            check()
+    assert len(operations) == 8
+    assert statuses.get(200, 0) > 20 and statuses.get(400, 0) > 20, statuses
