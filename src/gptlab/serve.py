@@ -9,10 +9,12 @@ OpenAI:  POST /v1/chat/completions, POST /v1/completions (SSE streaming with "st
 Chat endpoints fold the messages into the Alpaca instruction template (gptlab.prompts) and stop
 where the model starts a new "###" section; the completion endpoints continue the prompt as is.
 
-One worker thread owns the model. Requests queue to it and it advances every live request by
-one text piece in turn, so concurrent streams all make progress; each request runs its own
-`generate_tokens` (its own KV cache and its own seeded random generator), so requests never
-see each other's state and a seeded or greedy request gives the same text alone or in a crowd.
+One worker thread owns the model; the event loop only parses requests and streams text back.
+Requests with the same sampling settings are generated together as one left-padded batch (a
+request arriving later joins a running batch), and every batch advances one token per turn,
+so concurrent streams all make progress. A batch has its own KV cache, shared with no other
+batch, and a seeded request always runs alone with its own random generator, so a greedy or
+seeded request gets exactly the text it would get alone.
 """
 
 from __future__ import annotations
