@@ -462,4 +462,4 @@ def test_schemathesis_finds_no_server_error(model_dir: Path) -> None:
 
             check()
     assert len(operations) == 8
-    assert statuses.get(200, 0) > 20 and statuses.get(400, 0) > 20, statuses
+    assert statuses.get(200, 0) >= 5 and statuses.get(400, 0) >= 5, statuses  # both paths
