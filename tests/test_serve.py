@@ -25,10 +25,12 @@ from schemathesis.checks import not_a_server_error
 
 from gptlab.checkpoints import load_model
 from gptlab.generation import Sampling, generate_text
+from gptlab.model import GPT
 from gptlab.prompts import STOP_STRINGS, format_prompt
 from gptlab.serve import (
     ApiError,
     Engine,
+    Job,
     ServeLimits,
     TextStream,
     create_app,
@@ -152,6 +154,21 @@ def test_requests_join_a_running_batch_and_still_get_their_own_text(model_dir: P
         engine.stop()
     assert engine.batches == 1 and engine.joins >= 1
     assert texts == [generate_text(model, [p], s)[0] for p in prompts]
+
+
+def test_a_full_queue_answers_503(tiny_model: GPT) -> None:
+    engine = Engine(tiny_model, max_queue=1, max_batch=4)  # no worker: the request stays queued
+
+    async def two() -> None:
+        first = engine.run([1, 2, 3], Sampling(max_new_tokens=2))
+        await anext(first)
+        with pytest.raises(ApiError, match="busy") as err:
+            await anext(engine.run([4, 5], Sampling(max_new_tokens=2)))
+        assert err.value.status == 503
+        await first.aclose()  # leaving frees the slot
+        assert isinstance(await anext(engine.run([4, 5], Sampling(max_new_tokens=2))), Job)
+
+    asyncio.run(two())
 
 
 # ---- official clients against the subprocess -------------------------------------------------

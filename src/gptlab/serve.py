@@ -176,10 +176,11 @@ class Batch:
     def can_join(self, jobs: list[Job], max_batch: int) -> bool:
         """Whether `jobs` may restart this batch with them (same sampling, room, and every row
         far enough from the context end that the restart cannot truncate it)."""
-        if jobs[0].batch_key() != self.key or len(self.jobs) + len(jobs) > max_batch:
+        live = [j for j in self.jobs if j.live]
+        if jobs[0].batch_key() != self.key or len(live) + len(jobs) > max_batch:
             return False
         limit = self.model.cfg.context_length - 1
-        return all(len(j.prompt_ids) + j.n_generated < limit for j in self.jobs if j.live)
+        return all(len(j.prompt_ids) + j.n_generated < limit for j in live)
 
     def joined(self, jobs: list[Job]) -> Batch:
         self.steps.close()
