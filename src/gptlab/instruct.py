@@ -264,9 +264,13 @@ def _base_model(c: InstructConfig, device: torch.device) -> GPT:
     return model
 
 
-def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]:
+def finetune_instruct(
+    c: InstructConfig, resume: bool = False, stop_after: int | None = None
+) -> dict[str, Any]:
     """Fine-tune `c.base` on instruction data in run folder `c.out`; returns results.json.
-    Also writes the test split as RUN/test.json and the merged model as RUN/model."""
+    Also writes the test split as RUN/test.json and the merged model as RUN/model.
+    `stop_after` ends early at that step, checkpointed, as an interruption would, and returns
+    {} (results.json is only written by a finished run)."""
     if c.batch_size < 1 or c.epochs < 1:
         raise GptlabError("batch size and epochs must be positive")
     train_entries, val_entries, test_entries = split_entries(load_entries(c.data), c.seed)
@@ -363,6 +367,7 @@ def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]
         resume=resume,
         meta={"task": "lm", "lora": lora},
         on_eval=sample,
+        stop_after=stop_after,
     )
     if samples:
         with open(run.path / "samples.txt", "a", encoding="utf-8") as f:
@@ -377,6 +382,8 @@ def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]
         "cross-entropy loss",
         "instruction fine-tuning loss",
     )
+    if result.step < max_steps:
+        return {}
     if lora is not None:
         merge_lora(model)
     model_dir = save_model(model, run.path / "model", {"task": "lm", "template": "alpaca"})
