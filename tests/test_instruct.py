@@ -193,6 +193,12 @@ def test_instruct_loss_equals_the_full_lm_loss() -> None:
     assert n_fast == n_full == int((batch[1] != -100).sum())
     torch.testing.assert_close(fast, full)
     torch.testing.assert_close(grad_fast, grad_full)
+    # Prompts cut by max_length and masked leave no target: zero loss, zero gradient.
+    empty = collate([tokenize_entry(e) for e in TINY[:2]], max_length=8, mask_prompt=True)
+    loss, n = instruct_loss(model, empty)
+    loss.backward()
+    assert (loss.item(), n) == (0.0, 0)
+    assert not model.blocks[0].attn.qkv.weight.grad.any()
 
 
 def test_padding_fraction_counts_padded_positions() -> None:

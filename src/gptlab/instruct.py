@@ -171,11 +171,13 @@ def collate(
 
 def instruct_loss(model: GPT, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """gptlab.training.lm_loss, with logits computed only where there is a target: padding and
-    masked prompts are most positions, and the vocabulary projection is the largest matmul."""
+    masked prompts are most positions, and the vocabulary projection is the largest matmul.
+    A batch without targets (prompts cut by --max-length and masked) gives 0, not NaN."""
     x, y = batch
     keep = y != IGNORE_INDEX
+    n = int(keep.sum())
     logits = model.out_head(model.hidden_states(x)[keep])
-    return F.cross_entropy(logits.float(), y[keep]), int(keep.sum())
+    return F.cross_entropy(logits.float(), y[keep], reduction="sum") / max(n, 1), n
 
 
 class LengthGroupedBatches(ResumableBatches):
