@@ -58,11 +58,28 @@ def build_models(ctx: int) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     ours = GPT(cfg)
     hf = GPT2LMHeadModel(
-        GPT2Config(n_positions=ctx, n_embd=768, n_layer=12, n_head=12, resid_pdrop=0.0,
-                   embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
+        GPT2Config(
+            n_positions=ctx,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            attn_implementation="sdpa",
+        )
     )
-    ref = RefGPT({"vocab_size": 50257, "context_length": ctx, "emb_dim": 768, "n_heads": 12,
-                  "n_layers": 12, "drop_rate": 0.0, "qkv_bias": True})
+    ref = RefGPT(
+        {
+            "vocab_size": 50257,
+            "context_length": ctx,
+            "emb_dim": 768,
+            "n_heads": 12,
+            "n_layers": 12,
+            "drop_rate": 0.0,
+            "qkv_bias": True,
+        }
+    )
     return {"gptlab": ours, "transformers": hf, "reference": ref}
 
 
@@ -106,8 +123,14 @@ def generate_fn(name: str, model: torch.nn.Module, prompt: torch.Tensor, n_new: 
         s = Sampling(max_new_tokens=n_new, stop_ids=())
         return lambda: generate(model, [prompt[0].tolist()], s)
     if name == "transformers":
-        return lambda: model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new,
-                                      do_sample=False, use_cache=True, pad_token_id=50256)
+        return lambda: model.generate(
+            prompt,
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=50256,
+        )
 
     from llms_from_scratch.kv_cache.utils import KVCache
 
@@ -150,14 +173,18 @@ def main() -> None:
     if not args.skip_train:
         runs = {
             "gptlab": train_step_fn("gptlab", models["gptlab"], True, args.batch, args.seq),
-            "transformers": train_step_fn("transformers", models["transformers"], False,
-                                          args.batch, args.seq),
-            "reference": train_step_fn("reference", models["reference"], False, args.batch,
-                                       args.seq),
-            "transformers+fused": train_step_fn("transformers", models["transformers"], True,
-                                                args.batch, args.seq),
-            "reference+fused": train_step_fn("reference", models["reference"], True, args.batch,
-                                             args.seq),
+            "transformers": train_step_fn(
+                "transformers", models["transformers"], False, args.batch, args.seq
+            ),
+            "reference": train_step_fn(
+                "reference", models["reference"], False, args.batch, args.seq
+            ),
+            "transformers+fused": train_step_fn(
+                "transformers", models["transformers"], True, args.batch, args.seq
+            ),
+            "reference+fused": train_step_fn(
+                "reference", models["reference"], True, args.batch, args.seq
+            ),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
         for fn in runs.values():  # warm-up (allocations, optimizer state)
@@ -166,16 +193,22 @@ def main() -> None:
             for name, fn in runs.items():
                 times[name].append(timed(fn))
         ceiling = gflops * 1e9 / (6 * n_params)
-        print(f"\ntraining step, {args.batch}x{args.seq} tokens, fp32 "
-              f"(ceiling at 6N FLOPs/token: {ceiling:.0f} tokens/s)")
+        print(
+            f"\ntraining step, {args.batch}x{args.seq} tokens, fp32 "
+            f"(ceiling at 6N FLOPs/token: {ceiling:.0f} tokens/s)"
+        )
         ours = median_rate(times["gptlab"], tokens)
         for name, ts in times.items():
             rate = median_rate(ts, tokens)
-            print(f"  {name:20s} {rate:7.1f} tokens/s  (median of {len(ts)})  "
-                  f"gptlab/this = {ours / rate:.2f}x  of ceiling {rate / ceiling:.0%}")
+            print(
+                f"  {name:20s} {rate:7.1f} tokens/s  (median of {len(ts)})  "
+                f"gptlab/this = {ours / rate:.2f}x  of ceiling {rate / ceiling:.0%}"
+            )
 
     if not args.skip_generate:
-        prompt = torch.randint(0, 50257, (1, args.prompt), generator=torch.Generator().manual_seed(2))
+        prompt = torch.randint(
+            0, 50257, (1, args.prompt), generator=torch.Generator().manual_seed(2)
+        )
         gens = {name: generate_fn(name, m, prompt, args.new) for name, m in models.items()}
         gtimes: dict[str, list[float]] = {k: [] for k in gens}
         with torch.inference_mode():
@@ -186,13 +219,17 @@ def main() -> None:
                     gtimes[name].append(timed(fn))
         weight_bytes = n_params * 4
         bound = gbs * 1e9 / weight_bytes
-        print(f"\ngreedy generation with KV cache, prompt {args.prompt}, {args.new} new tokens "
-              f"(bandwidth bound: {bound:.1f} tokens/s)")
+        print(
+            f"\ngreedy generation with KV cache, prompt {args.prompt}, {args.new} new tokens "
+            f"(bandwidth bound: {bound:.1f} tokens/s)"
+        )
         ours = median_rate(gtimes["gptlab"], args.new)
         for name, ts in gtimes.items():
             rate = median_rate(ts, args.new)
-            print(f"  {name:20s} {rate:7.1f} tokens/s  gptlab/this = {ours / rate:.2f}x  "
-                  f"of bound {rate / bound:.0%}")
+            print(
+                f"  {name:20s} {rate:7.1f} tokens/s  gptlab/this = {ours / rate:.2f}x  "
+                f"of bound {rate / bound:.0%}"
+            )
 
 
 if __name__ == "__main__":
