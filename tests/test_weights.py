@@ -224,6 +224,16 @@ def test_a_variable_too_many(tf_copy: Path):
         load_tf_checkpoint(tf_copy)
 
 
+def test_inconsistent_hparams(tf_copy: Path):
+    _set_hparams(tf_copy, n_head=5)
+    with pytest.raises(
+        GptlabError,
+        match=r"hparams.json: model config: emb_dim 32 is not "
+        "divisible by n_heads 5",
+    ):
+        load_tf_checkpoint(tf_copy)
+
+
 def test_missing_hparams(tf_copy: Path):
     (tf_copy / "hparams.json").unlink()
     with pytest.raises(GptlabError, match=r"hparams.json: hparams.json not found"):
