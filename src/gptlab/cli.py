@@ -21,6 +21,13 @@ COMMANDS = {
     "generate": "generate",
     "download": "download",
     "convert": "convert",
+    "finetune-instruct": "finetune_instruct",
+    "respond": "respond",
+    "chat": "chat",
+    "finetune-classifier": "finetune_classifier",
+    "classify": "classify",
+    "evaluate": "evaluate",
+    "serve": "serve",
 }
 
 

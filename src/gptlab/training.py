@@ -240,8 +240,9 @@ def train(
                     loss, _n = loss_fn(model, batch)
                 (loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
-                tokens_seen += batch[0].numel()
-                window_tokens += batch[0].numel()
+                n_tokens = math.prod(batch[0].shape[:2])  # ids (B, T) or hidden states (B, T, D)
+                tokens_seen += n_tokens
+                window_tokens += n_tokens
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
