@@ -323,3 +323,14 @@ def test_convert_command_round_trip(tmp_path: Path, tf_model: GPT):
 def test_unknown_pretrained_name(tmp_path: Path):
     with pytest.raises(GptlabError, match="gpt-nano: not a pretrained GPT-2"):
         ensure_pretrained("gpt-nano", tmp_path)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    broken = tmp_path / "tf"
+    shutil.copytree(FIXTURE, broken)
+    (broken / "model.ckpt.data-00000-of-00001").write_bytes(b"\0" * 100)  # truncated
+    assert cli_main(["convert", str(broken), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gptlab convert: error: ") and "\n" not in err
+    assert "model.ckpt.data-00000-of-00001: tensor model/" in err and "truncated" in err
+    assert not (tmp_path / "out").exists()
