@@ -96,6 +96,7 @@ class TrainConfig:
     fused_adamw: bool = True
     pin_memory: bool = True
     compile: bool = False
+    compile_backend: str = "inductor"  # "aot_eager" traces the same graphs without codegen
     gradient_checkpointing: bool = False
     fsdp: bool = False
     peak_tflops: float | None = None  # None: known for some GPUs (see peak_flops)
@@ -278,7 +279,7 @@ def train(
     if step >= cfg.max_steps:
         return TrainResult(step, tokens_seen, *last_eval, elapsed)
     if cfg.compile:
-        model.compile()
+        model.compile(backend=cfg.compile_backend)
     log = run.log if d.is_main else lambda record: None
     peak = peak_flops(device, cfg)
 
@@ -361,7 +362,8 @@ def train(
                 }
                 if peak:
                     seq = batch[0].shape[-1]
-                    record["mfu"] = round(tps * flops_per_token(model, seq) / (peak * d.world), 4)
+                    mfu = tps * flops_per_token(model, seq) / (peak * d.world)
+                    record["mfu"] = float(f"{mfu:.4g}")
                 log(record)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
