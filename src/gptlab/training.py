@@ -337,8 +337,10 @@ def train(
                 # Read the next batch while the accelerator works through this one.
                 pending = next_batch()
                 step_loss += loss.detach().float() / cfg.grad_accum
-                tokens_seen += batch[0].numel() * d.world
-                window_tokens += batch[0].numel() * d.world
+                # ids (B, T) or hidden states (B, T, D); every process holds B / world rows
+                n_tokens = math.prod(batch[0].shape[:2]) * d.world
+                tokens_seen += n_tokens
+                window_tokens += n_tokens
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -361,14 +363,15 @@ def train(
                     "tokens_per_s": round(tps, 1),
                 }
                 if peak:
-                    seq = batch[0].shape[-1]
+                    seq = batch[0].shape[1]
                     mfu = tps * flops_per_token(model, seq) / (peak * d.world)
                     record["mfu"] = float(f"{mfu:.4g}")
                 log(record)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
-            done = step == cfg.max_steps
-            if step % cfg.eval_interval == 0 or done or stop or step == stop_after:
+            # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
+            # exactly what an uninterrupted one does; checkpoint there and when stopping.
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 train_loss, val_loss = evaluate(train_batches), evaluate(val_batches)
                 last_eval = (train_loss, val_loss)
                 log(
@@ -389,6 +392,8 @@ def train(
                     )
                 if on_eval is not None:
                     on_eval(step)
+                checkpoint()
+            elif stop or step == stop_after:
                 checkpoint()
             if stop:
                 raise Interrupted(
