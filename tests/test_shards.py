@@ -7,6 +7,7 @@ import pytest
 from gptlab.cli import main
 from gptlab.data import bundled, read_utf8
 from gptlab.errors import GptlabError
+from gptlab.runs import RunDir
 from gptlab.shards import (
     MANIFEST,
     RandomWindows,
@@ -91,8 +92,9 @@ def test_bad_inputs_name_file_and_line(tmp_path: Path):
     (tmp_path / "f.txt").write_bytes(b"fine\nline two\n\xff\xfe\n")
     with pytest.raises(GptlabError, match=r"f\.txt:3: not valid UTF-8"):
         prepare_data(tmp_path / "f.txt", tmp_path / "o3", workers=1, progress=False)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(GptlabError, match=r"no \.txt or \.jsonl"):
-        prepare_data(tmp_path / "o1", tmp_path / "o4", progress=False)
+        prepare_data(tmp_path / "empty", tmp_path / "o4", progress=False)
 
 
 def test_corrupt_shards_are_reported(tmp_path: Path, story: str):
@@ -162,5 +164,8 @@ def test_cli_prepare_data(tmp_path: Path, story: str, capsys: pytest.CaptureFixt
     assert main(["prepare-data", str(tmp_path / "s.txt"), "--out", str(out), "--verify"]) == 0
     assert "tokens in 1 shards" in capsys.readouterr().out
     assert (out / MANIFEST).is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["total_tokens"] == read_manifest(out)["total_tokens"] > 5000
+    assert len(RunDir(out).metrics()) == 1  # one record per shard
     assert main(["prepare-data", str(tmp_path / "missing"), "--out", str(out / "x")]) == 2
     assert "no such file or folder" in capsys.readouterr().err

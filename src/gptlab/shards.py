@@ -3,7 +3,8 @@
 `prepare_data` turns a folder of `*.txt` files (one document each) and `*.jsonl` files (one
 document per line, in a text field) into `shard-NNNNN.bin` files of little-endian uint16 GPT-2
 token ids, each document followed by `<|endoftext|>`, plus `manifest.json` (token counts and
-sha256 of every shard), written last so that its presence means the folder is complete.
+sha256 of every shard), then `results.json` (totals, MB/s) last, as every job does; the folder
+also holds the job's `config.json` and `metrics.jsonl` (one record per shard).
 
 Work is split into chunks of about `chunk_mb` of input, each tokenized by a worker process that
 writes its own shard, so only small summaries cross process boundaries. Large text files are
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from gptlab.checkpoints import atomic_write, atomic_write_json
 from gptlab.errors import GptlabError
+from gptlab.runs import RunDir
 from gptlab.tokenizer import EOT_ID, get_tokenizer
 
 MANIFEST = "manifest.json"
@@ -200,6 +202,11 @@ def prepare_data(
     if (out / MANIFEST).exists():
         raise GptlabError(f"{out}: already holds prepared data; choose another --out")
     files = find_inputs(src)
+    run = RunDir(out)  # the data folder is also the job's run folder
+    settings = {"src": str(src), "workers": workers, "text_field": text_field, "chunk_mb": chunk_mb}
+    # A rerun after a crash (no manifest yet) starts over in the same folder.
+    run.prepare({"task": "prepare-data", **settings, "files": len(files)}, resume=True)
+    run.truncate_metrics(0)
     total = sum(p.stat().st_size for p in files)
     workers = workers or os.cpu_count() or 1
     if chunk_mb is None:
@@ -222,6 +229,7 @@ def prepare_data(
         try:
             for entry in results:
                 entries.append(entry)
+                run.log({"kind": "shard", "step": len(entries), **entry})
                 bar.update(entry["bytes"])
         finally:
             if pool is not None:
@@ -242,6 +250,10 @@ def prepare_data(
         "shards": entries,
     }
     atomic_write_json(out / MANIFEST, manifest)
+    headline = ("total_tokens", "documents", "input_bytes", "seconds")
+    results = {k: manifest[k] for k in headline}
+    results["mb_per_s"] = round(total / 1e6 / max(manifest["seconds"], 1e-9), 2)
+    atomic_write_json(out / "results.json", {"task": "prepare-data", **results})
     return manifest
 
 
