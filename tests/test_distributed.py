@@ -110,6 +110,7 @@ def test_fsdp_matches_one_process(shards: Path, reference: Path, tmp_path: Path)
     assert max_diff(weights(out), weights(reference)) < 1e-6
 
 
+@pytest.mark.slow
 def test_batch_must_split_across_processes(tmp_path: Path):
     proc = torchrun(2, ["pretrain", "--preset=gpt-nano", "--batch-size=3", f"--out={tmp_path}"])
     assert proc.returncode != 0
