@@ -55,7 +55,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 def add_speed_args(p: argparse.ArgumentParser) -> None:
     """The training speed flags of gptlab.training.TrainConfig (see docs/scale.md)."""
-    g = p.add_argument_group("speed (each flag's gain is measured in docs/scale.md)")
+    g = p.add_argument_group("speed (see docs/scale.md)")
     on = argparse.BooleanOptionalAction
     g.add_argument("--tf32", action=on, default=True, help="TF32 matmuls on CUDA")
     g.add_argument("--fused-adamw", action=on, default=True, help="fused AdamW kernel")
