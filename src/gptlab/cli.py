@@ -19,6 +19,7 @@ from gptlab.errors import GptlabError, Interrupted
 COMMANDS = {
     "pretrain": "pretrain",
     "generate": "generate",
+    "pipeline": "pipeline",
 }
 
 

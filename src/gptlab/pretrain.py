@@ -40,6 +40,7 @@ class PretrainConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0
     eval_interval: int = 10
+    eval_batches: int | None = None  # None: evaluate on every batch
     sample_prompt: str = "Every effort moves you"
     sample_tokens: int = 40
     seed: int = 123
@@ -73,6 +74,7 @@ def pretrain(c: PretrainConfig, resume: bool = False, stop_after: int | None = N
         grad_accum=c.grad_accum,
         grad_clip=c.grad_clip,
         eval_interval=min(c.eval_interval, max_steps),
+        eval_batches=c.eval_batches,
         seed=c.seed,
         precision=c.precision,
     )
