@@ -524,4 +524,3 @@ def summarize(out: Path) -> dict[str, Any]:
         else:
             stages[stage] = {"status": "not run"}
     return {"task": "pipeline", "stages": stages, "seconds": stage_seconds(out)}
-

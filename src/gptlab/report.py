@@ -34,9 +34,7 @@ def hardware() -> dict[str, str]:
                 break
     gpu = "none"
     if torch.cuda.is_available():
-        gpu = ", ".join(
-            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
-        )
+        gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     return {
         "CPU": cpu,
         "CPU cores": str(os.cpu_count()),
@@ -186,7 +184,8 @@ def reproduce(p: dict[str, Any]) -> list[str]:
         cmd += " --tiny"
     if p.get("device", "auto") != "auto":
         cmd += f" --device {p['device']}"
-    cmd += f" --judge-model {p['judge_model']} --judge-url {p['judge_url']} --judge-api {p['judge_api']}"
+    cmd += f" --judge-model {p['judge_model']} --judge-url {p['judge_url']}"
+    cmd += f" --judge-api {p['judge_api']}"
     return [
         "pip install -e .  # from the gptlab repository",
         cmd,
