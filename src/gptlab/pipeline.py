@@ -96,8 +96,11 @@ class Recipe:
 PRETRAINED = Recipe()
 # From scratch on a 2-core CPU: the whole pipeline in under 45 minutes (docs/pipeline.md).
 SCRATCH = Recipe(
+    pretrain_epochs=1,
+    pretrain_eval_interval=20,
+    pretrain_eval_batches=10,
     classify_epochs=3,
-    classify_lr=5e-4,
+    classify_lr=3e-4,
     classify_trainable="all",
     instruct_epochs=2,
     instruct_lr=5e-4,
