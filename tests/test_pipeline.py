@@ -163,7 +163,7 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
     assert base["base"] == "scratch" and base["steps"] == 8
     assert math.isfinite(base["val_loss"]) and base["val_ppl"] > 1
     corpus = (run / "base" / "pretrain" / "corpus.txt").read_text(encoding="utf-8")
-    assert "I had always thought Jack Gisburn" in corpus  # the bundled story
+    assert "I HAD always thought Jack Gisburn" in corpus  # the bundled story
     test_entries = load_json(run / "instruct" / "test.json")
     assert all(e["output"] not in corpus for e in test_entries)  # never the test split
     assert len(load_json(run / "base" / "samples.json")) == 2
