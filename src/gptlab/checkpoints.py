@@ -216,8 +216,14 @@ def iter_model_folders(run_dir: Path) -> Iterator[Path]:
 
 def load_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
     """Resolve what a user passes as --model: a model folder, a run folder (its final model,
-    else its latest checkpoint), or a preset name of OpenAI's GPT-2 (pretrained weights)."""
+    else its latest checkpoint), a Hugging Face GPT-2 `.safetensors` file, or a preset name of
+    OpenAI's GPT-2 (pretrained weights, downloaded and converted on first use)."""
     path = Path(spec)
+    if path.is_file() and path.suffix == ".safetensors":
+        from gptlab.weights import load_hf_safetensors
+
+        model = load_hf_safetensors(path, device)
+        return model, {"format": "gptlab", "model": model.cfg.to_dict(), "source": str(path)}
     if path.exists():
         for folder in iter_model_folders(path):
             return load_model_folder(folder, device)
@@ -228,7 +234,9 @@ def load_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, An
     from gptlab.config import OPENAI_SIZES, PRESETS
 
     if str(spec) in OPENAI_SIZES:
-        raise GptlabError(f"{spec}: pretrained weights are not available yet")
+        from gptlab.weights import ensure_pretrained
+
+        return load_model_folder(ensure_pretrained(str(spec)), device)
     if str(spec) in PRESETS:
         raise GptlabError(
             f"{spec}: preset {spec!r} has no pretrained weights; train it with "

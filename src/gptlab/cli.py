@@ -19,6 +19,15 @@ from gptlab.errors import GptlabError, Interrupted
 COMMANDS = {
     "pretrain": "pretrain",
     "generate": "generate",
+    "download": "download",
+    "convert": "convert",
+    "finetune-instruct": "finetune_instruct",
+    "respond": "respond",
+    "chat": "chat",
+    "finetune-classifier": "finetune_classifier",
+    "classify": "classify",
+    "evaluate": "evaluate",
+    "serve": "serve",
     "pipeline": "pipeline",
 }
 

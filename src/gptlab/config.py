@@ -86,7 +86,7 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt-mini": GPTConfig(context_length=256, emb_dim=384, n_layers=6, n_heads=6),
     # ~7M parameters: seconds per epoch on CPU.
     "gpt-micro": GPTConfig(context_length=256, emb_dim=128, n_layers=4, n_heads=4),
-    # ~1.7M parameters, almost all embeddings: for tests.
+    # ~1.6M parameters, almost all embeddings: for tests.
     "gpt-nano": GPTConfig(context_length=64, emb_dim=32, n_layers=2, n_heads=2),
 }
 

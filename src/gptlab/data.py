@@ -148,6 +148,7 @@ class ResumableBatches:
                 batch_sampler=self.epoch_batches(epoch, start),
                 collate_fn=self.collate_fn,
                 pin_memory=self.pin_memory,
+                generator=self._loader_rng(),
             )
             yield from loader
             epoch, start = epoch + 1, 0
@@ -160,4 +161,17 @@ class ResumableBatches:
         batches = [
             order[i * b : (i + 1) * b] for i in range(n if n_batches is None else min(n, n_batches))
         ]
-        return iter(DataLoader(self.dataset, batch_sampler=batches, collate_fn=self.collate_fn))
+        return iter(
+            DataLoader(
+                self.dataset,
+                batch_sampler=batches,
+                collate_fn=self.collate_fn,
+                generator=self._loader_rng(),
+            )
+        )
+
+    def _loader_rng(self) -> torch.Generator:
+        # A DataLoader draws a seed from the global RNG unless given its own generator; that
+        # draw would shift dropout's random stream whenever a loader is (re)created, and break
+        # exact resume.
+        return torch.Generator().manual_seed(self.seed)

@@ -122,7 +122,7 @@ def generate_tokens(
     if s.seed is not None:
         generator = torch.Generator(device=device).manual_seed(s.seed)
     # Prompts longer than the context keep their most recent tokens.
-    prompts = [list(p[-(ctx - 1) :]) if len(p) >= ctx else list(p) for p in prompts]
+    prompts = [list(p[-ctx:]) for p in prompts]
     tokens, n_pad = _left_pad(prompts, device)
     active = torch.ones(len(prompts), dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in prompts]
@@ -140,7 +140,7 @@ def generate_tokens(
         if not active.any():
             break
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        if tokens.shape[1] >= ctx:
+        if tokens.shape[1] > ctx:
             if s.on_context_full == "stop":
                 stats.hit_context_limit = True
                 log.info("generation reached the context length (%d tokens) and stopped", ctx)

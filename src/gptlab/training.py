@@ -241,8 +241,9 @@ def train(
                     loss, _n = loss_fn(model, batch)
                 (loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
-                tokens_seen += batch[0].numel()
-                window_tokens += batch[0].numel()
+                n_tokens = math.prod(batch[0].shape[:2])  # ids (B, T) or hidden states (B, T, D)
+                tokens_seen += n_tokens
+                window_tokens += n_tokens
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -267,8 +268,9 @@ def train(
                 )
                 bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
-            done = step == cfg.max_steps
-            if step % cfg.eval_interval == 0 or done or interrupted.is_set() or step == stop_after:
+            # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
+            # exactly what an uninterrupted one does; checkpoint there and when stopping.
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 train_loss = evaluate_loss(
                     model, train_batches.first(cfg.eval_batches), loss_fn, device, cfg.precision
                 )
@@ -293,6 +295,8 @@ def train(
                 )
                 if on_eval is not None:
                     on_eval(step)
+                checkpoint()
+            elif interrupted.is_set() or step == stop_after:
                 checkpoint()
             if interrupted.is_set():
                 raise Interrupted(

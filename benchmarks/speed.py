@@ -1,0 +1,236 @@
+"""CPU speed of gptlab's GPT against transformers' GPT2LMHeadModel and the book's reference.
+
+Measures, in one process with a fixed number of threads, interleaving the implementations:
+- a training step of the gpt2-small shape (batch x seq tokens, fp32, forward + cross-entropy +
+  backward + AdamW step), as tokens/s;
+- greedy generation with a KV cache (64-token prompt, 128 new tokens), as tokens/s;
+- the machine's two ceilings: fp32 matrix-product GFLOP/s and memory bandwidth (GB/s from a
+  large matrix-vector product), and what they allow: training at 6 x parameters FLOPs per
+  token, generation at (weight bytes read per token) / bandwidth.
+
+Every implementation gets the same random-initialised shape and the same optimizer settings;
+peers are also run with torch's fused AdamW so the optimizer's share is visible.
+
+    python benchmarks/speed.py                 # full run, about 10 minutes on 2 cores
+    python benchmarks/speed.py --reps 2 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gptlab.config import get_preset
+from gptlab.generation import Sampling, generate
+from gptlab.model import GPT
+from gptlab.training import TrainConfig, lm_loss, make_optimizer
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / min(timed(lambda: a @ b) for _ in range(reps)) / 1e9
+
+
+def bandwidth_gbs(rows: int = 8192, cols: int = 8192, reps: int = 5) -> float:
+    m, v = torch.randn(rows, cols), torch.randn(cols)
+    m @ v
+    return rows * cols * 4 / min(timed(lambda: m @ v) for _ in range(reps)) / 1e9
+
+
+def build_models(ctx: int) -> dict[str, torch.nn.Module]:
+    """The three implementations, gpt2-small shape, no dropout, context `ctx`."""
+    from llms_from_scratch.kv_cache.gpt2 import GPTModel as RefGPT
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = get_preset("gpt2-small").replace(context_length=ctx, drop_rate=0.0)
+    torch.manual_seed(0)
+    ours = GPT(cfg)
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            n_positions=ctx,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            attn_implementation="sdpa",
+        )
+    )
+    ref = RefGPT(
+        {
+            "vocab_size": 50257,
+            "context_length": ctx,
+            "emb_dim": 768,
+            "n_heads": 12,
+            "n_layers": 12,
+            "drop_rate": 0.0,
+            "qkv_bias": True,
+        }
+    )
+    return {"gptlab": ours, "transformers": hf, "reference": ref}
+
+
+def logits_of(name: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if name == "transformers":
+        return model(x).logits
+    return model(x)
+
+
+def train_step_fn(name: str, model: torch.nn.Module, fused: bool, batch: int, seq: int):
+    """One full training step, as each implementation is meant to be trained."""
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 50257, (batch, seq), generator=g)
+    y = torch.randint(0, 50257, (batch, seq), generator=g)
+    tc = TrainConfig(max_steps=1, lr=1e-4, weight_decay=0.1)
+    if name == "gptlab":
+        opt = make_optimizer(model, tc, torch.device("cpu"))  # gptlab's own: fused AdamW
+
+        def step() -> None:
+            loss, _ = lm_loss(model, (x, y))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused or None)
+
+    def peer_step() -> None:
+        logits = logits_of(name, model, x)
+        F.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return peer_step
+
+
+def generate_fn(name: str, model: torch.nn.Module, prompt: torch.Tensor, n_new: int):
+    model.eval()
+    if name == "gptlab":
+        s = Sampling(max_new_tokens=n_new, stop_ids=())
+        return lambda: generate(model, [prompt[0].tolist()], s)
+    if name == "transformers":
+        return lambda: model.generate(
+            prompt,
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=50256,
+        )
+
+    from llms_from_scratch.kv_cache.utils import KVCache
+
+    @torch.no_grad()
+    def ref_generate() -> None:
+        # The reference's own cached decoding loop (use_cache=True on every call).
+        cache = KVCache(n_layers=12)
+        model.reset_kv_cache()
+        logits = model(prompt, use_cache=True, cache=cache)
+        for _ in range(n_new):
+            nxt = logits[:, -1].argmax(dim=-1, keepdim=True)
+            logits = model(nxt, use_cache=True, cache=cache)
+
+    return ref_generate
+
+
+def median_rate(samples: list[float], work: float) -> float:
+    return work / statistics.median(samples)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-generate", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    gflops, gbs = matmul_gflops(), bandwidth_gbs()
+    print(f"ceilings: fp32 matmul {gflops:.1f} GFLOP/s, memory bandwidth {gbs:.1f} GB/s")
+    models = build_models(ctx=1024)
+    n_params = models["gptlab"].num_params()
+    tokens = args.batch * args.seq
+
+    if not args.skip_train:
+        runs = {
+            "gptlab": train_step_fn("gptlab", models["gptlab"], True, args.batch, args.seq),
+            "transformers": train_step_fn(
+                "transformers", models["transformers"], False, args.batch, args.seq
+            ),
+            "reference": train_step_fn(
+                "reference", models["reference"], False, args.batch, args.seq
+            ),
+            "transformers+fused": train_step_fn(
+                "transformers", models["transformers"], True, args.batch, args.seq
+            ),
+            "reference+fused": train_step_fn(
+                "reference", models["reference"], True, args.batch, args.seq
+            ),
+        }
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for fn in runs.values():  # warm-up (allocations, optimizer state)
+            fn()
+        for _ in range(args.reps):
+            for name, fn in runs.items():
+                times[name].append(timed(fn))
+        ceiling = gflops * 1e9 / (6 * n_params)
+        print(
+            f"\ntraining step, {args.batch}x{args.seq} tokens, fp32 "
+            f"(ceiling at 6N FLOPs/token: {ceiling:.0f} tokens/s)"
+        )
+        ours = median_rate(times["gptlab"], tokens)
+        for name, ts in times.items():
+            rate = median_rate(ts, tokens)
+            print(
+                f"  {name:20s} {rate:7.1f} tokens/s  (median of {len(ts)})  "
+                f"gptlab/this = {ours / rate:.2f}x  of ceiling {rate / ceiling:.0%}"
+            )
+
+    if not args.skip_generate:
+        prompt = torch.randint(
+            0, 50257, (1, args.prompt), generator=torch.Generator().manual_seed(2)
+        )
+        gens = {name: generate_fn(name, m, prompt, args.new) for name, m in models.items()}
+        gtimes: dict[str, list[float]] = {k: [] for k in gens}
+        with torch.inference_mode():
+            for fn in gens.values():
+                fn()
+            for _ in range(args.reps):
+                for name, fn in gens.items():
+                    gtimes[name].append(timed(fn))
+        weight_bytes = n_params * 4
+        bound = gbs * 1e9 / weight_bytes
+        print(
+            f"\ngreedy generation with KV cache, prompt {args.prompt}, {args.new} new tokens "
+            f"(bandwidth bound: {bound:.1f} tokens/s)"
+        )
+        ours = median_rate(gtimes["gptlab"], args.new)
+        for name, ts in gtimes.items():
+            rate = median_rate(ts, args.new)
+            print(
+                f"  {name:20s} {rate:7.1f} tokens/s  gptlab/this = {ours / rate:.2f}x  "
+                f"of bound {rate / bound:.0%}"
+            )
+
+
+if __name__ == "__main__":
+    main()

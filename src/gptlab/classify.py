@@ -1,0 +1,678 @@
+"""Classification fine-tuning: turn a GPT into an N-way text classifier (SMS spam by default).
+
+Data: labelled texts (the bundled UCI SMS Spam Collection, a user TSV/CSV, or the UCI zip on
+request), balanced by downsampling every class to the smallest one (seeded), split 70/10/20,
+encoded with the GPT-2 tokenizer and right-padded per batch with `<|endoftext|>`. The class is
+read from the output at each sequence's last real token: with causal attention that position
+has seen the whole text and none of the padding.
+
+Model: a base GPT (pretrained preset, run folder, or random) whose vocabulary head is replaced
+by an N-way linear layer (GPTConfig.n_classes = N, so the saved classifier reloads like any
+model folder). Only the last block(s), the final LayerNorm and the head train by default; `all`
+and LoRA are options.
+
+Speed: when the frozen blocks have no dropout, their output for a text never changes, so it is
+computed once ("cached prefix") and the epochs train only the tail on those hidden states. The
+loop is gptlab.training.train (atomic checkpoints, exact resume, SIGINT), evaluated once per
+epoch; the best model by validation accuracy is kept in RUN/model and scored on the test split.
+
+From scratch (`base="random"`), a random model knows no language; `pretrain_on_texts` first
+pretrains it with gptlab.pretrain on the unlabelled in-domain text that training may see (the
+training texts and the texts left out by balancing, never validation or test).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import time
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from gptlab.checkpoints import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    build_model,
+    load_model,
+    load_model_folder,
+    read_config,
+    save_model,
+)
+from gptlab.config import get_preset
+from gptlab.data import ResumableBatches, bundled, read_utf8
+from gptlab.errors import GptlabError
+from gptlab.lora import apply_lora, merge_lora
+from gptlab.model import GPT
+from gptlab.pretrain import PretrainConfig, pretrain
+from gptlab.runs import RunDir
+from gptlab.tokenizer import EOT_ID, encode
+from gptlab.training import TrainConfig, autocast, pick_device, train
+
+SMS_SPAM = "SMSSpamCollection"
+UCI_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
+UCI_ZIP_SHA256 = "e0c5bd54da721b0058bfecedfd96dc0be0a323366ca99d4d694817493f47be90"
+SMS_SPAM_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
+TRAINABLE = ("last-block", "last-k", "all", "lora")
+
+Example = tuple[str, int]  # (text, label index)
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelledData:
+    examples: list[Example]
+    labels: tuple[str, ...]  # label index -> name
+
+
+def _rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of a TSV (split on tabs, no quoting: texts keep their quotes)
+    or a CSV (quoted fields may span lines; the number is where the record starts)."""
+    if path.suffix.lower() == ".csv":
+        reader = csv.reader(io.StringIO(text, newline=""))
+        rows, start = [], 1
+        try:
+            for row in reader:
+                rows.append((start, row))
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise GptlabError(f"{path}:{start}: malformed CSV ({exc})") from None
+        return [(n, r) for n, r in rows if r]
+    return [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def read_labelled(path: Path, labels: tuple[str, ...] | None = None) -> LabelledData:
+    """Labelled texts from a TSV/CSV with a label and a text column: either a header naming
+    `label` and `text` columns, or no header and label first, text second (the UCI format).
+    Label names come from the file (sorted) unless `labels` fixes them."""
+    rows = _rows(path, read_utf8(path))
+    if not rows:
+        raise GptlabError(f"{path}: no data rows")
+    header = [h.strip().lower() for h in rows[0][1]]
+    if "label" in header and "text" in header:
+        label_col, text_col = header.index("label"), header.index("text")
+        n_fields, rows = len(header), rows[1:]
+    else:
+        label_col, text_col, n_fields = 0, 1, 2
+    raw: list[tuple[int, str, str]] = []
+    for line, fields in rows:
+        if len(fields) != n_fields:
+            raise GptlabError(
+                f"{path}:{line}: expected {n_fields} fields (label, text), found {len(fields)}"
+            )
+        label, text = fields[label_col].strip(), fields[text_col].strip()
+        if not label:
+            raise GptlabError(f"{path}:{line}: empty label")
+        if not text:
+            raise GptlabError(f"{path}:{line}: empty text")
+        if labels is not None and label not in labels:
+            raise GptlabError(
+                f"{path}:{line}: unknown label {label!r}; expected one of {', '.join(labels)}"
+            )
+        raw.append((line, label, text))
+    names = labels or tuple(sorted({label for _, label, _ in raw}))
+    if len(names) < 2:
+        raise GptlabError(f"{path}: needs at least two labels, found only {names[0]!r}")
+    index = {name: i for i, name in enumerate(names)}
+    return LabelledData([(text, index[label]) for _, label, text in raw], names)
+
+
+def load_sms_spam(path: Path | None = None) -> LabelledData:
+    """The SMS Spam Collection (bundled copy unless `path`), labels ham = 0, spam = 1."""
+    if path is not None:
+        return read_labelled(path, ("ham", "spam"))
+    with bundled(SMS_SPAM) as p:
+        return read_labelled(p, ("ham", "spam"))
+
+
+def extract_sms_spam(zip_path: Path, dest: Path) -> Path:
+    """Take SMSSpamCollection out of the UCI zip into `dest`, checking its sha256."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            data = zf.read(SMS_SPAM)
+    except FileNotFoundError:
+        raise GptlabError(f"{zip_path}: file not found") from None
+    except zipfile.BadZipFile:
+        raise GptlabError(f"{zip_path}: not a zip file") from None
+    except KeyError:
+        raise GptlabError(f"{zip_path}: holds no {SMS_SPAM}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SMS_SPAM_SHA256:
+        raise GptlabError(f"{zip_path}: {SMS_SPAM} has sha256 {digest}, expected {SMS_SPAM_SHA256}")
+    out = dest / SMS_SPAM
+    atomic_write(out, lambda p: p.write_bytes(data))
+    return out
+
+
+def download_sms_spam(dest: Path) -> Path:
+    """Download the UCI zip (sha256-checked) into `dest` and extract the collection."""
+    from gptlab.download import download_file  # the weights module owns HTTP downloads
+
+    zip_path = dest / "sms+spam+collection.zip"
+    download_file(UCI_URL, zip_path, sha256=UCI_ZIP_SHA256)
+    return extract_sms_spam(zip_path, dest)
+
+
+def balance(examples: list[Example], seed: int) -> tuple[list[Example], list[Example]]:
+    """Downsample every class to the size of the smallest (seeded). Returns (kept, left out),
+    each in file order."""
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for i, (_, label) in enumerate(examples):
+        by_label[label].append(i)
+    n = min(len(ids) for ids in by_label.values())
+    g = torch.Generator().manual_seed(seed)
+    kept: set[int] = set()
+    for label in sorted(by_label):
+        ids = by_label[label]
+        kept.update(ids[j] for j in torch.randperm(len(ids), generator=g)[:n].tolist())
+    return (
+        [e for i, e in enumerate(examples) if i in kept],
+        [e for i, e in enumerate(examples) if i not in kept],
+    )
+
+
+def split(
+    examples: list[Example], seed: int, fractions: tuple[float, float] = (0.7, 0.1)
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """Shuffle (seeded) and cut into train / validation / test (the rest)."""
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [examples[i] for i in order]
+    n_train = int(len(shuffled) * fractions[0])
+    n_val = int(len(shuffled) * fractions[1])
+    parts = shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
+    for name, part in zip(("training", "validation", "test"), parts, strict=True):
+        if not part:
+            raise GptlabError(f"{len(examples)} examples leave none for {name}; add more data")
+    return parts
+
+
+def encode_text(text: str, max_length: int) -> torch.Tensor:
+    """Token ids of `text`, cut to its first `max_length` tokens. A literal `<|endoftext|>` in
+    user text stays text, so it can never look like padding."""
+    return torch.tensor(encode(text, allow_eot=False)[:max_length], dtype=torch.long)
+
+
+class ClassificationDataset(Dataset):
+    """(sequence, label) pairs: token ids (T,), or the frozen prefix's hidden states (T, D)."""
+
+    def __init__(self, items: list[tuple[torch.Tensor, int]]) -> None:
+        self.items = items
+
+    @classmethod
+    def from_texts(cls, examples: list[Example], max_length: int) -> ClassificationDataset:
+        return cls([(encode_text(text, max_length), label) for text, label in examples])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.items[i]
+
+    def longest(self) -> int:
+        return max(len(seq) for seq, _ in self.items)
+
+
+def pad_batch(
+    seqs: list[torch.Tensor], pad_value: float, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad sequences (T_i, ...) to the longest (or `length`); returns the batch and the
+    index of each row's last real position."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    width = max(int(lengths.max()), length or 0)
+    out = seqs[0].new_full((len(seqs), width, *seqs[0].shape[1:]), pad_value)
+    for row, s in enumerate(seqs):
+        out[row, : len(s)] = s
+    return out, lengths - 1
+
+
+def collate(
+    items: list[tuple[torch.Tensor, int]], split: str, pad_to: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """A batch (inputs, last index, labels, split name); token ids pad with <|endoftext|>,
+    hidden states with zeros (causal attention never lets the last real position see them)."""
+    seqs = [seq for seq, _ in items]
+    x, last = pad_batch(seqs, EOT_ID if seqs[0].dim() == 1 else 0.0, pad_to)
+    return x, last, torch.tensor([label for _, label in items]), split
+
+
+# ---- model ------------------------------------------------------------------------------------
+
+
+def classifier_from(base: GPT, n_classes: int, dropout: float, seed: int) -> GPT:
+    """`base` with its output head replaced by a fresh N-way linear layer (seeded init)."""
+    cfg = base.cfg.replace(n_classes=n_classes, drop_rate=dropout)
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("out_head.")}
+    g = torch.Generator().manual_seed(seed)
+    state["out_head.weight"] = torch.randn(n_classes, cfg.emb_dim, generator=g) * 0.02
+    state["out_head.bias"] = torch.zeros(n_classes)
+    return build_model(cfg, state, "classifier")
+
+
+def set_trainable(model: GPT, mode: str, k: int = 1, rank: int = 8, alpha: float = 16.0) -> int:
+    """Freeze the model, then unfreeze per `mode`: the last block (or `k` blocks) with the final
+    LayerNorm and the head; everything; or LoRA adapters on every block plus the head.
+    Returns the number of leading blocks that stay frozen (the cacheable prefix)."""
+    if mode not in TRAINABLE:
+        raise GptlabError(f"unknown trainable mode {mode!r}; choose one of {', '.join(TRAINABLE)}")
+    n_layers = model.cfg.n_layers
+    if mode == "all":
+        model.requires_grad_(True)
+        return 0
+    if mode == "lora":
+        apply_lora(model, rank, alpha)
+        model.out_head.requires_grad_(True)
+        return 0
+    k = 1 if mode == "last-block" else k
+    if not 1 <= k <= n_layers:
+        raise GptlabError(f"cannot train the last {k} blocks of a {n_layers}-block model")
+    model.requires_grad_(False)
+    for module in (*model.blocks[n_layers - k :], model.final_norm, model.out_head):
+        module.requires_grad_(True)
+    return n_layers - k
+
+
+def prefix_states(model: GPT, ids: torch.Tensor, stop: int) -> torch.Tensor:
+    """Hidden states after the embeddings and blocks[:stop] (no final norm)."""
+    pos = torch.arange(ids.shape[1], device=ids.device)[None, :]
+    x = model.drop_emb(model.tok_emb(ids) + model.pos_emb(pos))
+    for block in model.blocks[:stop]:
+        x = block(x)
+    return x
+
+
+def tail_logits(model: GPT, h: torch.Tensor, last: torch.Tensor, start: int) -> torch.Tensor:
+    """Class logits from hidden states entering blocks[start:], read at the last real token."""
+    for block in model.blocks[start:]:
+        h = block(h)
+    h = h[torch.arange(len(h), device=h.device), last]
+    return model.out_head(model.final_norm(h))
+
+
+def class_logits(
+    model: GPT, x: torch.Tensor, last: torch.Tensor, start: int | None = None
+) -> torch.Tensor:
+    """Logits (B, N): from token ids through the whole model (`start` None), or from cached
+    hidden states entering block `start`."""
+    if start is not None:
+        return tail_logits(model, x, last, start)
+    h = model.hidden_states(x)
+    return model.out_head(h[torch.arange(len(h), device=h.device), last])
+
+
+@torch.no_grad()
+def cache_prefix(
+    model: GPT, data: ClassificationDataset, stop: int, device: torch.device, batch_size: int = 32
+) -> ClassificationDataset:
+    """The same examples with each text replaced by the frozen prefix's hidden states."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(data)), key=lambda i: len(data[i][0]))  # little padding per batch
+    states: dict[int, torch.Tensor] = {}
+    for b in range(0, len(order), batch_size):
+        rows = order[b : b + batch_size]
+        x, last = pad_batch([data[i][0] for i in rows], EOT_ID)
+        h = prefix_states(model, x.to(device), stop).float().cpu()
+        for j, i in enumerate(rows):
+            states[i] = h[j, : int(last[j]) + 1].clone()
+    model.train(was_training)
+    return ClassificationDataset([(states[i], data[i][1]) for i in range(len(data))])
+
+
+class ClassificationLoss:
+    """The loss function for gptlab.training.train (mean cross-entropy per example). In eval
+    mode it also counts correct predictions per split, so the epoch-end evaluation that train()
+    runs gives accuracy without a second pass over the data."""
+
+    def __init__(self, start: int | None) -> None:
+        self.start = start
+        self.tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        x, last, y, split_name = batch
+        logits = class_logits(model, x, last, self.start)  # type: ignore[arg-type]
+        if not model.training:
+            counts = self.tally[split_name]
+            counts[0] += int((logits.argmax(-1) == y).sum())
+            counts[1] += len(y)
+        return F.cross_entropy(logits.float(), y), len(y)
+
+    def accuracy(self, split_name: str) -> float:
+        correct, total = self.tally.pop(split_name, [0, 0])
+        return correct / max(total, 1)
+
+
+@torch.no_grad()
+def predict_proba(
+    model: GPT,
+    seqs: list[torch.Tensor],
+    device: torch.device,
+    batch_size: int = 32,
+    precision: str = "auto",
+) -> torch.Tensor:
+    """Class probabilities (len(seqs), N) for token-id sequences, in their order; batches group
+    sequences of similar length."""
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    probs = torch.empty(len(seqs), model.cfg.n_classes or 0)
+    for b in range(0, len(order), batch_size):
+        rows = order[b : b + batch_size]
+        x, last = pad_batch([seqs[i] for i in rows], EOT_ID)
+        with autocast(device, precision):
+            logits = class_logits(model, x.to(device), last.to(device))
+        probs[rows] = torch.softmax(logits.float(), dim=-1).cpu()
+    return probs
+
+
+def classify_texts(
+    model: GPT, texts: list[str], device: torch.device, batch_size: int = 32
+) -> list[tuple[int, float]]:
+    """(label index, probability) per text."""
+    seqs = []
+    for i, text in enumerate(texts):
+        seq = encode_text(text, model.cfg.context_length)
+        if len(seq) == 0:
+            raise GptlabError(f"text {i + 1} is empty")
+        seqs.append(seq)
+    probs = predict_proba(model, seqs, device, batch_size)
+    best, label = probs.max(dim=-1)
+    return [(int(i), float(p)) for i, p in zip(label, best, strict=True)]
+
+
+def metrics(y_true: torch.Tensor, y_pred: torch.Tensor, labels: tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 (of the positive class, index 1, for two classes;
+    macro-averaged over classes otherwise) and the confusion matrix [true][predicted]."""
+    n = len(labels)
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    confusion.index_put_((y_true, y_pred), torch.ones_like(y_true), accumulate=True)
+    tp = confusion.diag().double()
+    precision_c = tp / confusion.sum(0).double().clamp_min(1)
+    recall_c = tp / confusion.sum(1).double().clamp_min(1)
+    f1_c = 2 * precision_c * recall_c / (precision_c + recall_c).clamp_min(1e-12)
+    pick = (lambda t: float(t[1])) if n == 2 else (lambda t: float(t.mean()))
+    return {
+        "accuracy": float(tp.sum() / confusion.sum()),
+        "precision": pick(precision_c),
+        "recall": pick(recall_c),
+        "f1": pick(f1_c),
+        "averaging": f"positive class {labels[1]!r}" if n == 2 else "macro",
+        "confusion_matrix": confusion.tolist(),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f)}
+            for name, p, r, f in zip(labels, precision_c, recall_c, f1_c, strict=True)
+        },
+    }
+
+
+# ---- the job ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifierConfig:
+    out: Path = Path("runs/classify")
+    base: str = "gpt2-small"  # pretrained preset, run or model folder, or "random"
+    preset: str = "gpt-micro"  # the architecture when base is "random"
+    data: Path | None = None  # TSV/CSV; None: the bundled SMS Spam Collection
+    download: bool = False  # fetch the collection from UCI instead of the bundled copy
+    labels: tuple[str, ...] | None = None  # fix label names (others are errors)
+    balance: bool = True
+    max_length: int | None = None  # truncate texts (default: the model's context)
+    pad_to_longest: bool = False  # pad every batch to the longest training text
+    epochs: int = 5
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    trainable: str = "last-block"  # last-block, last-k, all, lora
+    trainable_blocks: int = 1  # k for last-k
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    dropout: float = 0.0
+    cache_prefix: bool = True  # when the frozen blocks have no dropout
+    pretrain_on_texts: bool = False  # from random: pretrain on in-domain training text first
+    pretrain_steps: int = 600
+    pretrain_batch_size: int = 16
+    pretrain_context: int | None = None  # default: the preset's context
+    pretrain_lr: float = 1e-3
+    pretrain_dropout: float = 0.1
+    seed: int = 123
+    device: str = "auto"
+    precision: str = "auto"
+    log_interval: int = 10
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLE:
+            raise GptlabError(
+                f"unknown --trainable {self.trainable!r}; choose one of {', '.join(TRAINABLE)}"
+            )
+        for name in ("epochs", "batch_size", "pretrain_steps", "pretrain_batch_size"):
+            if getattr(self, name) < 1:
+                raise GptlabError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise GptlabError(f"learning rate must be positive, got {self.lr}")
+        if self.pretrain_on_texts and self.base != "random":
+            raise GptlabError("--pretrain-on-texts starts from --base random")
+        if self.download and self.data is not None:
+            raise GptlabError("give either --data or --download, not both")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def _load_data(c: ClassifierConfig) -> LabelledData:
+    if c.download:
+        return load_sms_spam(download_sms_spam(c.out / "data"))
+    if c.data is None:
+        return load_sms_spam()
+    return read_labelled(c.data, c.labels)
+
+
+def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.device) -> GPT:
+    """Next-token pretraining of a random `preset` model on `texts` in RUN/pretrain (resumable;
+    skipped when finished)."""
+    out = c.out / "pretrain"
+    corpus = out / "corpus.txt"
+    done = (out / "results.json").is_file()
+    if not done:
+        resume = (out / "config.json").is_file()
+        if not resume:
+            atomic_write_text(corpus, "<|endoftext|>".join(texts))
+        pretrain(
+            PretrainConfig(
+                out=out,
+                corpus=corpus,
+                preset=c.preset,
+                context=c.pretrain_context,
+                dropout=c.pretrain_dropout,
+                batch_size=c.pretrain_batch_size,
+                max_steps=c.pretrain_steps,
+                lr=c.pretrain_lr,
+                warmup_steps=min(100, c.pretrain_steps // 10),
+                eval_interval=max(1, c.pretrain_steps // 5),
+                sample_prompt="Hey",
+                seed=c.seed,
+                device=str(device),
+                precision=c.precision,
+            ),
+            resume=resume,
+        )
+    model, _ = load_model_folder(out / "model")
+    return model
+
+
+def _base_model(c: ClassifierConfig, unlabelled: list[str], device: torch.device) -> GPT:
+    if c.pretrain_on_texts:
+        return _pretrain_on_texts(c, unlabelled, device)
+    if c.base == "random":
+        torch.manual_seed(c.seed)
+        return GPT(get_preset(c.preset))
+    model, meta = load_model(c.base)
+    if meta.get("task") == "classify":
+        raise GptlabError(f"{c.base}: is already a classifier; pass a language model as --base")
+    return model
+
+
+def _save_classifier(model: GPT, path: Path, meta: dict[str, Any]) -> None:
+    """Save as a plain model folder; LoRA adapters are merged into a copy first."""
+    if any(name.endswith("lora_a") for name, _ in model.named_parameters()):
+        model = merge_lora(copy.deepcopy(model))
+    save_model(model, path, meta)
+
+
+def finetune_classifier(
+    c: ClassifierConfig, resume: bool = False, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Run (or resume) a classification fine-tuning job in `c.out`; returns results.json.
+    `stop_after` ends early after that optimizer step's checkpoint (as an interruption would)
+    and returns {} without results.json."""
+    wall_start = time.perf_counter()
+    device = pick_device(c.device)
+    run = RunDir(c.out)
+    data = _load_data(c)
+    kept, left_out = balance(data.examples, c.seed) if c.balance else (data.examples, [])
+    train_ex, val_ex, test_ex = split(kept, c.seed)
+    counts = Counter(label for _, label in kept)
+    run.prepare(
+        {
+            "task": "classify",
+            "classify": c.to_json(),
+            "labels": list(data.labels),
+            "data": {
+                "examples": len(data.examples),
+                "per_label": {data.labels[i]: n for i, n in sorted(counts.items())},
+                "left_out_by_balancing": len(left_out),
+                "train": len(train_ex),
+                "val": len(val_ex),
+                "test": len(test_ex),
+            },
+            "device": str(device),
+        },
+        resume=resume,
+    )
+    unlabelled = [text for text, _ in train_ex + left_out]
+    base = _base_model(c, unlabelled, device)
+    model = classifier_from(base, len(data.labels), c.dropout, c.seed)
+    del base
+    frozen = set_trainable(model, c.trainable, c.trainable_blocks, c.lora_rank, c.lora_alpha)
+    max_length = min(c.max_length or model.cfg.context_length, model.cfg.context_length)
+    model.to(device)
+
+    datasets = {
+        name: ClassificationDataset.from_texts(ex, max_length)
+        for name, ex in (("train", train_ex), ("val", val_ex), ("test", test_ex))
+    }
+    pad_to = datasets["train"].longest() if c.pad_to_longest else None
+    cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0
+    start = frozen if cached else None
+    if cached:
+        for name in ("train", "val"):
+            datasets[name] = cache_prefix(model, datasets[name], frozen, device)
+
+    def batches(name: str, shuffle: bool) -> ResumableBatches:
+        return ResumableBatches(
+            datasets[name],
+            c.batch_size,
+            shuffle=shuffle,
+            seed=c.seed,
+            drop_last=shuffle,
+            collate_fn=partial(collate, split=name, pad_to=pad_to),
+        )
+
+    train_batches, val_batches = batches("train", True), batches("val", False)
+    per_epoch = train_batches.per_epoch
+    tc = TrainConfig(
+        max_steps=c.epochs * per_epoch,
+        lr=c.lr,
+        min_lr_ratio=1.0,  # constant learning rate, as in the original recipe
+        weight_decay=c.weight_decay,
+        grad_clip=None,
+        eval_interval=per_epoch,
+        log_interval=min(c.log_interval, per_epoch),
+        seed=c.seed,
+        precision=c.precision,
+    )
+    meta = {"task": "classify", "labels": list(data.labels), "max_length": max_length}
+    loss_fn = ClassificationLoss(start)
+    best_path = run.path / "model"
+    best = read_config(best_path)["val_acc"] if resume and best_path.is_dir() else -1.0
+
+    def on_eval(step: int) -> None:
+        nonlocal best
+        train_acc, val_acc = loss_fn.accuracy("train"), loss_fn.accuracy("val")
+        run.log(
+            {
+                "kind": "accuracy",
+                "step": step,
+                "epoch": step / per_epoch,
+                "train_acc": train_acc,
+                "val_acc": val_acc,
+            }
+        )
+        print(f"epoch {step / per_epoch:g}: train acc {train_acc:.3f}, val acc {val_acc:.3f}")
+        if val_acc > best:
+            best = val_acc
+            _save_classifier(model, best_path, {**meta, "step": step, "val_acc": val_acc})
+
+    result = train(
+        model,
+        train_batches,
+        val_batches,
+        tc,
+        run,
+        device,
+        loss_fn=loss_fn,
+        resume=resume,
+        meta=meta,
+        on_eval=on_eval,
+        stop_after=stop_after,
+    )
+    run.plot(
+        "loss.png",
+        {"train": ("eval", "train_loss"), "validation": ("eval", "val_loss")},
+        "cross-entropy loss",
+        "classification loss",
+    )
+    run.plot(
+        "accuracy.png",
+        {"train": ("accuracy", "train_acc"), "validation": ("accuracy", "val_acc")},
+        "accuracy",
+        "classification accuracy",
+    )
+    if result.step < tc.max_steps:
+        return {}
+
+    best_model, best_meta = load_model_folder(best_path, device=str(device))
+    test = datasets["test"]
+    probs = predict_proba(best_model, [s for s, _ in test.items], device, precision=c.precision)
+    y_true = torch.tensor([label for _, label in test.items])
+    scores = metrics(y_true, probs.argmax(-1), data.labels)
+    results = {
+        "task": "classify",
+        "labels": list(data.labels),
+        "test_accuracy": scores.pop("accuracy"),
+        **scores,
+        "best_val_accuracy": best_meta["val_acc"],
+        "best_epoch": best_meta["step"] / per_epoch,
+        "epochs": c.epochs,
+        "n_train": len(train_ex),
+        "n_val": len(val_ex),
+        "n_test": len(test_ex),
+        "trainable": c.trainable,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "cached_prefix": cached,
+        "train_seconds": result.seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
+    atomic_write_json(run.path / "results.json", results)
+    return results

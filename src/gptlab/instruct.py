@@ -1,0 +1,545 @@
+"""Instruction fine-tuning: Alpaca-format data, padded batches, training, and saved responses.
+
+Data is a JSON list or JSON Lines of {"instruction", "input" (optional), "output"} objects
+(default: the bundled 1,100-entry instruction-data.json), split 85/5/10 in a seeded order.
+Each entry becomes the Alpaca prompt (gptlab.prompts) followed by its output, tokenized
+separately so the prompt/response boundary is exact, then `<|endoftext|>`.
+
+A batch is padded only to its own longest sequence. Targets are the inputs shifted by one;
+padding targets are -100 (ignored by the loss) except the first end-of-text, which teaches the
+model to stop. `mask_prompt` also ignores the targets inside the prompt, so only the response
+is learned. Length-grouped batching puts sequences of similar length together to cut padding.
+
+Training reuses gptlab.training.train (AdamW, warm-up, clipping, accumulation, checkpoints,
+resume), on all weights or on LoRA adapters; the final model is saved merged, as a plain model
+folder. `respond` writes a response for every entry of a data file, saving progress as it goes
+so that a rerun continues where an interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from gptlab.checkpoints import atomic_write_json, load_model, save_model
+from gptlab.config import get_preset
+from gptlab.data import ResumableBatches, bundled, read_utf8
+from gptlab.errors import GptlabError, Interrupted
+from gptlab.generation import Sampling, generate, generate_tokens, trim_at_stop
+from gptlab.lora import TARGETS, apply_lora, merge_lora
+from gptlab.model import GPT
+from gptlab.prompts import STOP_STRINGS, format_prompt
+from gptlab.runs import RunDir
+from gptlab.tokenizer import EOT_ID, decode, encode, stream_decode
+from gptlab.training import TrainConfig, perplexity, pick_device, train
+
+log = logging.getLogger("gptlab")
+
+BUNDLED_DATA = "instruction-data.json"
+IGNORE_INDEX = -100
+# Train / validation / test fractions; the test part is int(0.10 n), validation the rest.
+SPLIT = (0.85, 0.05, 0.10)
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def _check_entry(entry: Any, where: str, require_output: bool) -> None:
+    if not isinstance(entry, dict):
+        raise GptlabError(f"{where}: expected an object, got {type(entry).__name__}")
+    required = ("instruction", "output") if require_output else ("instruction",)
+    for name in ("instruction", "input", "output"):
+        if name not in entry:
+            if name in required:
+                raise GptlabError(f"{where}: field '{name}' is missing")
+            continue
+        value = entry[name]
+        if not isinstance(value, str):
+            raise GptlabError(
+                f"{where}: field '{name}' must be a string, got {type(value).__name__}"
+            )
+        if name != "input" and not value.strip():
+            raise GptlabError(f"{where}: field '{name}' is empty")
+
+
+def load_entries(path: Path | None, require_output: bool = True) -> list[dict[str, Any]]:
+    """Validated entries of a JSON list or JSON Lines file (None: the bundled data). Errors name
+    the file, the 0-based entry index (and line, for JSON Lines) and the field."""
+    if path is None:
+        with bundled(BUNDLED_DATA) as p:
+            return load_entries(p, require_output)
+    text = read_utf8(path)
+    entries: list[Any]
+    if text.lstrip().startswith("["):
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GptlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        for i, entry in enumerate(entries):
+            _check_entry(entry, f"{path}: entry {i}", require_output)
+    else:
+        entries = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}: entry {len(entries)}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise GptlabError(f"{where}: not valid JSON ({exc.msg})") from None
+            _check_entry(entry, where, require_output)
+            entries.append(entry)
+    if not entries:
+        raise GptlabError(f"{path}: holds no entries")
+    return entries
+
+
+def split_entries(
+    entries: Sequence[dict[str, Any]], seed: int, fractions: tuple[float, float, float] = SPLIT
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation, test) after a seeded shuffle: 1,100 entries give 935 / 55 / 110."""
+    g = torch.Generator().manual_seed(seed)
+    shuffled = [entries[i] for i in torch.randperm(len(entries), generator=g).tolist()]
+    n_train = int(len(shuffled) * fractions[0])
+    n_test = int(len(shuffled) * fractions[2])
+    n_val = len(shuffled) - n_train - n_test
+    return shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
+
+
+def entry_prompt(entry: dict[str, Any]) -> str:
+    return format_prompt(entry["instruction"], entry.get("input", ""))
+
+
+def tokenize_entry(entry: dict[str, Any]) -> tuple[list[int], int]:
+    """(prompt + response token ids, number of prompt tokens). Text that spells
+    `<|endoftext|>` stays plain text: only the collate function adds the real token."""
+    prompt = encode(entry_prompt(entry), allow_eot=False)
+    return prompt + encode(entry["output"], allow_eot=False), len(prompt)
+
+
+class InstructionDataset(Dataset):
+    """Tokenized entries; item i is (ids, n_prompt) for the collate function."""
+
+    def __init__(self, entries: Sequence[dict[str, Any]]) -> None:
+        self.items = [tokenize_entry(e) for e in entries]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        return self.items[i]
+
+    def lengths(self, max_length: int) -> list[int]:
+        return [min(len(ids), max_length) for ids, _ in self.items]
+
+
+def collate(
+    batch: Sequence[tuple[list[int], int]],
+    max_length: int | None = None,
+    mask_prompt: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets), both (B, T) with T = the batch's longest sequence, at most
+    `max_length`. Row b is seq = ids + [EOT]: inputs = seq[:-1] padded with EOT, targets =
+    seq[1:] (whose last item is the one kept end-of-text) padded with -100; with `mask_prompt`,
+    the targets that are prompt tokens are -100 too."""
+    width = max(len(ids) for ids, _ in batch)
+    if max_length is not None:
+        width = min(width, max_length)
+    inputs = torch.full((len(batch), width), EOT_ID, dtype=torch.long)
+    targets = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, n_prompt) in enumerate(batch):
+        seq = torch.tensor([*ids, EOT_ID], dtype=torch.long)
+        n = min(len(ids), width)
+        inputs[row, :n] = seq[:n]
+        targets[row, :n] = seq[1 : n + 1]
+        if mask_prompt:
+            targets[row, : n_prompt - 1] = IGNORE_INDEX
+    return inputs, targets
+
+
+def instruct_loss(model: GPT, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """gptlab.training.lm_loss, with logits computed only where there is a target: padding and
+    masked prompts are most positions, and the vocabulary projection is the largest matmul."""
+    x, y = batch
+    keep = y != IGNORE_INDEX
+    logits = model.out_head(model.hidden_states(x)[keep])
+    return F.cross_entropy(logits.float(), y[keep]), int(keep.sum())
+
+
+class LengthGroupedBatches(ResumableBatches):
+    """Training batches of similar lengths, to cut padding. Each epoch: a seeded shuffle, cut
+    into pools of `pool_batches` batches, each pool sorted by length and cut into batches,
+    then the batches shuffled. Like its parent, the order depends only on (seed, epoch)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        pool_batches: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, batch_size, shuffle=True, seed=seed, drop_last=True, **kwargs)
+        self.lengths = lengths
+        self.pool = pool_batches * batch_size
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        b = self.batch_size
+        order = torch.randperm(len(self.lengths), generator=g).tolist()[: self.per_epoch * b]
+        batches = []
+        for i in range(0, len(order), self.pool):
+            pool = sorted(order[i : i + self.pool], key=lambda j: -self.lengths[j])
+            batches += [pool[k : k + b] for k in range(0, len(pool), b)]
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return shuffled[start:]
+
+
+def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """The share of input positions that are padding when each batch is padded to its longest
+    (already truncated) length."""
+    real = total = 0
+    for batch in batches:
+        lens = [lengths[i] for i in batch]
+        real += sum(lens)
+        total += max(lens) * len(lens)
+    return 1.0 - real / max(total, 1)
+
+
+# ---- fine-tuning -----------------------------------------------------------------------------
+
+
+@dataclass
+class InstructConfig:
+    out: Path = Path("runs/instruct")
+    base: str = "gpt2-medium"  # model folder, run folder, pretrained preset, or "random"
+    preset: str = "gpt-micro"  # the shape of a "random" base
+    data: Path | None = None  # None: the bundled instruction-data.json
+    epochs: int = 2
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    max_length: int | None = None  # None: the model's context length
+    mask_prompt: bool = False
+    group_by_length: bool = False
+    lora_rank: int | None = None  # None: full fine-tuning
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = tuple(TARGETS)
+    grad_checkpointing: bool = False
+    eval_interval: int = 50
+    eval_batches: int = 10
+    sample_tokens: int = 64
+    seed: int = 123
+    device: str = "auto"
+    precision: str = "auto"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def _base_model(c: InstructConfig, device: torch.device) -> GPT:
+    if c.base == "random":
+        torch.manual_seed(c.seed)
+        return GPT(get_preset(c.preset))
+    model, _ = load_model(c.base, device=str(device))
+    if model.cfg.n_classes is not None:
+        raise GptlabError(f"{c.base}: is a classifier; instruction tuning needs a language model")
+    return model
+
+
+def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune `c.base` on instruction data in run folder `c.out`; returns results.json.
+    Also writes the test split as RUN/test.json and the merged model as RUN/model."""
+    if c.batch_size < 1 or c.epochs < 1:
+        raise GptlabError("batch size and epochs must be positive")
+    train_entries, val_entries, test_entries = split_entries(load_entries(c.data), c.seed)
+    source = str(c.data or f"bundled {BUNDLED_DATA}")
+    if not val_entries:
+        raise GptlabError(f"{source}: too few entries to leave any for validation")
+    device = pick_device(c.device)
+    model = _base_model(c, device)
+    context = model.cfg.context_length
+    max_length = c.max_length or context
+    if not 2 <= max_length <= context:
+        raise GptlabError(f"--max-length must be between 2 and the context {context}")
+    train_ds, val_ds = InstructionDataset(train_entries), InstructionDataset(val_entries)
+    lengths = train_ds.lengths(max_length)
+    collate_fn = partial(collate, max_length=max_length, mask_prompt=c.mask_prompt)
+    pin = device.type == "cuda"
+    plain = ResumableBatches(
+        train_ds, c.batch_size, shuffle=True, seed=c.seed, collate_fn=collate_fn, pin_memory=pin
+    )
+    grouped = LengthGroupedBatches(
+        train_ds, lengths, c.batch_size, c.seed, collate_fn=collate_fn, pin_memory=pin
+    )
+    train_batches = grouped if c.group_by_length else plain
+    val_batches = ResumableBatches(
+        val_ds, c.batch_size, shuffle=False, drop_last=False, collate_fn=collate_fn
+    )
+    padding = {
+        "plain": padding_fraction(plain.epoch_batches(0), lengths),
+        "grouped": padding_fraction(grouped.epoch_batches(0), lengths),
+    }
+    steps_per_epoch = max(1, train_batches.per_epoch // c.grad_accum)
+    max_steps = c.max_steps or c.epochs * steps_per_epoch
+    tc = TrainConfig(
+        max_steps=max_steps,
+        lr=c.lr,
+        weight_decay=c.weight_decay,
+        warmup_steps=c.warmup_steps,
+        grad_accum=c.grad_accum,
+        grad_clip=c.grad_clip,
+        eval_interval=min(c.eval_interval, max_steps),
+        eval_batches=c.eval_batches,
+        seed=c.seed,
+        precision=c.precision,
+    )
+
+    lora = None
+    if c.lora_rank is not None:
+        torch.manual_seed(c.seed)
+        adapters = apply_lora(model, c.lora_rank, c.lora_alpha, tuple(c.lora_targets))
+        lora = {"rank": c.lora_rank, "alpha": c.lora_alpha, "targets": list(c.lora_targets)}
+        log.info("LoRA: %s adapter parameters", f"{adapters:,}")
+    model.gradient_checkpointing = c.grad_checkpointing
+    trainable = model.num_params(trainable_only=True)
+
+    run = RunDir(c.out)
+    run.prepare(
+        {
+            "task": "instruct",
+            "instruct": c.to_json(),
+            "model": model.cfg.to_dict(),
+            "train": asdict(tc),
+            "data": {
+                "source": source,
+                "train": len(train_entries),
+                "val": len(val_entries),
+                "test": len(test_entries),
+                "steps_per_epoch": steps_per_epoch,
+                "max_length": max_length,
+                "padding_fraction": padding,
+            },
+            "device": str(device),
+        },
+        resume=resume,
+    )
+    atomic_write_json(run.path / "test.json", test_entries)
+
+    sampling = Sampling(max_new_tokens=c.sample_tokens)
+    samples: list[str] = []
+
+    def sample(step: int) -> None:
+        entry = val_entries[0]
+        answer = generate_responses(model, [entry_prompt(entry)], sampling)[0]
+        samples.append(f"[step {step}] {entry['instruction']!r} -> {answer!r}")
+        model.train()
+
+    result = train(
+        model,
+        train_batches,
+        val_batches,
+        tc,
+        run,
+        device,
+        loss_fn=instruct_loss,
+        resume=resume,
+        meta={"task": "lm", "lora": lora},
+        on_eval=sample,
+    )
+    if samples:
+        with open(run.path / "samples.txt", "a", encoding="utf-8") as f:
+            f.write("\n".join(samples) + "\n")
+    run.plot(
+        "loss.png",
+        {
+            "train (per step)": ("train", "loss"),
+            "train": ("eval", "train_loss"),
+            "validation": ("eval", "val_loss"),
+        },
+        "cross-entropy loss",
+        "instruction fine-tuning loss",
+    )
+    if lora is not None:
+        merge_lora(model)
+    model_dir = save_model(model, run.path / "model", {"task": "lm", "template": "alpaca"})
+    results = {
+        "task": "instruct",
+        "base": c.base,
+        "model": str(model_dir),
+        "test_data": str(run.path / "test.json"),
+        "steps": result.step,
+        "tokens_seen": result.tokens_seen,
+        "train_loss": result.train_loss,
+        "val_loss": result.val_loss,
+        "val_ppl": perplexity(result.val_loss),
+        "train_seconds": result.seconds,
+        "tokens_per_s": result.tokens_seen / max(result.seconds, 1e-9),
+        "examples": {"train": len(train_ds), "val": len(val_ds), "test": len(test_entries)},
+        "padding_fraction": padding["grouped" if c.group_by_length else "plain"],
+        "padding_fraction_plain": padding["plain"],
+        "padding_fraction_grouped": padding["grouped"],
+        "trainable_params": trainable,
+        "total_params": model.num_params(),
+        "lora": lora,
+    }
+    atomic_write_json(run.path / "results.json", results)
+    return results
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+
+def instruct_sampling(sampling: Sampling) -> Sampling:
+    """`sampling` that also stops where the model starts a new `###` section."""
+    stops = tuple(dict.fromkeys((*sampling.stop_strings, *STOP_STRINGS)))
+    return dataclasses.replace(sampling, stop_strings=stops)
+
+
+def generate_responses(model: GPT, prompts: Sequence[str], sampling: Sampling) -> list[str]:
+    """The response to each formatted prompt (one batch), cut at a stop and stripped."""
+    s = instruct_sampling(sampling)
+    ids = generate(model, [encode(p, allow_eot=False) for p in prompts], s)
+    return [trim_at_stop(decode(row), s.stop_strings).strip() for row in ids]
+
+
+def stream_response(
+    model: GPT, instruction: str, sampling: Sampling, input_text: str = ""
+) -> Iterator[str]:
+    """The response to one instruction, piece by piece, never showing a stop string (text that
+    might be the start of one is held back until it is clearly not)."""
+    s = instruct_sampling(sampling)
+    prompt = encode(format_prompt(instruction, input_text), allow_eot=False)
+    hold = max(len(stop) for stop in s.stop_strings) - 1
+
+    def tokens() -> Iterator[int]:
+        for nxt, active in generate_tokens(model, [prompt], s):
+            if not bool(active[0]):
+                return
+            yield int(nxt[0])
+
+    text, shown = "", 0
+    for piece in stream_decode(tokens()):
+        text += piece
+        if trim_at_stop(text, s.stop_strings) != text:
+            break
+        if len(text) - hold > shown:
+            yield text[shown : len(text) - hold]
+            shown = len(text) - hold
+    final = trim_at_stop(text, s.stop_strings).rstrip()
+    if len(final) > shown:
+        yield final[shown:]
+
+
+def progress_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".progress.jsonl")
+
+
+def progress_header(model_spec: str, data_path: Path, sampling: Sampling) -> dict[str, Any]:
+    """What a progress file was made from; a rerun only continues one with the same header."""
+    header = {
+        "model": str(model_spec),
+        "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
+        "sampling": asdict(instruct_sampling(sampling)),
+    }
+    return json.loads(json.dumps(header))  # as read back from JSON: tuples become lists
+
+
+def _read_progress(path: Path, header: dict[str, Any], n_entries: int) -> dict[int, str]:
+    """Responses already written by an earlier run with the same inputs (a last line cut by a
+    crash is ignored)."""
+    if not path.exists():
+        return {}
+    lines = read_utf8(path).splitlines()
+    if not lines:
+        return {}
+    try:
+        first = json.loads(lines[0])
+    except json.JSONDecodeError:
+        first = None
+    if first != header:
+        raise GptlabError(
+            f"{path}: progress of a run with another model, data or sampling; delete it or "
+            "choose another --out"
+        )
+    done: dict[int, str] = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not 0 <= record.get("index", -1) < n_entries:
+            raise GptlabError(f"{path}: entry index {record.get('index')} is out of range")
+        done[record["index"]] = record["model_response"]
+    return done
+
+
+def respond(
+    model_spec: str,
+    data_path: Path,
+    out_path: Path,
+    sampling: Sampling,
+    batch_size: int = 8,
+    device: str = "auto",
+) -> Path:
+    """Write `out_path`: the entries of `data_path`, each with a `model_response`. Responses are
+    appended to OUT.progress.jsonl batch by batch (prompts of similar length together), so a
+    rerun after an interruption only generates the missing ones; the final JSON is written
+    atomically and the progress file then removed."""
+    if batch_size < 1:
+        raise GptlabError(f"batch size must be positive, got {batch_size}")
+    entries = load_entries(data_path, require_output=False)
+    s = instruct_sampling(sampling)
+    header = progress_header(model_spec, data_path, s)
+    progress = progress_path(out_path)
+    done = _read_progress(progress, header, len(entries))
+    todo = [i for i in range(len(entries)) if i not in done]
+    if todo:
+        dev = pick_device(device)
+        model, _ = load_model(model_spec, device=str(dev))
+        model.to(dev).eval()
+        prompts = {i: entry_prompt(entries[i]) for i in todo}
+        todo.sort(key=lambda i: len(prompts[i]))
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not progress.exists() or progress.stat().st_size == 0
+        with (
+            open(progress, "a", encoding="utf-8") as f,
+            tqdm(total=len(entries), initial=len(done), desc="respond", unit="entry") as bar,
+        ):
+            if fresh:
+                f.write(json.dumps(header) + "\n")
+            try:
+                for start in range(0, len(todo), batch_size):
+                    batch = todo[start : start + batch_size]
+                    answers = generate_responses(model, [prompts[i] for i in batch], s)
+                    for i, answer in zip(batch, answers, strict=True):
+                        f.write(json.dumps({"index": i, "model_response": answer}) + "\n")
+                        done[i] = answer
+                    f.flush()
+                    os.fsync(f.fileno())
+                    bar.update(len(batch))
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"interrupted after {len(done)} of {len(entries)} entries; progress saved in "
+                    f"{progress} (rerun the same command to continue)"
+                ) from None
+    atomic_write_json(out_path, [{**e, "model_response": done[i]} for i, e in enumerate(entries)])
+    progress.unlink(missing_ok=True)
+    return out_path

@@ -1,0 +1,95 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def gptlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["pretrain", "--corpus", "nope.txt"], ["nope.txt: file not found"]),
+        (["pretrain", "--corpus", "bad.txt"], ["bad.txt:1: not valid UTF-8"]),
+        (["pretrain", "--corpus", "short.txt"], ["short.txt", "fewer than one window"]),
+        (["generate", "--model", "gpt5-huge", "--prompt", "hi"], ["gpt5-huge: no such model"]),
+        (["generate", "--model", "emptydir", "--prompt", "hi"], ["emptydir: no model here"]),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe")
+    (tmp_path / "short.txt").write_text("Just a few words.", encoding="utf-8")
+    (tmp_path / "emptydir").mkdir()
+    assert_user_error(gptlab(*args, cwd=tmp_path), *fragments)
+
+
+def test_bad_flag_values_are_rejected_by_argparse(tmp_path: Path) -> None:
+    for args in (
+        ["pretrain", "--preset", "gpt5"],
+        ["pretrain", "--batch-size", "0"],
+        ["generate", "--model", "x", "--prompt", "p", "--temperature", "-1"],
+    ):
+        proc = gptlab(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "error: argument" in proc.stderr
+
+
+def test_pretrain_generate_and_resume(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 30, encoding="utf-8")
+    common = [
+        "--corpus",
+        str(corpus),
+        "--preset",
+        "gpt-nano",
+        "--context",
+        "16",
+        "--out",
+        "run",
+        "--device",
+        "cpu",
+        "--eval-interval",
+        "3",
+    ]
+    first = gptlab("pretrain", *common, "--max-steps", "3", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "sample: [step 3] Every effort moves you" in first.stdout
+    again = gptlab("pretrain", *common, "--max-steps", "3", cwd=tmp_path)
+    assert_user_error(again, "already holds a run", "--resume")
+    gen = gptlab(
+        "generate",
+        "--model",
+        "run",
+        "--prompt",
+        "the quick",
+        "--max-new-tokens",
+        "5",
+        "--no-stop",
+        cwd=tmp_path,
+    )
+    assert gen.returncode == 0, gen.stderr
+    assert gen.stdout.startswith("the quick") and len(gen.stdout.strip()) > len("the quick")

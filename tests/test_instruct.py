@@ -1,0 +1,387 @@
+"""Instruction fine-tuning: data, collate, batching, training (full and LoRA), respond, chat."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.checkpoints import latest_checkpoint, load_model, read_safetensors, save_model
+from gptlab.cli import main
+from gptlab.config import get_preset
+from gptlab.data import ResumableBatches
+from gptlab.errors import GptlabError
+from gptlab.generation import Sampling
+from gptlab.instruct import (
+    InstructConfig,
+    InstructionDataset,
+    LengthGroupedBatches,
+    collate,
+    entry_prompt,
+    finetune_instruct,
+    instruct_loss,
+    load_entries,
+    padding_fraction,
+    progress_header,
+    progress_path,
+    respond,
+    split_entries,
+    tokenize_entry,
+)
+from gptlab.lora import apply_lora
+from gptlab.model import GPT
+from gptlab.tokenizer import EOT_ID, encode
+from gptlab.training import lm_loss
+
+E = EOT_ID
+X = -100
+
+# Short enough for gpt-nano's 64-token context, prompt included.
+TINY = [
+    {"instruction": "Name a primary color.", "input": "", "output": "Red."},
+    {"instruction": "What is 2 plus 2?", "output": "Four."},
+    {"instruction": "Translate to French.", "input": "cat", "output": "chat"},
+    {"instruction": "Give the opposite of hot.", "input": "", "output": "Cold."},
+    {"instruction": "Capital of Italy?", "input": "", "output": "Rome is the capital."},
+    {"instruction": "Say hello.", "input": "", "output": "Hello!"},
+]
+SEED = 123
+
+
+def write_json(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def test_prompt_text_is_the_alpaca_template_exactly() -> None:
+    assert entry_prompt({"instruction": "Name a primary color.", "output": "Red."}) == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nName a primary color.\n\n### Response:\n"
+    )
+    assert entry_prompt({"instruction": "Translate to French.", "input": "cat"}) == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nTranslate to French.\n\n### Input:\ncat"
+        "\n\n### Response:\n"
+    )
+
+
+def test_tokenize_entry_keeps_the_prompt_boundary_and_plain_eot_text() -> None:
+    entry = {"instruction": "Say it.", "output": "<|endoftext|> done"}
+    ids, n_prompt = tokenize_entry(entry)
+    assert ids[:n_prompt] == encode(entry_prompt(entry))
+    assert ids[n_prompt:] == encode("<|endoftext|> done", allow_eot=False)
+    assert EOT_ID not in ids  # the text stays text; only collate adds the real token
+
+
+def test_bundled_data_splits_935_55_110_seeded() -> None:
+    entries = load_entries(None)
+    assert len(entries) == 1100
+    train, val, test = split_entries(entries, seed=SEED)
+    assert (len(train), len(val), len(test)) == (935, 55, 110)
+    assert split_entries(entries, seed=SEED) == (train, val, test)
+    assert split_entries(entries, seed=SEED + 1)[0] != train
+    key = json.dumps
+    assert sorted(map(key, train + val + test)) == sorted(map(key, entries))
+
+
+BAD_ENTRIES = [
+    (
+        "a.json",
+        '[{"instruction": "a", "output": 3}]',
+        "entry 0: field 'output' must be a string, got int",
+    ),
+    (
+        "a.json",
+        '[{"instruction": "a", "output": "b"}, {"output": "b"}]',
+        "entry 1: field 'instruction' is missing",
+    ),
+    ("a.json", '[{"instruction": "a", "output": "b"}, 7]', "entry 1: expected an object, got int"),
+    ("a.json", '[{"instruction": "  ", "output": "b"}]', "entry 0: field 'instruction' is empty"),
+    (
+        "a.json",
+        '[{"instruction": "a", "input": ["x"], "output": "b"}]',
+        "entry 0: field 'input' must be a string, got list",
+    ),
+    ("a.json", '[{"instruction": "a",\n "output": }]', "a.json:2: not valid JSON"),
+    ("a.json", "[]", "a.json: holds no entries"),
+    (
+        "a.jsonl",
+        '{"instruction": "a", "output": "b"}\n\n'
+        '{"instruction": "a", "input": null, "output": "b"}\n',
+        "a.jsonl:3: entry 1: field 'input' must be a string, got NoneType",
+    ),
+    (
+        "a.jsonl",
+        '{"instruction": "a", "output": "b"}\n{oops\n',
+        "a.jsonl:2: entry 1: not valid JSON",
+    ),
+    ("a.jsonl", '{"instruction": "a"}\n', "a.jsonl:1: entry 0: field 'output' is missing"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_ENTRIES)
+def test_bad_entries_name_file_index_and_field(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(GptlabError) as err:
+        load_entries(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_entries_without_output_are_fine_for_responses(tmp_path: Path) -> None:
+    path = write_json(tmp_path / "q.json", [{"instruction": "Hi?", "id": 7}])
+    assert load_entries(path, require_output=False) == [{"instruction": "Hi?", "id": 7}]
+    with pytest.raises(GptlabError, match="entry 0: field 'output' is missing"):
+        load_entries(path)
+
+
+def test_cli_reports_bad_data_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = write_json(tmp_path / "bad.json", [{"instruction": "a", "output": "b"}, {"x": 1}])
+    code = main(["finetune-instruct", "--data", str(bad), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == (
+        f"gptlab finetune-instruct: error: {bad}: entry 1: field 'instruction' is missing"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+# ---- batching --------------------------------------------------------------------------------
+
+# (ids, number of prompt tokens) of three hand-made sequences of lengths 5, 2 and 3.
+BATCH = [([1, 2, 3, 4, 5], 2), ([6, 7], 1), ([8, 9, 10], 2)]
+
+
+def test_collate_pads_shifts_and_keeps_one_end_of_text() -> None:
+    inputs, targets = collate(BATCH)
+    assert inputs.tolist() == [[1, 2, 3, 4, 5], [6, 7, E, E, E], [8, 9, 10, E, E]]
+    assert targets.tolist() == [[2, 3, 4, 5, E], [7, E, X, X, X], [9, 10, E, X, X]]
+    assert inputs.dtype == targets.dtype == torch.long
+
+
+def test_collate_masks_the_prompt() -> None:
+    inputs, targets = collate(BATCH, mask_prompt=True)
+    assert inputs.tolist() == [[1, 2, 3, 4, 5], [6, 7, E, E, E], [8, 9, 10, E, E]]
+    assert targets.tolist() == [[X, 3, 4, 5, E], [7, E, X, X, X], [X, 10, E, X, X]]
+
+
+def test_collate_truncates_to_max_length() -> None:
+    inputs, targets = collate(BATCH, max_length=3)
+    assert inputs.tolist() == [[1, 2, 3], [6, 7, E], [8, 9, 10]]
+    assert targets.tolist() == [[2, 3, 4], [7, E, X], [9, 10, E]]
+    # A batch shorter than max_length is padded only to its own longest sequence.
+    assert collate(BATCH[1:], max_length=100)[0].shape == (2, 3)
+
+
+def test_instruct_loss_equals_the_full_lm_loss() -> None:
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt-nano"))
+    batch = collate([tokenize_entry(e) for e in TINY[:3]], mask_prompt=True)
+    full, n_full = lm_loss(model, batch)
+    (grad_full,) = torch.autograd.grad(full, model.blocks[0].attn.qkv.weight)
+    fast, n_fast = instruct_loss(model, batch)
+    (grad_fast,) = torch.autograd.grad(fast, model.blocks[0].attn.qkv.weight)
+    assert n_fast == n_full == int((batch[1] != -100).sum())
+    torch.testing.assert_close(fast, full)
+    torch.testing.assert_close(grad_fast, grad_full)
+
+
+def test_padding_fraction_counts_padded_positions() -> None:
+    # batch 1: lengths 4 and 2 -> 2 of 8 positions are padding; batch 2: 3 of 3 real.
+    assert padding_fraction([[0, 1], [2]], [4, 2, 3]) == pytest.approx(2 / 11)
+
+
+def test_length_grouping_is_seeded_resumable_and_cuts_padding() -> None:
+    train, _, _ = split_entries(load_entries(None), seed=SEED)
+    ds = InstructionDataset(train)
+    lengths = ds.lengths(1024)
+    grouped = LengthGroupedBatches(ds, lengths, batch_size=8, seed=SEED)
+    plain = ResumableBatches(ds, 8, shuffle=True, seed=SEED)
+    epoch0 = grouped.epoch_batches(0)
+    assert len(epoch0) == plain.per_epoch == 935 // 8
+    flat = [i for b in epoch0 for i in b]
+    assert len(flat) == len(set(flat)) == 8 * (935 // 8)
+    assert grouped.epoch_batches(0) == epoch0
+    assert grouped.epoch_batches(0, start=5) == epoch0[5:]
+    assert grouped.epoch_batches(1) != epoch0
+    grouped_pad = padding_fraction(epoch0, lengths)
+    plain_pad = padding_fraction(plain.epoch_batches(0), lengths)
+    assert grouped_pad < plain_pad / 3
+    batch = next(iter(LengthGroupedBatches(ds, lengths, 8, SEED, collate_fn=collate).iterate()))
+    assert batch[0].shape == (8, max(lengths[i] for i in epoch0[0]))
+
+
+# ---- fine-tuning and responses ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """A gpt-nano fine-tuned through the CLI until it knows its 5 training responses by heart;
+    returns the run folder and those training entries."""
+    root = tmp_path_factory.mktemp("tuned")
+    data = write_json(root / "tiny.json", TINY)
+    run = root / "run"
+    code = main(
+        [
+            "finetune-instruct",
+            "--base", "random",
+            "--preset", "gpt-nano",
+            "--data", str(data),
+            "--out", str(run),
+            "--batch-size", "5",
+            "--lr", "1e-2",
+            "--max-steps", "60",
+            "--mask-prompt",
+            "--eval-interval", "30",
+            "--eval-batches", "1",
+            "--seed", str(SEED),
+            "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    train, _, _ = split_entries(TINY, seed=SEED)
+    return run, train
+
+
+@pytest.mark.slow
+def test_finetune_writes_a_complete_run_folder(tuned: tuple[Path, list[dict]]) -> None:
+    run, _ = tuned
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 60
+    assert results["examples"] == {"train": 5, "val": 1, "test": 0}
+    assert results["train_loss"] < 0.5
+    assert 0 < results["padding_fraction"] < 0.5
+    assert results["trainable_params"] == results["total_params"]
+    assert json.loads((run / "test.json").read_text()) == split_entries(TINY, SEED)[2]
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [30, 60]
+    model, meta = load_model(run / "model")
+    assert meta["template"] == "alpaca"
+    assert model.cfg == get_preset("gpt-nano")
+
+
+@pytest.mark.slow
+def test_tiny_model_reproduces_its_training_responses(
+    tuned: tuple[Path, list[dict]], tmp_path: Path
+) -> None:
+    run, train = tuned
+    data = write_json(tmp_path / "train.json", train)
+    out = respond(str(run), data, tmp_path / "responses.json", Sampling(max_new_tokens=20), 3)
+    written = json.loads(out.read_text())
+    assert [e["model_response"] for e in written] == [e["output"] for e in train]
+    assert [{k: v for k, v in e.items() if k != "model_response"} for e in written] == train
+    assert not progress_path(out).exists()
+
+
+@pytest.mark.slow
+def test_respond_resumes_without_redoing_finished_entries(
+    tuned: tuple[Path, list[dict]], tmp_path: Path
+) -> None:
+    run, train = tuned
+    data = write_json(tmp_path / "train.json", train)
+    out = tmp_path / "responses.json"
+    sampling = Sampling(max_new_tokens=20)
+    # The state an interrupted run leaves: header, two finished entries, a line cut mid-write.
+    # Their recorded responses are not what the model says, so a redo would show.
+    header = progress_header(str(run), data, sampling)
+    progress_path(out).write_text(
+        json.dumps(header)
+        + "\n"
+        + json.dumps({"index": 3, "model_response": "kept 3"})
+        + "\n"
+        + json.dumps({"index": 0, "model_response": "kept 0"})
+        + '\n{"index": 1, "model_re',
+        encoding="utf-8",
+    )
+    code = main(
+        ["respond", "--model", str(run), "--data", str(data), "--out", str(out),
+         "--max-new-tokens", "20", "--batch-size", "2"]
+    )  # fmt: skip
+    assert code == 0
+    responses = [e["model_response"] for e in json.loads(out.read_text())]
+    expected = [e["output"] for e in train]
+    expected[0], expected[3] = "kept 0", "kept 3"
+    assert responses == expected
+    assert not progress_path(out).exists()
+
+
+def test_respond_refuses_progress_of_other_inputs(tmp_path: Path) -> None:
+    model_dir = save_model(GPT(get_preset("gpt-nano")), tmp_path / "model")
+    data = write_json(tmp_path / "q.json", [{"instruction": "Hi?"}])
+    out = tmp_path / "r.json"
+    header = progress_header(str(model_dir), data, Sampling(max_new_tokens=5))
+    progress_path(out).write_text(json.dumps(header) + "\n", encoding="utf-8")
+    with pytest.raises(GptlabError, match="progress of a run with another model, data or"):
+        respond(str(model_dir), data, out, Sampling(max_new_tokens=6))
+    respond(str(model_dir), data, out, Sampling(max_new_tokens=5))
+    (entry,) = json.loads(out.read_text())
+    assert entry["instruction"] == "Hi?" and isinstance(entry["model_response"], str)
+
+
+@pytest.mark.slow
+def test_chat_streams_responses_in_the_template(
+    tuned: tuple[Path, list[dict]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    run, train = tuned
+    lines = [e["instruction"] + (f" || {e['input']}" if e.get("input") else "") for e in train[:3]]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n\nignored\n"))
+    assert main(["chat", "--model", str(run), "--max-new-tokens", "20"]) == 0
+    assert capsys.readouterr().out.splitlines() == [e["output"] for e in train[:3]]
+
+
+def test_lora_trains_only_adapters_and_merges_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base_dir = save_model(GPT(get_preset("gpt-nano")), tmp_path / "base")
+    base_state = read_safetensors(base_dir / "model.safetensors")
+    data = write_json(tmp_path / "tiny.json", TINY)
+    config = InstructConfig(
+        out=tmp_path / "run",
+        base=str(base_dir),
+        data=data,
+        batch_size=5,
+        lr=1e-2,
+        max_steps=3,
+        lora_rank=2,
+        lora_alpha=4.0,
+        lora_targets=("qkv", "fc"),
+        eval_batches=1,
+        device="cpu",
+    )
+    results = finetune_instruct(config)
+    assert results["lora"] == {"rank": 2, "alpha": 4.0, "targets": ["qkv", "fc"]}
+    assert results["trainable_params"] == 2 * (2 * (32 + 96) + 2 * (32 + 128))
+
+    # The last checkpoint holds base and adapter weights: the base ones are unchanged.
+    trained = read_safetensors(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    adapters = {k: v for k, v in trained.items() if ".lora_" in k}
+    assert len(adapters) == 2 * 2 * 2
+    for name, tensor in trained.items():
+        if name not in adapters:
+            plain = name.replace(".base.", ".")
+            assert torch.equal(tensor, base_state[plain]), name
+    assert all(v.abs().sum() > 0 for k, v in adapters.items() if k.endswith("lora_b"))
+
+    # The merged export computes what base + adapters compute.
+    adapted, _ = load_model(base_dir)
+    apply_lora(adapted, 2, 4.0, ("qkv", "fc"))
+    adapted.load_state_dict(trained, strict=False)
+    merged, _ = load_model(tmp_path / "run" / "model")
+    x = torch.tensor([encode(entry_prompt(TINY[0]))])
+    with torch.no_grad():
+        reference = adapted(x)
+        assert not torch.allclose(reference, load_model(base_dir)[0](x), atol=1e-4)
+        torch.testing.assert_close(merged(x), reference, atol=1e-5, rtol=1e-5)
+    exported = read_safetensors(tmp_path / "run" / "model" / "model.safetensors")
+    assert set(exported) == set(base_state)

@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.checkpoints import read_safetensors
+from gptlab.config import GPTConfig
+from gptlab.data import ResumableBatches, SlidingWindowDataset
+from gptlab.model import GPT
+from gptlab.pretrain import PretrainConfig, pretrain
+from gptlab.runs import RunDir
+from gptlab.training import TrainConfig, lr_factor, train
+
+CFG = GPTConfig(
+    vocab_size=50257, context_length=16, emb_dim=32, n_layers=2, n_heads=2, drop_rate=0.1
+)
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    cfg = TrainConfig(max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.55)
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
+
+
+def _batches(seed: int = 0) -> tuple[ResumableBatches, ResumableBatches]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 300, (400,), generator=g)
+    train_ds = SlidingWindowDataset(ids[:320], 16, 8)
+    val_ds = SlidingWindowDataset(ids[320:], 16, 8)
+    return (
+        ResumableBatches(train_ds, 4, shuffle=True, seed=1),
+        ResumableBatches(val_ds, 4, shuffle=False, drop_last=False),
+    )
+
+
+def _run(path: Path, max_steps: int, resume: bool = False, stop_after: int | None = None) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(CFG)
+    train_b, val_b = _batches()
+    run = RunDir(path)
+    run.prepare({"test": True}, resume=resume)
+    cfg = TrainConfig(
+        max_steps=max_steps, lr=3e-3, warmup_steps=2, grad_accum=2, eval_interval=3, eval_batches=2
+    )
+    train(
+        model, train_b, val_b, cfg, run, torch.device("cpu"), resume=resume, stop_after=stop_after
+    )
+    return model
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    straight = _run(tmp_path / "a", max_steps=8)
+    _run(tmp_path / "b", max_steps=8, stop_after=5)
+    resumed = _run(tmp_path / "b", max_steps=8, resume=True)
+    for (name, p), q in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    a, b = RunDir(tmp_path / "a").metrics(), RunDir(tmp_path / "b").metrics()
+    strip = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in a]
+    assert strip == [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in b]
+
+
+def test_final_checkpoint_holds_final_weights(tmp_path: Path) -> None:
+    model = _run(tmp_path, max_steps=4)
+    state = read_safetensors(tmp_path / "checkpoints" / "step-000004" / "model.safetensors")
+    torch.testing.assert_close(state["tok_emb.weight"], model.tok_emb.weight)
+
+
+def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
+    corpus = tmp_path / "poem.txt"
+    corpus.write_text(
+        "Every effort moves you forward, and every step counts. " * 20, encoding="utf-8"
+    )
+    config = PretrainConfig(
+        out=tmp_path / "run",
+        corpus=corpus,
+        preset="gpt-nano",
+        context=16,
+        stride=4,
+        batch_size=4,
+        max_steps=60,
+        lr=2e-2,
+        dropout=0.0,
+        eval_interval=30,
+        sample_prompt="Every effort",
+        sample_tokens=6,
+        device="cpu",
+    )
+    result = pretrain(config)
+    assert result.train_loss < 2.0  # from ln(50257) = 10.8 at the start
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {
+        "config.json",
+        "metrics.jsonl",
+        "loss.png",
+        "samples.txt",
+        "model",
+        "checkpoints",
+        "results.json",
+    } <= files
+    assert "Every effort moves you forward" in (tmp_path / "run" / "samples.txt").read_text()
