@@ -31,6 +31,7 @@ from gptlab.cli import main
 from gptlab.pipeline import STAGES, Context, PipelineConfig, resolve_base, with_dependents
 from gptlab.runs import RunDir
 from gptlab.training import pick_device
+from tests.serve_process import save_tiny_model, served
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 VOLATILE = ("seconds", "tokens_per_s")  # wall-clock figures: the only things runs may differ in
@@ -47,7 +48,7 @@ def dead_url() -> str:
 DEAD = dead_url()
 
 
-def pipeline_args(out: Path, *extra: str) -> list[str]:
+def pipeline_args(out: Path, judge_url: str = DEAD, *extra: str) -> list[str]:
     return [
         "pipeline",
         "--base",
@@ -55,17 +56,19 @@ def pipeline_args(out: Path, *extra: str) -> list[str]:
         "--tiny",
         "--out",
         str(out),
+        "--judge-model",
+        "judge",
         "--judge-url",
-        DEAD,
+        judge_url,
         *extra,
     ]
 
 
-def start(out: Path, log: Path) -> subprocess.Popen[str]:
+def start(out: Path, log: Path, judge_url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     with open(log, "a", encoding="utf-8") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "gptlab", *pipeline_args(out)],
+            [sys.executable, "-m", "gptlab", *pipeline_args(out, judge_url)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -84,12 +87,21 @@ def wait_for_stage(proc: subprocess.Popen[str], stage: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def judge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`gptlab serve` on loopback with a tiny random model named "judge" (its replies are
+    seldom numbers: the point is the whole path, not the scores)."""
+    model = save_tiny_model(tmp_path_factory.mktemp("judge") / "model")
+    with served(model, "--max-tokens", "8", name="judge") as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, judge_url: str) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
-    proc = start(out, out.parent / "stderr.txt")
+    proc = start(out, out.parent / "stderr.txt", judge_url)
     stdout, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, (out.parent / "stderr.txt").read_text()
-    assert "judge     skipped" in stdout
+    assert "judge     done" in stdout
     return out
 
 
@@ -112,8 +124,10 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fingerprint(run: Path) -> dict[str, Any]:
-    """Everything a finished run produced that must not depend on interruptions."""
+def fingerprint(run: Path, copied_from: Path | None = None) -> dict[str, Any]:
+    """Everything a finished run produced that must not depend on interruptions (scores
+    arrive in any order from concurrent judge requests, so they are compared sorted)."""
+    runs = (run,) if copied_from is None else (run, copied_from)
     fp: dict[str, Any] = {}
     for path in sorted(run.rglob("*")):
         rel = path.relative_to(run).as_posix()
@@ -122,10 +136,13 @@ def fingerprint(run: Path) -> dict[str, Any]:
         if path.name == "samples.txt":
             continue  # pretrain/instruct keep only the samples of their last attempt
         if path.suffix == ".json":
-            fp[rel] = normalized(load_json(path), run)
+            fp[rel] = normalized(load_json(path), runs)
         elif path.name == "metrics.jsonl":
             records = RunDir(path.parent).metrics()
-            fp[rel] = normalized([r for r in records if r.get("kind") != "stage"], run)
+            fp[rel] = normalized([r for r in records if r.get("kind") != "stage"], runs)
+        elif path.name == "scores.jsonl":
+            records = [json.loads(line) for line in path.read_text().splitlines()]
+            fp[rel] = normalized(sorted(records, key=lambda r: r["index"]), runs)
         else:
             fp[rel] = digest(path)
     return fp
@@ -156,7 +173,7 @@ def assert_no_false_success(run: Path) -> None:
 def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
     run = reference
     summary = load_json(run / "results.json")
-    assert [summary["stages"][s]["status"] for s in STAGES] == ["done"] * 4 + ["skipped"]
+    assert [summary["stages"][s]["status"] for s in STAGES] == ["done"] * 5
     assert set(summary["seconds"]) == set(STAGES)
 
     base = load_json(run / "base" / "results.json")
@@ -180,11 +197,13 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
     assert all(isinstance(e["model_response"], str) for e in responses)
     assert load_json(run / "respond" / "results.json")["n_responses"] == len(test_entries)
 
-    skipped = load_json(run / "judge" / "skipped.json")
-    assert DEAD in skipped["command"] and str(run) in skipped["command"]
-    assert not (run / "judge" / "results.json").exists()
+    judge = load_json(run / "judge" / "results.json")
+    assert judge["judge"] == "judge" and judge["n"] == len(test_entries)
+    assert judge["scored"] + judge["invalid"] == judge["n"]
+    assert not (run / "judge" / "skipped.json").exists()
 
-    for png in ("base/pretrain/loss.png", "classify/accuracy.png", "instruct/loss.png"):
+    pngs = ("base/pretrain/loss.png", "classify/accuracy.png", "instruct/loss.png")
+    for png in (*pngs, "judge/scores.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert_no_false_success(run)
 
@@ -196,7 +215,7 @@ def test_report_has_every_section_and_working_links(reference: Path) -> None:
     for heading in (*STAGES, "Summary", "Configuration", "Timings", "Hardware", "Reproduce"):
         assert f"## {heading}" in report
     assert "| test_accuracy |" in report and "| val_ppl |" in report
-    assert "Skipped:" in report and "gptlab pipeline --base scratch" in report
+    assert "gptlab pipeline --base scratch" in report and "--judge-model judge" in report
     assert torch.__version__ in report and "CPU cores" in report
     assert "Model:" in report  # sample responses
     links = re.findall(r"\]\(([^)]+)\)", report)
@@ -205,28 +224,48 @@ def test_report_has_every_section_and_working_links(reference: Path) -> None:
         assert not Path(link).is_absolute() and (reference / link).is_file(), link
 
 
-def test_rerun_skips_finished_stages(reference: Path, tmp_path: Path, capsys) -> None:
+def test_rerun_skips_finished_stages(
+    reference: Path, judge_url: str, tmp_path: Path, capsys
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    before = fingerprint(run)
-    assert main(pipeline_args(run)) == 0
+    assert main(pipeline_args(run, judge_url)) == 0
     out = capsys.readouterr().out
-    for stage in ("base", "classify", "instruct", "respond"):
+    for stage in STAGES:
         assert f"stage {stage} already complete" in out
-    assert "stage judge ..." in out  # a skipped judge is tried again
-    assert fingerprint(run) == before
+    assert fingerprint(run, reference) == fingerprint(reference)
 
 
-def test_force_reruns_a_stage_and_what_depends_on_it(reference: Path, tmp_path: Path) -> None:
+def test_unreachable_judge_is_skipped_with_its_command(
+    reference: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "judge")
+    assert main(pipeline_args(run)) == 0
+    assert "judge skipped" in capsys.readouterr().out
+    summary = load_json(run / "results.json")
+    assert summary["stages"]["judge"]["status"] == "skipped"
+    skipped = load_json(run / "judge" / "skipped.json")
+    assert DEAD in skipped["reason"] and "ollama serve" in skipped["reason"]
+    assert DEAD in skipped["command"] and str(run) in skipped["command"]
+    assert not (run / "judge" / "results.json").exists()
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "Skipped:" in report and skipped["command"] in report
+
+
+def test_force_reruns_a_stage_and_what_depends_on_it(
+    reference: Path, judge_url: str, tmp_path: Path
+) -> None:
     assert with_dependents(["instruct"]) == ["instruct", "respond", "judge"]
     assert with_dependents(["base"]) == list(STAGES)
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     base_mtime = (run / "base" / "results.json").stat().st_mtime_ns
     (run / "respond" / "responses.json").write_text("stale", encoding="utf-8")
-    assert main([*pipeline_args(run), "--force", "respond"]) == 0
+    assert main([*pipeline_args(run, judge_url), "--force", "respond"]) == 0
     assert (run / "base" / "results.json").stat().st_mtime_ns == base_mtime
-    assert fingerprint(run) == fingerprint(reference)
+    assert fingerprint(run, reference) == fingerprint(reference)
 
 
 def test_a_rerun_must_keep_the_base(reference: Path, tmp_path: Path, capsys) -> None:
@@ -255,11 +294,11 @@ def test_auto_falls_back_to_scratch_and_keeps_the_choice(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_killed_and_interrupted_runs_end_like_an_uninterrupted_one(
-    reference: Path, tmp_path: Path
+    reference: Path, judge_url: str, tmp_path: Path
 ) -> None:
     run, log = tmp_path / "run", tmp_path / "stderr.txt"
     # SIGINT once pretraining has a checkpoint: the job saves, says so and exits 130.
-    proc = start(run, log)
+    proc = start(run, log, judge_url)
     assert wait_for_stage(proc, "base")
     latest = run / "base" / "pretrain" / "checkpoints" / "LATEST"
     while not latest.exists():
@@ -275,16 +314,16 @@ def test_killed_and_interrupted_runs_end_like_an_uninterrupted_one(
     # SIGKILL at random moments of every stage, checking after each that no stage claims
     # success on partial output.
     rng = random.Random(2024)
-    spans = {"base": 4.0, "classify": 4.0, "instruct": 4.0, "respond": 1.0}
+    spans = {"base": 4.0, "classify": 4.0, "instruct": 4.0, "respond": 1.0, "judge": 1.0}
     for stage, span in spans.items():
         for _ in range(2):
-            proc = start(run, log)
+            proc = start(run, log, judge_url)
             if wait_for_stage(proc, stage):
                 time.sleep(rng.uniform(0.0, span))
                 proc.kill()
             proc.communicate(timeout=300)
             assert_no_false_success(run)
-    proc = start(run, log)
+    proc = start(run, log, judge_url)
     proc.communicate(timeout=300)
     assert proc.returncode == 0, log.read_text()
     assert_no_false_success(run)

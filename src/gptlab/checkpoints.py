@@ -79,7 +79,12 @@ def save_model(model: GPT, directory: str | Path, meta: dict[str, Any] | None = 
     """Write a model folder (weights + config), each file atomically."""
     directory = Path(directory)
     state = _state_to_save(model)
-    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    try:
+        atomic_write(
+            directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"})
+        )
+    except SafetensorError as exc:  # the Rust writer's I/O errors, such as a full disk
+        raise GptlabError(f"{directory / WEIGHTS}: cannot write ({exc})") from None
     config = {"format": "gptlab", "model": model.cfg.to_dict(), **(meta or {})}
     atomic_write_json(directory / CONFIG, config)
     return directory

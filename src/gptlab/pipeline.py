@@ -390,16 +390,19 @@ def judge_command(c: PipelineConfig) -> str:
 
 def stage_judge(ctx: Context) -> dict[str, Any] | None:
     """The judge's scores, or None (skipped, with the reason in judge/skipped.json) when no
-    judge answers: the next run of the pipeline tries again."""
+    judge answers: the next run of the pipeline tries again. Scores already received are kept
+    in judge/scores.jsonl, so an interrupted judge only asks about the rest."""
     stage = ctx.out / "judge"
     try:
-        scores = evaluate_responses(
+        results = evaluate_responses(
             JudgeConfig(
                 responses=ctx.out / "respond" / "responses.json",
-                out=stage / "scores.json",
                 judge_model=ctx.c.judge_model,
                 url=ctx.c.judge_url,
                 api=ctx.c.judge_api,
+                seed=ctx.c.seed,
+                scores=stage / "scores.jsonl",
+                out=stage,
             )
         )
     except JudgeUnavailable as exc:
@@ -408,7 +411,7 @@ def stage_judge(ctx: Context) -> dict[str, Any] | None:
         print(f"gptlab pipeline: judge skipped ({exc}); once a judge runs: {skipped['command']}")
         return None
     (stage / "skipped.json").unlink(missing_ok=True)
-    return {"task": "judge", "judge_model": ctx.c.judge_model, **scores}
+    return results
 
 
 RUNNERS: dict[str, Callable[[Context], dict[str, Any] | None]] = {
@@ -454,7 +457,8 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
     run = prepare(c)
     for stage in with_dependents(c.force):
         log.info("--force: rerunning stage %s", stage)
-        shutil.rmtree(c.out / stage, ignore_errors=True)
+        if (c.out / stage).exists():
+            shutil.rmtree(c.out / stage)
     if c.force:
         (c.out / RESULTS).unlink(missing_ok=True)
     spam, instructions = write_tiny_data(c.out, TINY) if c.tiny else (None, None)
@@ -501,7 +505,7 @@ HEADLINE = {
     "classify": ("test_accuracy", "precision", "recall", "f1", "best_val_accuracy"),
     "instruct": ("steps", "train_loss", "val_loss", "val_ppl"),
     "respond": ("n_responses", "mean_response_words", "empty_responses"),
-    "judge": ("judge_model", "average_score", "n_scored"),
+    "judge": ("judge", "average", "median", "scored", "invalid"),
 }
 
 

@@ -63,6 +63,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in data.items():
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            continue  # records (such as the judge's lowest scores) are no table cell
         else:
             flat[prefix + key] = value
     return flat
@@ -135,6 +137,12 @@ def _samples(out: Path, stage: str) -> list[str]:
                 _quote(e["model_response"]),
                 "",
             ]
+    if stage == "judge" and (folder / "results.json").is_file():
+        lowest = _load(folder / "results.json").get("lowest", [])[:SAMPLE_RESPONSES]
+        if lowest:
+            lines += ["Lowest-scored responses:", ""]
+        for e in lowest:
+            lines += [f"Score {e['score']}: {e['instruction']}", "", _quote(e["model_response"]), ""]
     return lines
 
 
