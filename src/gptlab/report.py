@@ -142,7 +142,8 @@ def _samples(out: Path, stage: str) -> list[str]:
         if lowest:
             lines += ["Lowest-scored responses:", ""]
         for e in lowest:
-            lines += [f"Score {e['score']}: {e['instruction']}", "", _quote(e["model_response"]), ""]
+            lines += [f"Score {e['score']}: {e['instruction']}", ""]
+            lines += [_quote(e["model_response"]), ""]
     return lines
 
 
