@@ -109,14 +109,17 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def normalized(data: Any, run: Path) -> Any:
-    """`data` without wall-clock figures and with the run folder's path replaced."""
+def normalized(data: Any, runs: tuple[Path, ...]) -> Any:
+    """`data` without wall-clock figures and with the run folder's paths replaced."""
     if isinstance(data, dict):
-        return {k: normalized(v, run) for k, v in data.items() if not any(w in k for w in VOLATILE)}
+        return {
+            k: normalized(v, runs) for k, v in data.items() if not any(w in k for w in VOLATILE)
+        }
     if isinstance(data, list):
-        return [normalized(v, run) for v in data]
+        return [normalized(v, runs) for v in data]
     if isinstance(data, str):
-        return data.replace(str(run), "RUN")
+        for run in runs:
+            data = data.replace(str(run), "RUN")
     return data
 
 
