@@ -393,6 +393,9 @@ def stage_judge(ctx: Context) -> dict[str, Any] | None:
     judge answers: the next run of the pipeline tries again. Scores already received are kept
     in judge/scores.jsonl, so an interrupted judge only asks about the rest."""
     stage = ctx.out / "judge"
+    # The judge logs one record per finished scoring; one from an attempt killed before its
+    # results.json would be a duplicate (the scores themselves are kept in scores.jsonl).
+    (stage / "metrics.jsonl").unlink(missing_ok=True)
     try:
         results = evaluate_responses(
             JudgeConfig(
@@ -437,7 +440,8 @@ def prepare(c: PipelineConfig) -> RunDir:
                     f"{stored_path}: this run was started with {key}={stored[key]!r}, not "
                     f"{getattr(c, key)!r}; rerun with the same flags or choose another --out"
                 )
-    config = {"task": "pipeline", "pipeline": c.to_json(), "judge_command": judge_command(c)}
+    settings = {k: v for k, v in c.to_json().items() if k != "force"}  # force is for one run
+    config = {"task": "pipeline", "pipeline": settings, "judge_command": judge_command(c)}
     run.prepare(config, resume=True)
     return run
 
