@@ -81,9 +81,9 @@ def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
         preset="gpt-nano",
         context=16,
         stride=4,
-        batch_size=4,
+        batch_size=8,
         max_steps=60,
-        lr=2e-2,
+        lr=1e-2,
         dropout=0.0,
         eval_interval=30,
         sample_prompt="Every effort",
@@ -91,7 +91,7 @@ def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
         device="cpu",
     )
     result = pretrain(config)
-    assert result.train_loss < 2.0  # from ln(50257) = 10.8 at the start
+    assert result.train_loss < 1.0  # from ln(50257) = 10.8 at the start
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {
         "config.json",
