@@ -24,6 +24,7 @@ import logging
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,9 +88,9 @@ class Recipe:
     instruct_eval_interval: int = 50
     response_tokens: int = 256
     sample_tokens: int = 30
-    # data: None keeps every example; a number takes the first ones (tiny runs)
-    spam_per_class: int | None = None
-    instructions: int | None = None
+    # data subsets of tiny runs (other runs use every example)
+    spam_per_class: int = 0
+    instructions: int = 0
 
 
 # The book's recipe for OpenAI's weights (chapters 6 and 7).
@@ -185,12 +186,18 @@ class Context:
         return read_results(self.out / "base")
 
 
-def read_results(stage_dir: Path) -> dict[str, Any]:
-    path = stage_dir / RESULTS
+def read_json_object(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(read_utf8(path))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
-        raise GptlabError(f"{path}: not valid JSON ({exc.msg}); rerun with --force") from None
+        raise GptlabError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise GptlabError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_results(stage_dir: Path) -> dict[str, Any]:
+    return read_json_object(stage_dir / RESULTS)
 
 
 def is_done(stage_dir: Path) -> bool:
@@ -209,23 +216,23 @@ def with_dependents(stages: Sequence[str]) -> list[str]:
 # ---- data ------------------------------------------------------------------------------------
 
 
-def write_tiny_data(out: Path, recipe: Recipe) -> tuple[Path, Path]:
-    """The first examples of each spam class and the first instruction entries, as files in
-    RUN/data, so a tiny run exercises the real loaders on little data."""
+def write_tiny_data(out: Path, per_class: int, n_entries: int) -> tuple[Path, Path]:
+    """The first `per_class` messages of each spam class and the first `n_entries` instruction
+    entries, as files in RUN/data, so a tiny run exercises the real loaders on little data."""
     spam_path, instr_path = out / "data" / "sms.tsv", out / "data" / "instructions.json"
     if not spam_path.is_file():
         with bundled("SMSSpamCollection") as p:
             lines = read_utf8(p).splitlines()
-        taken: dict[str, list[str]] = {}
+        counts: Counter[str] = Counter()
+        rows = []
         for line in lines:
             label = line.split("\t", 1)[0]
-            if len(taken.setdefault(label, [])) < (recipe.spam_per_class or len(lines)):
-                taken[label].append(line)
-        rows = [line for line in lines if line in {x for v in taken.values() for x in v}]
+            if counts[label] < per_class:
+                counts[label] += 1
+                rows.append(line)
         atomic_write_text(spam_path, "\n".join(rows) + "\n")
     if not instr_path.is_file():
-        entries = load_entries(None)[: recipe.instructions]
-        atomic_write_json(instr_path, entries)
+        atomic_write_json(instr_path, load_entries(None)[:n_entries])
     return spam_path, instr_path
 
 
@@ -251,7 +258,7 @@ def resolve_base(ctx: Context) -> tuple[str, str]:
     never switches base halfway."""
     choice_path = ctx.out / "base" / "choice.json"
     if choice_path.is_file():
-        choice = json.loads(read_utf8(choice_path))
+        choice = read_json_object(choice_path)
         return choice["base"], choice["note"]
     base, note = ctx.c.base, ""
     if base == "auto":
@@ -446,16 +453,6 @@ def prepare(c: PipelineConfig) -> RunDir:
     return run
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(read_utf8(path))
-    except json.JSONDecodeError as exc:
-        raise GptlabError(f"{path}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise GptlabError(f"{path}: expected a JSON object")
-    return data
-
-
 def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
     """Run every stage that is not complete yet, then write report.md and results.json."""
     run = prepare(c)
@@ -465,7 +462,9 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
             shutil.rmtree(c.out / stage)
     if c.force:
         (c.out / RESULTS).unlink(missing_ok=True)
-    spam, instructions = write_tiny_data(c.out, TINY) if c.tiny else (None, None)
+    spam, instructions = (None, None)
+    if c.tiny:
+        spam, instructions = write_tiny_data(c.out, TINY.spam_per_class, TINY.instructions)
     ctx = Context(c, run, pick_device(c.device), spam, instructions)
     for stage in STAGES:
         stage_dir = c.out / stage
