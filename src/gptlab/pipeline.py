@@ -473,6 +473,7 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
             continue
         print(f"gptlab pipeline: stage {stage} ...")
         stage_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(stage_dir)
         start = time.perf_counter()
         try:
             results = RUNNERS[stage](ctx)
@@ -491,6 +492,15 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
     write_report(c.out, summary)
     atomic_write_json(c.out / RESULTS, summary)
     return summary
+
+
+def remove_leftovers(stage_dir: Path) -> None:
+    """Delete what writes killed halfway left behind: the temporary files of atomic writes and
+    checkpoint folders never renamed into place (nothing reads them; they only take space)."""
+    for tmp in stage_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for partial in stage_dir.rglob(".step-*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def time_record(stage: str, status: str, start: float) -> dict[str, Any]:
