@@ -456,6 +456,7 @@ def prepare(c: PipelineConfig) -> RunDir:
 def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
     """Run every stage that is not complete yet, then write report.md and results.json."""
     run = prepare(c)
+    remove_leftovers(c.out)
     for stage in with_dependents(c.force):
         log.info("--force: rerunning stage %s", stage)
         if (c.out / stage).exists():
@@ -473,7 +474,6 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
             continue
         print(f"gptlab pipeline: stage {stage} ...")
         stage_dir.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(stage_dir)
         start = time.perf_counter()
         try:
             results = RUNNERS[stage](ctx)
@@ -494,12 +494,12 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
     return summary
 
 
-def remove_leftovers(stage_dir: Path) -> None:
+def remove_leftovers(out: Path) -> None:
     """Delete what writes killed halfway left behind: the temporary files of atomic writes and
     checkpoint folders never renamed into place (nothing reads them; they only take space)."""
-    for tmp in stage_dir.rglob(".*.tmp"):
+    for tmp in out.rglob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-    for partial in stage_dir.rglob(".step-*.partial"):
+    for partial in out.rglob(".step-*.partial"):
         shutil.rmtree(partial, ignore_errors=True)
 
 
