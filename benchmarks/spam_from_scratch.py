@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from gptlab.cli import main
 
 DEFAULT_ARGS = [
@@ -35,7 +37,10 @@ DEFAULT_ARGS = [
 def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/spam-from-scratch"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args, extra = parser.parse_known_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shutil.rmtree(args.out, ignore_errors=True)
     command = ["finetune-classifier", *DEFAULT_ARGS, *extra, "--out", str(args.out)]
     print("gptlab", " ".join(command), flush=True)
@@ -48,6 +53,11 @@ def run() -> int:
     acc = results["test_accuracy"]
     print(f"test accuracy: {acc:.4f} on {results['n_test']} held-out messages (target >= 0.95)")
     print(f"wall time: {wall:.0f} s = {wall / 60:.1f} min (target < 15 min)")
+    pre = json.loads((args.out / "pretrain" / "results.json").read_text(encoding="utf-8"))
+    print(
+        f"of which pretraining steps {pre['train_seconds']:.0f} s ({pre['tokens_seen']:,} tokens,"
+        f" val loss {pre['val_loss']:.2f}), fine-tuning steps {results['train_seconds']:.0f} s"
+    )
     print(
         f"precision {results['precision']:.4f}, recall {results['recall']:.4f}, "
         f"f1 {results['f1']:.4f}, confusion {results['confusion_matrix']}"

@@ -23,9 +23,11 @@ from gptlab.classify import (
     classifier_from,
     classify_texts,
     collate,
+    download_sms_spam,
     extract_sms_spam,
     finetune_classifier,
     load_sms_spam,
+    load_splits,
     metrics,
     pad_batch,
     read_labelled,
@@ -39,6 +41,7 @@ from gptlab.errors import GptlabError
 from gptlab.lora import LoRALinear
 from gptlab.model import GPT
 from gptlab.tokenizer import EOT_ID, encode
+from tests.file_server import serve
 
 CPU = torch.device("cpu")
 TINY = GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_layers=3, n_heads=2)
@@ -205,9 +208,13 @@ def test_cli_reports_bad_data_as_one_line(tmp_path: Path, capsys: pytest.Capture
                    str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert status == 2 and "\n" not in err and "bad.tsv:2:" in err
+    status = main(["finetune-classifier", "--base", str(tmp_path / "none"), "--out",
+                   str(tmp_path / "run")])  # fmt: skip
+    assert status == 2 and "none: no such model folder" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # so the corrected command needs no --resume
 
 
-def test_extract_sms_spam_from_uci_zip_checks_sha256(tmp_path: Path) -> None:
+def test_download_and_extract_sms_spam_check_sha256(tmp_path: Path) -> None:
     with bundled("SMSSpamCollection") as p:
         data = p.read_bytes()
     good = tmp_path / "good.zip"
@@ -222,6 +229,12 @@ def test_extract_sms_spam_from_uci_zip_checks_sha256(tmp_path: Path) -> None:
         zf.writestr("SMSSpamCollection", data[:-10])
     with pytest.raises(GptlabError, match=r"bad\.zip: SMSSpamCollection has sha256"):
         extract_sms_spam(bad, tmp_path / "out2")
+    with serve({"sms.zip": good.read_bytes(), "bad.zip": bad.read_bytes()}) as server:
+        sha = hashlib.sha256(good.read_bytes()).hexdigest()
+        got = download_sms_spam(tmp_path / "dl", url=f"{server.url}/sms.zip", sha256=sha)
+        assert got == tmp_path / "dl" / "SMSSpamCollection" and got.read_bytes() == data
+        with pytest.raises(GptlabError, match="bad.zip: SHA-256 mismatch"):
+            download_sms_spam(tmp_path / "dl2", url=f"{server.url}/bad.zip", sha256=sha)
     (tmp_path / "junk.zip").write_text("not a zip", encoding="utf-8")
     with pytest.raises(GptlabError, match="not a zip file"):
         extract_sms_spam(tmp_path / "junk.zip", tmp_path / "out3")
@@ -376,7 +389,7 @@ def test_pretrain_on_texts_never_sees_validation_or_test(tmp_path: Path) -> None
     data = read_labelled(path)
     kept, left_out = balance(data.examples, seed=123)
     train, val, test = split(kept, seed=123)
-    assert texts == {t for t, _ in train + left_out}
+    assert texts == {t for t, _ in train + left_out} == set(load_splits(cfg).unlabelled_texts())
     assert not texts & {t for t, _ in val + test}
     assert len(left_out) == 40 and results["n_train"] == 28
     assert (tmp_path / "run" / "pretrain" / "results.json").exists()

@@ -193,6 +193,12 @@ def test_instruct_loss_equals_the_full_lm_loss() -> None:
     assert n_fast == n_full == int((batch[1] != -100).sum())
     torch.testing.assert_close(fast, full)
     torch.testing.assert_close(grad_fast, grad_full)
+    # Prompts cut by max_length and masked leave no target: zero loss, zero gradient.
+    empty = collate([tokenize_entry(e) for e in TINY[:2]], max_length=8, mask_prompt=True)
+    loss, n = instruct_loss(model, empty)
+    loss.backward()
+    assert (loss.item(), n) == (0.0, 0)
+    assert not model.blocks[0].attn.qkv.weight.grad.any()
 
 
 def test_padding_fraction_counts_padded_positions() -> None:
@@ -357,6 +363,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(tmp_path: Path) -> None:
         lora_alpha=4.0,
         lora_targets=("qkv", "fc"),
         eval_batches=1,
+        sample_tokens=4,
         device="cpu",
     )
     results = finetune_instruct(config)
@@ -385,3 +392,35 @@ def test_lora_trains_only_adapters_and_merges_exactly(tmp_path: Path) -> None:
         torch.testing.assert_close(merged(x), reference, atol=1e-5, rtol=1e-5)
     exported = read_safetensors(tmp_path / "run" / "model" / "model.safetensors")
     assert set(exported) == set(base_state)
+
+
+@pytest.mark.slow
+def test_interrupted_finetune_resumes_to_the_same_model(tmp_path: Path) -> None:
+    data = write_json(tmp_path / "tiny.json", TINY)
+
+    def config(out: str) -> InstructConfig:
+        return InstructConfig(
+            out=tmp_path / out,
+            base="random",
+            preset="gpt-nano",
+            data=data,
+            batch_size=2,
+            lr=1e-3,
+            max_steps=4,
+            eval_interval=2,
+            eval_batches=1,
+            group_by_length=True,
+            sample_tokens=4,
+            device="cpu",
+        )
+
+    straight = finetune_instruct(config("a"))
+    assert finetune_instruct(config("b"), stop_after=3) == {}
+    assert not (tmp_path / "b" / "results.json").exists()
+    with pytest.raises(GptlabError, match="already holds a run"):
+        finetune_instruct(config("b"))
+    resumed = finetune_instruct(config("b"), resume=True)
+    assert resumed["val_loss"] == straight["val_loss"]
+    a = read_safetensors(tmp_path / "a" / "model" / "model.safetensors")
+    b = read_safetensors(tmp_path / "b" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

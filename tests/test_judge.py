@@ -245,12 +245,12 @@ def test_openai_api_sends_the_key_and_compares_two_files(
 def test_bad_responses_files_are_named_exactly(tmp_path: Path, judge: FakeJudge) -> None:
     bad = tmp_path / "bad.json"
     cases = {
-        "[]": "non-empty JSON list",
-        '[{"instruction": "x", "output": "y"}]': "entry 0: field 'model_response' missing",
+        "[]": "holds no entries",
+        '[{"instruction": "x", "output": "y"}]': "entry 0: field 'model_response' is missing",
         '[{"instruction": "x", "output": "y", "model_response": "z", "input": 3}]': (
             "entry 0: field 'input' must be a string"
         ),
-        '[\n{"instruction": ]': "line 2: not valid JSON",
+        '[\n{"instruction": ]': r"bad\.json:2: not valid JSON",
     }
     for text, message in cases.items():
         bad.write_text(text)

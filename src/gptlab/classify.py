@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from gptlab.checkpoints import (
     atomic_write,
@@ -52,6 +53,7 @@ from gptlab.checkpoints import (
 )
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, bundled, read_utf8
+from gptlab.download import download_file
 from gptlab.errors import GptlabError
 from gptlab.lora import apply_lora, merge_lora
 from gptlab.model import GPT
@@ -157,12 +159,9 @@ def extract_sms_spam(zip_path: Path, dest: Path) -> Path:
     return out
 
 
-def download_sms_spam(dest: Path) -> Path:
-    """Download the UCI zip (sha256-checked) into `dest` and extract the collection."""
-    from gptlab.download import download_file  # the weights module owns HTTP downloads
-
-    zip_path = dest / "sms+spam+collection.zip"
-    download_file(UCI_URL, zip_path, sha256=UCI_ZIP_SHA256)
+def download_sms_spam(dest: Path, url: str = UCI_URL, sha256: str = UCI_ZIP_SHA256) -> Path:
+    """Download the UCI zip (sha256-checked, resumable) into `dest` and extract the collection."""
+    zip_path = download_file(url, dest / "sms+spam+collection.zip", sha256=sha256)
     return extract_sms_spam(zip_path, dest)
 
 
@@ -377,12 +376,16 @@ def predict_proba(
 
 
 def classify_texts(
-    model: GPT, texts: list[str], device: torch.device, batch_size: int = 32
+    model: GPT,
+    texts: list[str],
+    device: torch.device,
+    batch_size: int = 32,
+    max_length: int | None = None,
 ) -> list[tuple[int, float]]:
-    """(label index, probability) per text."""
+    """(label index, probability) per text, cut to `max_length` tokens as in training."""
     seqs = []
     for i, text in enumerate(texts):
-        seq = encode_text(text, model.cfg.context_length)
+        seq = encode_text(text, max_length or model.cfg.context_length)
         if len(seq) == 0:
             raise GptlabError(f"text {i + 1} is empty")
         seqs.append(seq)
@@ -441,9 +444,9 @@ class ClassifierConfig:
     dropout: float = 0.0
     cache_prefix: bool = True  # when the frozen blocks have no dropout
     pretrain_on_texts: bool = False  # from random: pretrain on in-domain training text first
-    pretrain_steps: int = 600
-    pretrain_batch_size: int = 16
-    pretrain_context: int | None = None  # default: the preset's context
+    pretrain_steps: int = 150  # x 8 x 128 tokens: about 1.3 passes over the SMS training text
+    pretrain_batch_size: int = 8
+    pretrain_context: int | None = 128  # SMS texts are short; None: the preset's context
     pretrain_lr: float = 1e-3
     pretrain_dropout: float = 0.1
     seed: int = 123
@@ -470,12 +473,31 @@ class ClassifierConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-def _load_data(c: ClassifierConfig) -> LabelledData:
+@dataclass
+class Splits:
+    labels: tuple[str, ...]
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    left_out: list[Example]  # dropped by balancing: usable as unlabelled text
+    n_examples: int
+
+    def unlabelled_texts(self) -> list[str]:
+        """The text a model may pretrain on: training texts and those left out by balancing,
+        never validation or test."""
+        return [text for text, _ in self.train + self.left_out]
+
+
+def load_splits(c: ClassifierConfig) -> Splits:
+    """The job's data: loaded, balanced and split exactly as `finetune_classifier` does."""
     if c.download:
-        return load_sms_spam(download_sms_spam(c.out / "data"))
-    if c.data is None:
-        return load_sms_spam()
-    return read_labelled(c.data, c.labels)
+        data = load_sms_spam(download_sms_spam(c.out / "data"))
+    elif c.data is None:
+        data = load_sms_spam()
+    else:
+        data = read_labelled(c.data, c.labels)
+    kept, left_out = balance(data.examples, c.seed) if c.balance else (data.examples, [])
+    return Splits(data.labels, *split(kept, c.seed), left_out, len(data.examples))
 
 
 def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.device) -> GPT:
@@ -499,7 +521,8 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
                 max_steps=c.pretrain_steps,
                 lr=c.pretrain_lr,
                 warmup_steps=min(100, c.pretrain_steps // 10),
-                eval_interval=max(1, c.pretrain_steps // 5),
+                # one evaluation, at the end: each pass over all windows costs ~1/3 epoch
+                eval_interval=c.pretrain_steps,
                 sample_prompt="Hey",
                 seed=c.seed,
                 device=str(device),
@@ -511,9 +534,7 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
     return model
 
 
-def _base_model(c: ClassifierConfig, unlabelled: list[str], device: torch.device) -> GPT:
-    if c.pretrain_on_texts:
-        return _pretrain_on_texts(c, unlabelled, device)
+def _base_model(c: ClassifierConfig) -> GPT:
     if c.base == "random":
         torch.manual_seed(c.seed)
         return GPT(get_preset(c.preset))
@@ -539,29 +560,29 @@ def finetune_classifier(
     wall_start = time.perf_counter()
     device = pick_device(c.device)
     run = RunDir(c.out)
-    data = _load_data(c)
-    kept, left_out = balance(data.examples, c.seed) if c.balance else (data.examples, [])
-    train_ex, val_ex, test_ex = split(kept, c.seed)
-    counts = Counter(label for _, label in kept)
+    data = load_splits(c)
+    # a bad --base fails here, before the run folder exists
+    base = None if c.pretrain_on_texts else _base_model(c)
+    counts = Counter(label for _, label in data.train + data.val + data.test)
     run.prepare(
         {
             "task": "classify",
             "classify": c.to_json(),
             "labels": list(data.labels),
             "data": {
-                "examples": len(data.examples),
+                "examples": data.n_examples,
                 "per_label": {data.labels[i]: n for i, n in sorted(counts.items())},
-                "left_out_by_balancing": len(left_out),
-                "train": len(train_ex),
-                "val": len(val_ex),
-                "test": len(test_ex),
+                "left_out_by_balancing": len(data.left_out),
+                "train": len(data.train),
+                "val": len(data.val),
+                "test": len(data.test),
             },
             "device": str(device),
         },
         resume=resume,
     )
-    unlabelled = [text for text, _ in train_ex + left_out]
-    base = _base_model(c, unlabelled, device)
+    if base is None:
+        base = _pretrain_on_texts(c, data.unlabelled_texts(), device)
     model = classifier_from(base, len(data.labels), c.dropout, c.seed)
     del base
     frozen = set_trainable(model, c.trainable, c.trainable_blocks, c.lora_rank, c.lora_alpha)
@@ -570,7 +591,7 @@ def finetune_classifier(
 
     datasets = {
         name: ClassificationDataset.from_texts(ex, max_length)
-        for name, ex in (("train", train_ex), ("val", val_ex), ("test", test_ex))
+        for name, ex in (("train", data.train), ("val", data.val), ("test", data.test))
     }
     pad_to = datasets["train"].longest() if c.pad_to_longest else None
     cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0
@@ -619,7 +640,7 @@ def finetune_classifier(
                 "val_acc": val_acc,
             }
         )
-        print(f"epoch {step / per_epoch:g}: train acc {train_acc:.3f}, val acc {val_acc:.3f}")
+        tqdm.write(f"epoch {step / per_epoch:g}: train acc {train_acc:.3f}, val acc {val_acc:.3f}")
         if val_acc > best:
             best = val_acc
             _save_classifier(model, best_path, {**meta, "step": step, "val_acc": val_acc})
@@ -665,9 +686,9 @@ def finetune_classifier(
         "best_val_accuracy": best_meta["val_acc"],
         "best_epoch": best_meta["step"] / per_epoch,
         "epochs": c.epochs,
-        "n_train": len(train_ex),
-        "n_val": len(val_ex),
-        "n_test": len(test_ex),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
         "trainable": c.trainable,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "cached_prefix": cached,

@@ -66,25 +66,29 @@ def sample_next(
     if s.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / s.temperature
-    if s.top_k is not None and s.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    # Narrow to the candidates first: top-k (or, for top-p alone, a full sort) once, then
+    # top-p and the draw work on the short, sorted list rather than the whole vocabulary.
+    k = s.top_k if s.top_k is not None and s.top_k < logits.shape[-1] else None
+    if k is None and (s.top_p is None or s.top_p >= 1.0):
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if k is not None:
+        cand_logits, cand_ids = torch.topk(logits, k, dim=-1)  # sorted, descending
+    else:
+        cand_logits, cand_ids = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(cand_logits, dim=-1)
     if s.top_p is not None and s.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p (keeps at least one).
-        drop = (probs.cumsum(dim=-1) - probs) >= s.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= s.top_p, 0.0)
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return cand_ids.gather(-1, choice).squeeze(-1)
 
 
 def _left_pad(
     prompts: Sequence[Sequence[int]], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
-    idx = torch.full((len(prompts), width), EOT_ID, dtype=torch.long)
+    idx = torch.zeros((len(prompts), width), dtype=torch.long)  # padding: masked, any id
     for row, p in enumerate(prompts):
         if p:
             idx[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)

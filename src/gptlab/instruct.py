@@ -171,11 +171,13 @@ def collate(
 
 def instruct_loss(model: GPT, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """gptlab.training.lm_loss, with logits computed only where there is a target: padding and
-    masked prompts are most positions, and the vocabulary projection is the largest matmul."""
+    masked prompts are most positions, and the vocabulary projection is the largest matmul.
+    A batch without targets (prompts cut by --max-length and masked) gives 0, not NaN."""
     x, y = batch
     keep = y != IGNORE_INDEX
+    n = int(keep.sum())
     logits = model.out_head(model.hidden_states(x)[keep])
-    return F.cross_entropy(logits.float(), y[keep]), int(keep.sum())
+    return F.cross_entropy(logits.float(), y[keep], reduction="sum") / max(n, 1), n
 
 
 class LengthGroupedBatches(ResumableBatches):
@@ -264,9 +266,13 @@ def _base_model(c: InstructConfig, device: torch.device) -> GPT:
     return model
 
 
-def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]:
+def finetune_instruct(
+    c: InstructConfig, resume: bool = False, stop_after: int | None = None
+) -> dict[str, Any]:
     """Fine-tune `c.base` on instruction data in run folder `c.out`; returns results.json.
-    Also writes the test split as RUN/test.json and the merged model as RUN/model."""
+    Also writes the test split as RUN/test.json and the merged model as RUN/model.
+    `stop_after` ends early at that step, checkpointed, as an interruption would, and returns
+    {} (results.json is only written by a finished run)."""
     if c.batch_size < 1 or c.epochs < 1:
         raise GptlabError("batch size and epochs must be positive")
     train_entries, val_entries, test_entries = split_entries(load_entries(c.data), c.seed)
@@ -363,6 +369,7 @@ def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]
         resume=resume,
         meta={"task": "lm", "lora": lora},
         on_eval=sample,
+        stop_after=stop_after,
     )
     if samples:
         with open(run.path / "samples.txt", "a", encoding="utf-8") as f:
@@ -377,6 +384,8 @@ def finetune_instruct(c: InstructConfig, resume: bool = False) -> dict[str, Any]
         "cross-entropy loss",
         "instruction fine-tuning loss",
     )
+    if result.step < max_steps:
+        return {}
     if lora is not None:
         merge_lora(model)
     model_dir = save_model(model, run.path / "model", {"task": "lm", "template": "alpaca"})

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from gptlab.checkpoints import atomic_write, atomic_write_json, atomic_write_text
 from gptlab.errors import GptlabError, Interrupted
+from gptlab.instruct import load_entries
 from gptlab.runs import RunDir
 
 log = logging.getLogger("gptlab")
@@ -50,7 +51,6 @@ STRICT_SUFFIX = (
     "\n\nYour answer must be a single integer from 0 to 100 and nothing else: "
     "no words, no punctuation, no explanation."
 )
-FIELDS = ("instruction", "output", "model_response")
 # An integer that is not part of a longer number or a decimal ("85", "85/100", not "8.5").
 INTEGER = re.compile(r"(?<![\d.])\d+(?![\d]|\.\d)")
 
@@ -105,31 +105,21 @@ class JudgeConfig:
 
 
 def load_responses(path: Path) -> list[dict[str, str]]:
-    """The entries of a responses file, each checked so that a bad one is named exactly."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: responses file not found") from None
-    except json.JSONDecodeError as exc:
-        raise GptlabError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise GptlabError(f"{path}: not UTF-8 text") from None
-    if not isinstance(data, list) or not data:
-        raise GptlabError(f"{path}: expected a non-empty JSON list of entries")
-    for i, entry in enumerate(data):
-        if not isinstance(entry, dict):
-            raise GptlabError(f"{path}: entry {i}: expected an object")
-        for name in (*FIELDS, "input"):
-            value = entry.get(name, "" if name == "input" else None)
-            if not isinstance(value, str):
-                problem = "missing" if value is None else "must be a string"
-                raise GptlabError(f"{path}: entry {i}: field {name!r} {problem}")
-    return data
+    """The entries of a responses file (a JSON list, or JSON Lines), each checked so that a bad
+    one is named exactly: the instruction data's checks, plus a `model_response` string."""
+    entries = load_entries(path)
+    for i, entry in enumerate(entries):
+        value = entry.get("model_response")
+        if not isinstance(value, str):
+            problem = "is missing" if value is None else "must be a string"
+            raise GptlabError(f"{path}: entry {i}: field 'model_response' {problem}")
+    return entries
 
 
 def entry_key(entry: dict[str, str]) -> str:
     """Ties a stored score to the exact entry it judged, so an edited file is re-asked."""
-    text = json.dumps([entry.get(k, "") for k in (*FIELDS, "input")])
+    fields = ("instruction", "input", "output", "model_response")
+    text = json.dumps([entry.get(k, "") for k in fields])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

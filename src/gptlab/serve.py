@@ -9,16 +9,20 @@ OpenAI:  POST /v1/chat/completions, POST /v1/completions (SSE streaming with "st
 Chat endpoints fold the messages into the Alpaca instruction template (gptlab.prompts) and stop
 where the model starts a new "###" section; the completion endpoints continue the prompt as is.
 
-One worker thread owns the model. Requests queue to it and it advances every live request by
-one text piece in turn, so concurrent streams all make progress; each request runs its own
-`generate_tokens` (its own KV cache and its own seeded random generator), so requests never
-see each other's state and a seeded or greedy request gives the same text alone or in a crowd.
+One worker thread owns the model; the event loop only parses requests and streams text back.
+Requests with the same sampling settings are generated together as one left-padded batch (a
+request arriving later joins a running batch), and every batch advances one token per turn,
+so concurrent streams all make progress. A batch has its own KV cache, shared with no other
+batch, and a seeded request always runs alone with its own random generator, so a greedy or
+seeded request gets exactly the text it would get alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -27,13 +31,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -42,10 +45,11 @@ from starlette.exceptions import HTTPException
 
 from gptlab.checkpoints import load_model
 from gptlab.errors import GptlabError
-from gptlab.generation import GenerationStats, Sampling, generate_tokens
+from gptlab.generation import Sampling, generate_tokens
+from gptlab.instruct import instruct_sampling
 from gptlab.model import GPT
-from gptlab.prompts import STOP_STRINGS, format_prompt
-from gptlab.tokenizer import EOT_ID, encode, stream_decode
+from gptlab.prompts import format_prompt
+from gptlab.tokenizer import EOT_ID, encode, get_tokenizer
 
 log = logging.getLogger("gptlab")
 
@@ -59,9 +63,48 @@ class ServeLimits:
     max_tokens: int = 1024  # per request, also the default when a request sets no limit
     max_body_bytes: int = 1 << 20
     max_queue: int = 64  # requests waiting or running at once; more get 503
+    max_batch: int = 16  # requests generated together in one batch
 
 
 # ---- the worker that owns the model ----------------------------------------------------------
+
+
+class TextStream:
+    """Token ids in, text out: whole UTF-8 characters only, ending before the first stop string
+    and holding back any tail that could be the start of one, so a client never sees part of a
+    stop string (or of a character)."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = stops
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.decode(get_tokenizer().decode_single_token_bytes(token))
+        cuts = [self.pending.find(s) for s in self.stops if s in self.pending]
+        if cuts:
+            self.stopped = True
+            text, self.pending = self.pending[: min(cuts)], ""
+            return text
+        hold = max(
+            (
+                n
+                for s in self.stops
+                for n in range(len(s) - 1, 0, -1)
+                if self.pending.endswith(s[:n])
+            ),
+            default=0,
+        )
+        text = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(text) :]
+        return text
+
+    def flush(self) -> str:
+        text, self.pending = self.pending + self.decoder.decode(b"", final=True), ""
+        return text
 
 
 @dataclass
@@ -72,50 +115,131 @@ class Job:
     sampling: Sampling
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    n_generated: int = 0
+    cancelled: bool = False  # set by the event loop when the client has gone
+    finished: bool = False
+    generated: list[int] = field(default_factory=list)
     stopped: bool = False  # ended at <|endoftext|> or a stop string, not at a length limit
     started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.text = TextStream(self.sampling.stop_strings)
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.generated)
+
+    @property
+    def live(self) -> bool:
+        return not (self.finished or self.cancelled)
 
     def emit(self, kind: str, value: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop is gone: nobody is listening
             self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, value))
 
-
-def until_stop(
-    pieces: Iterable[str], stops: Sequence[str], on_stop: Callable[[], None]
-) -> Iterator[str]:
-    """Pass streamed text through up to the first stop string (excluded), holding back any tail
-    that could be the start of one, so a client never sees part of a stop string."""
-    pending = ""
-    for piece in pieces:
-        pending += piece
-        cuts = [pending.find(s) for s in stops if s in pending]
-        if cuts:
-            if min(cuts) > 0:
-                yield pending[: min(cuts)]
-            on_stop()
+    def finish(self, error: Exception | None = None) -> None:
+        if self.finished:
             return
-        hold = max(
-            (n for s in stops for n in range(len(s) - 1, 0, -1) if pending.endswith(s[:n])),
-            default=0,
-        )
-        if len(pending) > hold:
-            yield pending[: len(pending) - hold]
-            pending = pending[len(pending) - hold :]
-    if pending:
-        yield pending
+        self.finished = True
+        if error is not None:
+            self.emit("error", error)
+            return
+        tail = self.text.flush()
+        if tail and not self.text.stopped:
+            self.emit("text", tail)
+        self.emit("done", None)
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share a batch. A seeded job never shares: its random
+        generator must see only its own draws, to give the same text as when alone."""
+        s = self.sampling
+        if s.seed is not None:
+            return (id(self),)
+        return (s.temperature, s.top_k, s.top_p, s.stop_ids, s.stop_strings, s.on_context_full)
+
+
+class Batch:
+    """Jobs generated together as one left-padded batch (`generate_tokens` gives each row what
+    it would give alone), under the longest of their token limits; each job ends at its own.
+
+    A job that joins a running batch restarts it: every row is prefilled afresh from its prompt
+    plus what it has generated so far, which yields the same next tokens as going on would.
+    """
+
+    def __init__(self, model: GPT, jobs: list[Job]) -> None:
+        self.model = model
+        self.jobs = jobs
+        self.key = jobs[0].batch_key()
+        longest = max(job.sampling.max_new_tokens - job.n_generated for job in jobs)
+        s = dataclasses.replace(jobs[0].sampling, max_new_tokens=longest)
+        self.steps = generate_tokens(model, [job.prompt_ids + job.generated for job in jobs], s)
+
+    def can_join(self, jobs: list[Job], max_batch: int) -> bool:
+        """Whether `jobs` may restart this batch with them (same sampling, room, and every row
+        far enough from the context end that the restart cannot truncate it)."""
+        live = [j for j in self.jobs if j.live]
+        if jobs[0].batch_key() != self.key or len(live) + len(jobs) > max_batch:
+            return False
+        limit = self.model.cfg.context_length - 1
+        return all(len(j.prompt_ids) + j.n_generated < limit for j in live)
+
+    def joined(self, jobs: list[Job]) -> Batch:
+        self.steps.close()
+        return Batch(self.model, [j for j in self.jobs if j.live] + jobs)
+
+    def step(self) -> bool:
+        """Generate one token for every row and hand out the text; False once all are done."""
+        try:
+            nxt, active = next(self.steps)
+        except StopIteration:  # every row stopped, or the token limit or context was reached
+            self.end()
+            return False
+        except GptlabError as exc:
+            self.end(ApiError(400, str(exc)))
+            return False
+        for row, job in enumerate(self.jobs):
+            if not job.live:
+                continue
+            if job.n_generated >= job.sampling.max_new_tokens:  # its own limit, below the batch's
+                job.finish()
+                continue
+            if not bool(active[row]):
+                job.stopped = True
+                job.finish()
+                continue
+            job.generated.append(int(nxt[row]))
+            text = job.text.push(job.generated[-1])
+            if text:
+                job.emit("text", text)
+            if job.text.stopped:
+                job.stopped = True
+                job.finish()
+            elif job.n_generated >= job.sampling.max_new_tokens:
+                job.finish()
+        if not any(job.live for job in self.jobs):
+            self.steps.close()
+            return False
+        return True
+
+    def end(self, error: Exception | None = None) -> None:
+        for job in self.jobs:
+            job.finish(error)
 
 
 class Engine:
-    """The model plus the one thread allowed to run it."""
+    """The model plus the one thread allowed to run it. Each turn, the worker takes every
+    request that has arrived, adds it to a running batch with the same sampling settings if
+    there is room, else groups it with its peers into a new batch of up to `max_batch`, then
+    advances every batch by one token: no request waits for another to finish."""
 
-    def __init__(self, model: GPT, max_queue: int) -> None:
+    def __init__(self, model: GPT, max_queue: int, max_batch: int) -> None:
         self.model = model
         self.max_queue = max_queue
+        self.max_batch = max_batch
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._live = 0  # jobs queued or running; touched only on the event loop
         self._thread: threading.Thread | None = None
+        self.batches = 0  # batches started, and restarted to take in new requests
+        self.joins = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="gptlab-engine", daemon=True)
@@ -147,11 +271,11 @@ class Engine:
                 else:
                     return
         finally:
-            job.cancelled = True  # a client that went away frees the worker at its next step
+            job.cancelled = True  # a client that went away stops costing anything
             self._live -= 1
 
     def _work(self) -> None:
-        running: list[tuple[Job, Iterator[str]]] = []
+        running: list[Batch] = []
         while True:
             incoming: list[Job | None] = []
             try:  # wait for work only when idle, then take everything that has arrived
@@ -161,47 +285,37 @@ class Engine:
             except queue.Empty:
                 pass
             if None in incoming:
-                for job, _ in running:
-                    job.emit("error", ApiError(503, "server shutting down"))
+                for batch in running:
+                    batch.end(ApiError(503, "server shutting down"))
                 return
-            running += [(job, self._pieces(job)) for job in incoming if job is not None]
-            for entry in list(running):
-                job, pieces = entry
-                if not job.cancelled and self._step(job, pieces):
-                    continue
-                running.remove(entry)
+            groups: dict[tuple, list[Job]] = {}
+            for job in incoming:
+                if job is not None:
+                    groups.setdefault(job.batch_key(), []).append(job)
+            for jobs in groups.values():
+                for i in range(0, len(jobs), self.max_batch):
+                    running = self._place(running, jobs[i : i + self.max_batch])
+            running = [batch for batch in running if self._step(batch)]
 
-    def _step(self, job: Job, pieces: Iterator[str]) -> bool:
-        """Advance one job by one text piece; False once it is finished."""
+    def _place(self, running: list[Batch], jobs: list[Job]) -> list[Batch]:
+        for k, batch in enumerate(running):
+            if batch.can_join(jobs, self.max_batch):
+                running[k] = batch.joined(jobs)
+                self.joins += 1
+                log.debug("%d requests joined a batch of %d", len(jobs), len(running[k].jobs))
+                return running
+        self.batches += 1
+        log.debug("batch of %d requests started", len(jobs))
+        return [*running, Batch(self.model, jobs)]
+
+    @staticmethod
+    def _step(batch: Batch) -> bool:
         try:
-            job.emit("text", next(pieces))
-            return True
-        except StopIteration:
-            job.emit("done", None)
-        except GptlabError as exc:
-            job.emit("error", ApiError(400, str(exc)))
-        except Exception as exc:  # a bug: report it to this client, keep serving the others
+            return batch.step()
+        except Exception as exc:  # a bug: report it to these clients, keep serving the others
             log.exception("generation failed")
-            job.emit("error", exc)
-        return False
-
-    def _pieces(self, job: Job) -> Iterator[str]:
-        def ids() -> Iterator[int]:
-            stats = GenerationStats()
-            with torch.inference_mode():
-                for nxt, active in generate_tokens(
-                    self.model, [job.prompt_ids], job.sampling, stats=stats
-                ):
-                    if not bool(active[0]):
-                        job.stopped = True
-                        return
-                    job.n_generated += 1
-                    yield int(nxt[0])
-
-        def stopped() -> None:
-            job.stopped = True
-
-        return until_stop(stream_decode(ids()), job.sampling.stop_strings, stopped)
+            batch.end(exc)
+            return False
 
 
 # ---- request bodies --------------------------------------------------------------------------
@@ -214,13 +328,14 @@ class Loose(BaseModel):
 
 
 Stop = str | list[str] | None
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 class OllamaOptions(Loose):
     temperature: float | None = Field(None, ge=0, le=100)
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     num_predict: int | None = Field(None, ge=-2)  # -1: until the context is full, as in Ollama
     stop: Stop = None
 
@@ -271,7 +386,7 @@ class OpenAISampling(Loose):
     max_tokens: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: Stop = None
     n: int = Field(1, ge=1, le=1)  # one choice per request
     stream: bool = False
@@ -406,7 +521,7 @@ def create_app(
     name = name or "gptlab"
     served = {name, f"{name}:latest"}
     context = model.cfg.context_length
-    engine = Engine(model, limits.max_queue)
+    engine = Engine(model, limits.max_queue, limits.max_batch)
     created = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -457,23 +572,24 @@ def create_app(
         top_p: float | None,
         seed: int | None,
         stop: Stop,
-        template_stops: tuple[str, ...],
+        chat: bool,
     ) -> Sampling:
         if max_tokens is not None and max_tokens > limits.max_tokens:
             raise ApiError(
                 400, f"max tokens {max_tokens} is over this server's limit of {limits.max_tokens}"
             )
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        return Sampling(
+        s = Sampling(
             max_new_tokens=limits.max_tokens if max_tokens is None else max_tokens,
             temperature=temperature,
             top_k=top_k or None,
             top_p=top_p if top_p and top_p < 1 else None,
             seed=seed,
             stop_ids=(EOT_ID,),
-            stop_strings=(*template_stops, *(s for s in stops if s)),
+            stop_strings=tuple(text for text in stops if text),
             on_context_full="stop",
         )
+        return instruct_sampling(s) if chat else s  # chat also stops at a new "###" section
 
     def ollama_sampling(o: OllamaOptions, chat: bool) -> Sampling:
         # Ollama's defaults; num_predict -1 or -2 means "until the context is full".
@@ -485,7 +601,7 @@ def create_app(
             0.9 if o.top_p is None else o.top_p,
             o.seed,
             o.stop,
-            STOP_STRINGS if chat else (),
+            chat,
         )
 
     def openai_sampling(r: OpenAISampling, max_tokens: int | None, chat: bool) -> Sampling:
@@ -496,7 +612,7 @@ def create_app(
             r.top_p,
             r.seed,
             r.stop,
-            STOP_STRINGS if chat else (),
+            chat,
         )
 
     def done_reason(job: Job) -> str:

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         raise GptlabError(f"{args.model}: not a classifier (train one with finetune-classifier)")
     labels = meta["labels"]
     texts = args.texts or _read_lines(args.input)
-    predictions = classify_texts(model.to(device), texts, device, args.batch_size)
+    predictions = classify_texts(
+        model.to(device), texts, device, args.batch_size, meta.get("max_length")
+    )
     if args.input is None:
         for label, prob in predictions:
             print(f"{labels[label]}\t{prob:.4f}")

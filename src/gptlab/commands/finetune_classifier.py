@@ -80,7 +80,7 @@ def add_parser(sub: Any) -> None:
     pre.add_argument(
         "--pretrain-batch-size", type=positive_int, default=DEFAULTS.pretrain_batch_size
     )
-    pre.add_argument("--pretrain-context", type=positive_int, default=None)
+    pre.add_argument("--pretrain-context", type=positive_int, default=DEFAULTS.pretrain_context)
     pre.add_argument("--pretrain-lr", type=float, default=DEFAULTS.pretrain_lr)
     pre.add_argument("--pretrain-dropout", type=float, default=DEFAULTS.pretrain_dropout)
     add_device_args(p)
