@@ -87,7 +87,12 @@ def save_model(
     model's own state, e.g. full weights gathered from FSDP shards."""
     directory = Path(directory)
     state = _state_to_save(model, weights)
-    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    try:
+        atomic_write(
+            directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"})
+        )
+    except SafetensorError as exc:  # the Rust writer's I/O errors, such as a full disk
+        raise GptlabError(f"{directory / WEIGHTS}: cannot write ({exc})") from None
     config = {"format": "gptlab", "model": model.cfg.to_dict(), **(meta or {})}
     atomic_write_json(directory / CONFIG, config)
     return directory

@@ -29,6 +29,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "serve": "serve",
     "prepare-data": "prepare_data",
+    "pipeline": "pipeline",
 }
 
 

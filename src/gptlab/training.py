@@ -274,8 +274,8 @@ def train(
             _set_rng_state(state["rng"])
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
         last_eval = tuple(state["last_eval"])  # type: ignore[assignment]
-        if d.is_main:
-            run.truncate_metrics(step)
+    if resume and d.is_main:  # also forgets an attempt killed before its first checkpoint
+        run.truncate_metrics(step)
     if step >= cfg.max_steps:
         return TrainResult(step, tokens_seen, *last_eval, elapsed)
     if cfg.compile:
