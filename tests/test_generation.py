@@ -106,3 +106,11 @@ def test_bad_sampling_values() -> None:
         Sampling(temperature=-1)
     with pytest.raises(GptlabError, match="top_k"):
         Sampling(top_k=0)
+
+
+def test_batched_generation_with_a_small_vocabulary() -> None:
+    torch.manual_seed(0)
+    model = GPT(TINY.replace(vocab_size=100)).eval()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    s = Sampling(max_new_tokens=5, stop_ids=())
+    assert generate(model, prompts, s) == [generate(model, [p], s)[0] for p in prompts]

@@ -224,6 +224,16 @@ def test_a_variable_too_many(tf_copy: Path):
         load_tf_checkpoint(tf_copy)
 
 
+def test_inconsistent_hparams(tf_copy: Path):
+    _set_hparams(tf_copy, n_head=5)
+    with pytest.raises(
+        GptlabError,
+        match=r"hparams.json: model config: emb_dim 32 is not "
+        "divisible by n_heads 5",
+    ):
+        load_tf_checkpoint(tf_copy)
+
+
 def test_missing_hparams(tf_copy: Path):
     (tf_copy / "hparams.json").unlink()
     with pytest.raises(GptlabError, match=r"hparams.json: hparams.json not found"):
@@ -313,3 +323,14 @@ def test_convert_command_round_trip(tmp_path: Path, tf_model: GPT):
 def test_unknown_pretrained_name(tmp_path: Path):
     with pytest.raises(GptlabError, match="gpt-nano: not a pretrained GPT-2"):
         ensure_pretrained("gpt-nano", tmp_path)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    broken = tmp_path / "tf"
+    shutil.copytree(FIXTURE, broken)
+    (broken / "model.ckpt.data-00000-of-00001").write_bytes(b"\0" * 100)  # truncated
+    assert cli_main(["convert", str(broken), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gptlab convert: error: ") and "\n" not in err
+    assert "model.ckpt.data-00000-of-00001: tensor model/" in err and "truncated" in err
+    assert not (tmp_path / "out").exists()

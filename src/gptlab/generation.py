@@ -88,7 +88,7 @@ def _left_pad(
     prompts: Sequence[Sequence[int]], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
-    idx = torch.full((len(prompts), width), EOT_ID, dtype=torch.long)
+    idx = torch.zeros((len(prompts), width), dtype=torch.long)  # padding: masked, any id
     for row, p in enumerate(prompts):
         if p:
             idx[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)

@@ -177,6 +177,8 @@ class GPT(nn.Module):
         self.gradient_checkpointing = False
         if self.tied:
             self.out_head.weight = self.tok_emb.weight
+        if self.tok_emb.weight.is_meta:  # built to receive loaded weights: random init is waste
+            return
         self.apply(self._init_weights)
         # GPT-2: scale the init of residual projections by 1/sqrt(2 * n_layers).
         for name, p in self.named_parameters():

@@ -119,6 +119,8 @@ def config_from_hparams(path: Path) -> GPTConfig:
         raise GptlabError(f"{path}: not valid JSON ({exc})") from None
     except (KeyError, TypeError) as exc:
         raise GptlabError(f"{path}: missing or bad field {exc}") from None
+    except GptlabError as exc:  # e.g. n_embd not divisible by n_head
+        raise GptlabError(f"{path}: {exc}") from None
 
 
 def tf_prefix(source: Path) -> Path:

@@ -1,0 +1,208 @@
+"""report.md: a pipeline run folder told in one Markdown page.
+
+Everything comes from the files of the run folder (each stage's results.json, plots, samples
+and responses, RUN/metrics.jsonl for timings), so the report can be rebuilt at any time and
+its links are relative: the folder can be moved or published as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptlab.checkpoints import atomic_write_text
+from gptlab.data import read_utf8
+
+SAMPLE_RESPONSES = 3
+
+
+def hardware() -> dict[str, str]:
+    """CPU model, cores, GPU, and the software versions that decide speed and numerics."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = "none"
+    if torch.cuda.is_available():
+        gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return {
+        "CPU": cpu,
+        "CPU cores": str(os.cpu_count()),
+        "GPU": gpu,
+        "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+        "Python": sys.version.split()[0],
+        "OS": platform.platform(),
+    }
+
+
+def _load(path: Path) -> Any:
+    return json.loads(read_utf8(path))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return f"`{json.dumps(value)}`"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            continue  # records (such as the judge's lowest scores) are no table cell
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
+
+
+def _stage_section(out: Path, stage: str, info: dict[str, Any]) -> list[str]:
+    folder = out / stage
+    lines = [f"## {stage}", ""]
+    if info["status"] == "skipped":
+        lines += [
+            f"Skipped: {info.get('reason', '')}",
+            "",
+            "Once a judge is reachable, this command runs it (finished stages are kept):",
+            "",
+            "```",
+            info.get("command", ""),
+            "```",
+            "",
+        ]
+        return lines
+    if info["status"] != "done":
+        return [*lines, "Not run yet.", ""]
+    results = _flatten(_load(folder / "results.json"))
+    rows = [(k, v) for k, v in results.items() if k != "task"]
+    lines += [table(rows, ("metric", "value")), ""]
+    if (folder / "config.json").is_file():
+        lines += [f"Configuration: [{stage}/config.json]({stage}/config.json)", ""]
+    for png in sorted(folder.rglob("*.png")):
+        rel = png.relative_to(out).as_posix()
+        lines += [f"![{stage}: {png.stem}]({rel})", ""]
+    lines += _samples(out, stage)
+    return lines
+
+
+def _samples(out: Path, stage: str) -> list[str]:
+    folder = out / stage
+    lines: list[str] = []
+    if stage == "base" and (folder / "samples.json").is_file():
+        lines += ["Greedy continuations of the base model:", ""]
+        for s in _load(folder / "samples.json"):
+            lines += [_quote(f"**{s['prompt']}**{s['text']}"), ""]
+    if stage == "instruct" and (folder / "samples.txt").is_file():
+        last = read_utf8(folder / "samples.txt").strip().splitlines()[-2:]
+        lines += ["Samples during training (validation entry):", "", "```", *last, "```", ""]
+    if stage == "respond" and (folder / "responses.json").is_file():
+        lines += ["First responses on the test split:", ""]
+        for e in _load(folder / "responses.json")[:SAMPLE_RESPONSES]:
+            instruction = e["instruction"] + (f"\n{e['input']}" if e.get("input") else "")
+            lines += [
+                "Instruction:",
+                "",
+                _quote(instruction),
+                "",
+                "Expected:",
+                "",
+                _quote(e.get("output", "")),
+                "",
+                "Model:",
+                "",
+                _quote(e["model_response"]),
+                "",
+            ]
+    if stage == "judge" and (folder / "results.json").is_file():
+        lowest = _load(folder / "results.json").get("lowest", [])[:SAMPLE_RESPONSES]
+        if lowest:
+            lines += ["Lowest-scored responses:", ""]
+        for e in lowest:
+            lines += [f"Score {e['score']}: {e['instruction']}", ""]
+            lines += [_quote(e["model_response"]), ""]
+    return lines
+
+
+def render(out: Path, summary: dict[str, Any]) -> str:
+    config = _load(out / "config.json")
+    stages: dict[str, dict[str, Any]] = summary["stages"]
+    seconds: dict[str, float] = summary["seconds"]
+    done = all(info["status"] in ("done", "skipped") for info in stages.values())
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# gptlab pipeline: {out.name}",
+        "",
+        f"{'Finished' if done else 'Partial'} run, report written {now}.",
+        "",
+        "## Summary",
+        "",
+    ]
+    rows = []
+    for stage, info in stages.items():
+        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in info.items() if k != "status")
+        if info["status"] == "skipped":
+            metrics = "no judge reachable"
+        rows.append((stage, info["status"], metrics, f"{seconds.get(stage, 0.0):.0f}"))
+    lines += [table(rows, ("stage", "status", "headline", "seconds")), ""]
+    lines += ["## Configuration", ""]
+    lines += [table(list(_flatten(config["pipeline"]).items()), ("setting", "value")), ""]
+    for stage, info in stages.items():
+        lines += _stage_section(out, stage, info)
+    lines += ["## Timings", ""]
+    rows = [(stage, f"{s:.1f}") for stage, s in seconds.items()]
+    rows.append(("total", f"{sum(seconds.values()):.1f}"))
+    lines += [
+        table(rows, ("stage", "wall seconds")),
+        "",
+        "Wall time of the invocations that ran each stage (an attempt killed outright is not "
+        "counted).",
+        "",
+    ]
+    lines += ["## Hardware", "", table(list(hardware().items()), ("", "")), ""]
+    lines += ["## Reproduce", "", "```", *reproduce(config["pipeline"]), "```", ""]
+    return "\n".join(lines)
+
+
+def reproduce(p: dict[str, Any]) -> list[str]:
+    cmd = f"gptlab pipeline --base {p['base']} --out {p['out']} --seed {p['seed']}"
+    if p.get("tiny"):
+        cmd += " --tiny"
+    if p.get("device", "auto") != "auto":
+        cmd += f" --device {p['device']}"
+    cmd += f" --judge-model {p['judge_model']} --judge-url {p['judge_url']}"
+    cmd += f" --judge-api {p['judge_api']}"
+    return [
+        "pip install -e .  # from the gptlab repository",
+        cmd,
+        "# the same command continues an interrupted run; --force STAGE reruns a stage",
+    ]
+
+
+def write_report(out: Path, summary: dict[str, Any]) -> Path:
+    path = out / "report.md"
+    atomic_write_text(path, render(out, summary))
+    return path

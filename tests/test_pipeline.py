@@ -1,0 +1,383 @@
+"""The pipeline end to end on tiny settings, and what it must survive: SIGKILL at random
+moments in every stage, SIGINT, a deleted checkpoint, a read-only or full disk.
+
+The reference run is one uninterrupted `gptlab pipeline --tiny` subprocess; the other tests
+compare against it or work on copies of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gptlab.checkpoints import load_model
+from gptlab.cli import main
+from gptlab.pipeline import STAGES, Context, PipelineConfig, resolve_base, with_dependents
+from gptlab.runs import RunDir
+from gptlab.training import pick_device
+from tests.serve_process import save_tiny_model, served
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+VOLATILE = ("seconds", "tokens_per_s")  # wall-clock figures: the only things runs may differ in
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+DEAD = dead_url()
+
+
+def pipeline_args(out: Path, judge_url: str = DEAD, *extra: str) -> list[str]:
+    return [
+        "pipeline",
+        "--base",
+        "scratch",
+        "--tiny",
+        "--out",
+        str(out),
+        "--judge-model",
+        "judge",
+        "--judge-url",
+        judge_url,
+        *extra,
+    ]
+
+
+def start(out: Path, log: Path, judge_url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    with open(log, "a", encoding="utf-8") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gptlab", *pipeline_args(out, judge_url)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+
+
+def wait_for_stage(proc: subprocess.Popen[str], stage: str) -> bool:
+    """Read the job's output until it starts `stage`; False when it ends first."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(f"gptlab pipeline: stage {stage} ..."):
+            return True
+    proc.wait()
+    return False
+
+
+@pytest.fixture(scope="module")
+def judge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`gptlab serve` on loopback with a tiny random model named "judge" (its replies are
+    seldom numbers: the point is the whole path, not the scores)."""
+    model = save_tiny_model(tmp_path_factory.mktemp("judge") / "model")
+    with served(model, "--max-tokens", "8", name="judge") as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, judge_url: str) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = start(out, out.parent / "stderr.txt", judge_url)
+    stdout, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, (out.parent / "stderr.txt").read_text()
+    assert "judge     done" in stdout
+    return out
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def normalized(data: Any, runs: tuple[Path, ...]) -> Any:
+    """`data` without wall-clock figures and with the run folder's paths replaced."""
+    if isinstance(data, dict):
+        return {
+            k: normalized(v, runs) for k, v in data.items() if not any(w in k for w in VOLATILE)
+        }
+    if isinstance(data, list):
+        return [normalized(v, runs) for v in data]
+    if isinstance(data, str):
+        for run in runs:
+            data = data.replace(str(run), "RUN")
+    return data
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fingerprint(run: Path, copied_from: Path | None = None) -> dict[str, Any]:
+    """Everything a finished run produced that must not depend on interruptions (scores
+    arrive in any order from concurrent judge requests, so they are compared sorted)."""
+    runs = (run,) if copied_from is None else (run, copied_from)
+    fp: dict[str, Any] = {}
+    for path in sorted(run.rglob("*")):
+        rel = path.relative_to(run).as_posix()
+        if not path.is_file() or rel.endswith(("report.md", ".png")) or "checkpoints/" in rel:
+            continue  # checkpoints are where a run stopped, not what it produced
+        if path.name == "samples.txt":
+            continue  # pretrain/instruct keep only the samples of their last attempt
+        if path.suffix == ".json":
+            fp[rel] = normalized(load_json(path), runs)
+        elif path.name == "metrics.jsonl":
+            records = RunDir(path.parent).metrics()
+            fp[rel] = normalized([r for r in records if r.get("kind") != "stage"], runs)
+        elif path.name == "scores.jsonl":
+            records = [json.loads(line) for line in path.read_text().splitlines()]
+            fp[rel] = normalized(sorted(records, key=lambda r: r["index"]), runs)
+        else:
+            fp[rel] = digest(path)
+    return fp
+
+
+def assert_no_false_success(run: Path) -> None:
+    """Every stage that has results.json has all of its output, complete and readable."""
+    test = run / "instruct" / "test.json"
+    for stage in STAGES:
+        if not (run / stage / "results.json").is_file():
+            continue
+        results = load_json(run / stage / "results.json")
+        if stage in ("base", "classify", "instruct"):
+            model_dir = results.get("model", run / stage / "model")
+            load_model(model_dir)
+        if stage == "base":
+            assert len(load_json(run / "base" / "samples.json")) == 2
+        if stage == "respond":
+            assert len(load_json(run / "respond" / "responses.json")) == len(load_json(test))
+    if (run / "results.json").is_file():
+        statuses = {s["status"] for s in load_json(run / "results.json")["stages"].values()}
+        assert statuses <= {"done", "skipped"}
+
+
+# ---- the finished run ----------------------------------------------------------------------
+
+
+def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
+    run = reference
+    summary = load_json(run / "results.json")
+    assert [summary["stages"][s]["status"] for s in STAGES] == ["done"] * 5
+    assert set(summary["seconds"]) == set(STAGES)
+
+    base = load_json(run / "base" / "results.json")
+    assert base["base"] == "scratch" and base["steps"] == 8
+    assert math.isfinite(base["val_loss"]) and base["val_ppl"] > 1
+    corpus = (run / "base" / "pretrain" / "corpus.txt").read_text(encoding="utf-8")
+    assert "I HAD always thought Jack Gisburn" in corpus  # the bundled story
+    test_entries = load_json(run / "instruct" / "test.json")
+    assert all(e["output"] not in corpus for e in test_entries)  # never the test split
+    assert len(load_json(run / "base" / "samples.json")) == 2
+
+    classify = load_json(run / "classify" / "results.json")
+    for key in ("test_accuracy", "precision", "recall", "f1"):
+        assert 0.0 <= classify[key] <= 1.0
+    assert load_model(run / "classify" / "model")[0].cfg.n_classes == 2
+
+    instruct = load_json(run / "instruct" / "results.json")
+    assert math.isfinite(instruct["val_loss"]) and instruct["steps"] == 6
+    responses = load_json(run / "respond" / "responses.json")
+    assert [e["instruction"] for e in responses] == [e["instruction"] for e in test_entries]
+    assert all(isinstance(e["model_response"], str) for e in responses)
+    assert load_json(run / "respond" / "results.json")["n_responses"] == len(test_entries)
+
+    judge = load_json(run / "judge" / "results.json")
+    assert judge["judge"] == "judge" and judge["n"] == len(test_entries)
+    assert judge["scored"] + judge["invalid"] == judge["n"]
+    assert not (run / "judge" / "skipped.json").exists()
+
+    pngs = ("base/pretrain/loss.png", "classify/accuracy.png", "instruct/loss.png")
+    for png in (*pngs, "judge/scores.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_no_false_success(run)
+
+
+def test_report_has_every_section_and_working_links(reference: Path) -> None:
+    import torch
+
+    report = (reference / "report.md").read_text(encoding="utf-8")
+    for heading in (*STAGES, "Summary", "Configuration", "Timings", "Hardware", "Reproduce"):
+        assert f"## {heading}" in report
+    assert "| test_accuracy |" in report and "| val_ppl |" in report
+    assert "gptlab pipeline --base scratch" in report and "--judge-model judge" in report
+    assert torch.__version__ in report and "CPU cores" in report
+    assert "Model:" in report  # sample responses
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert any(link.endswith(".png") for link in links)
+    for link in links:
+        assert not Path(link).is_absolute() and (reference / link).is_file(), link
+
+
+def test_rerun_skips_finished_stages(
+    reference: Path, judge_url: str, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert main(pipeline_args(run, judge_url)) == 0
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert f"stage {stage} already complete" in out
+    assert fingerprint(run, reference) == fingerprint(reference)
+
+
+def test_unreachable_judge_is_skipped_with_its_command(
+    reference: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "judge")
+    assert main(pipeline_args(run)) == 0
+    assert "judge skipped" in capsys.readouterr().out
+    summary = load_json(run / "results.json")
+    assert summary["stages"]["judge"]["status"] == "skipped"
+    skipped = load_json(run / "judge" / "skipped.json")
+    assert DEAD in skipped["reason"] and "ollama serve" in skipped["reason"]
+    assert DEAD in skipped["command"] and str(run) in skipped["command"]
+    assert not (run / "judge" / "results.json").exists()
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "Skipped:" in report and skipped["command"] in report
+
+
+def test_force_reruns_a_stage_and_what_depends_on_it(
+    reference: Path, judge_url: str, tmp_path: Path
+) -> None:
+    assert with_dependents(["instruct"]) == ["instruct", "respond", "judge"]
+    assert with_dependents(["base"]) == list(STAGES)
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    base_mtime = (run / "base" / "results.json").stat().st_mtime_ns
+    (run / "respond" / "responses.json").write_text("stale", encoding="utf-8")
+    assert main([*pipeline_args(run, judge_url), "--force", "respond"]) == 0
+    assert (run / "base" / "results.json").stat().st_mtime_ns == base_mtime
+    assert fingerprint(run, reference) == fingerprint(reference)
+
+
+def test_a_rerun_must_keep_the_base(reference: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    args = pipeline_args(run)
+    args[args.index("scratch")] = "gpt2-small"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "started with base='scratch'" in err
+
+
+def test_auto_falls_back_to_scratch_and_keeps_the_choice(tmp_path: Path) -> None:
+    c = PipelineConfig(
+        out=tmp_path, base="auto", weights_cache=tmp_path / "cache", weights_url=DEAD
+    )
+    ctx = Context(c, RunDir(tmp_path), pick_device("cpu"), None, None)
+    base, note = resolve_base(ctx)
+    assert base == "scratch" and "unavailable" in note
+    assert load_json(tmp_path / "base" / "choice.json")["base"] == "scratch"
+    assert resolve_base(ctx) == (base, note)
+
+
+# ---- faults ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killed_and_interrupted_runs_end_like_an_uninterrupted_one(
+    reference: Path, judge_url: str, tmp_path: Path
+) -> None:
+    run, log = tmp_path / "run", tmp_path / "stderr.txt"
+    # SIGINT once pretraining has a checkpoint: the job saves, says so and exits 130.
+    proc = start(run, log, judge_url)
+    assert wait_for_stage(proc, "base")
+    latest = run / "base" / "pretrain" / "checkpoints" / "LATEST"
+    while not latest.exists():
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.02)
+    log.write_text("")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=300)
+    err = log.read_text()
+    assert proc.returncode == 130, err
+    assert "stopped in stage base after saving" in err and "Traceback" not in err
+    assert_no_false_success(run)
+    # SIGKILL at random moments of every stage, checking after each that no stage claims
+    # success on partial output.
+    rng = random.Random(2024)
+    spans = {"base": 4.0, "classify": 4.0, "instruct": 4.0, "respond": 1.0, "judge": 1.0}
+    for stage, span in spans.items():
+        for _ in range(2):
+            proc = start(run, log, judge_url)
+            if wait_for_stage(proc, stage):
+                time.sleep(rng.uniform(0.0, span))
+                proc.kill()
+            proc.communicate(timeout=300)
+            assert_no_false_success(run)
+    proc = start(run, log, judge_url)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0, log.read_text()
+    assert_no_false_success(run)
+    assert fingerprint(run) == fingerprint(reference)
+
+
+def test_deleted_checkpoint_is_a_clear_error(reference: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    pre = run / "base" / "pretrain"
+    for done in (run / "base" / "results.json", pre / "results.json"):
+        done.unlink()  # as if killed before the end of pretraining
+    shutil.rmtree(pre / "model")
+    latest = pre / "checkpoints" / (pre / "checkpoints" / "LATEST").read_text().strip()
+    shutil.rmtree(latest)
+    assert main(pipeline_args(run)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "LATEST" in err and latest.name in err and "missing" in err
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs at `path` (needs root: the tests mount instead of chmod, which root
+    ignores)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only or tiny filesystem needs root")
+
+
+def test_read_only_output_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    needs_root()
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        assert main(pipeline_args(ro / "run")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Read-only file system" in err
+
+
+def test_full_disk_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    needs_root()
+    with tmpfs(tmp_path / "small", "size=2m") as small:
+        assert main(pipeline_args(small / "run")) == 2
+    err = capsys.readouterr().err.strip()  # progress bars, then the error
+    last = err.splitlines()[-1]
+    assert last.startswith("gptlab pipeline: error: ") and "No space left on device" in last
+    assert "Traceback" not in err
