@@ -305,18 +305,7 @@ def finetune_instruct(
     }
     steps_per_epoch = max(1, train_batches.per_epoch // c.grad_accum)
     max_steps = c.max_steps or c.epochs * steps_per_epoch
-    tc = TrainConfig(
-        max_steps=max_steps,
-        lr=c.lr,
-        weight_decay=c.weight_decay,
-        warmup_steps=c.warmup_steps,
-        grad_accum=c.grad_accum,
-        grad_clip=c.grad_clip,
-        eval_interval=min(c.eval_interval, max_steps),
-        eval_batches=c.eval_batches,
-        seed=c.seed,
-        precision=c.precision,
-    )
+    tc = TrainConfig.from_job(c, max_steps)
 
     lora = None
     if c.lora_rank is not None:

@@ -121,23 +121,8 @@ def _pretrain(
     train_batches, val_batches, data_summary = _datasets(c, context, device)
     steps_per_epoch = max(1, train_batches.per_epoch // c.grad_accum)
     max_steps = c.max_steps or c.epochs * steps_per_epoch
-    tc = TrainConfig(
-        max_steps=max_steps,
-        lr=c.lr,
-        weight_decay=c.weight_decay,
-        warmup_steps=c.warmup_steps,
-        grad_accum=c.grad_accum,
-        grad_clip=c.grad_clip,
-        eval_interval=min(c.eval_interval, max_steps),
-        eval_batches=c.eval_batches or (SHARD_EVAL_BATCHES if c.data_dir else None),
-        seed=c.seed,
-        precision=c.precision,
-        tf32=c.tf32,
-        fused_adamw=c.fused_adamw,
-        pin_memory=c.pin_memory,
-        compile=c.compile,
-        gradient_checkpointing=c.gradient_checkpointing,
-        fsdp=c.fsdp,
+    tc = TrainConfig.from_job(
+        c, max_steps, eval_batches=c.eval_batches or (SHARD_EVAL_BATCHES if c.data_dir else None)
     )
     run = RunDir(c.out)
     config = {

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -100,6 +100,16 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     fsdp: bool = False
     peak_tflops: float | None = None  # None: known for some GPUs (see peak_flops)
+
+    @classmethod
+    def from_job(cls, job: Any, max_steps: int, **overrides: Any) -> TrainConfig:
+        """The loop's settings for a job: every field the job's config dataclass shares with
+        this one (lr, clipping, seed, speed flags...) is taken from it, then `overrides`."""
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(job)}
+        values = {name: getattr(job, name) for name in shared}
+        values.update(max_steps=max_steps, **overrides)
+        values["eval_interval"] = min(values.get("eval_interval", cls.eval_interval), max_steps)
+        return cls(**values)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
