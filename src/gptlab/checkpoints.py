@@ -68,17 +68,25 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def _state_to_save(model: GPT) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
+def _state_to_save(
+    model: GPT, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    state = dict(model.state_dict() if state is None else state)
     if model.tied:
-        del state["out_head.weight"]  # the same tensor as tok_emb.weight
+        state.pop("out_head.weight", None)  # the same tensor as tok_emb.weight
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_model(model: GPT, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write a model folder (weights + config), each file atomically."""
+def save_model(
+    model: GPT,
+    directory: str | Path,
+    meta: dict[str, Any] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a model folder (weights + config), each file atomically. `weights` replaces the
+    model's own state, e.g. full weights gathered from FSDP shards."""
     directory = Path(directory)
-    state = _state_to_save(model)
+    state = _state_to_save(model, weights)
     try:
         atomic_write(
             directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"})
@@ -165,6 +173,7 @@ def save_checkpoint(
     train_state: dict[str, Any],
     meta: dict[str, Any] | None = None,
     keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `checkpoints/step-NNNNNN/` completely under a temporary name, rename it into
     place, then point LATEST at it; older checkpoints beyond `keep` are removed afterwards."""
@@ -172,7 +181,7 @@ def save_checkpoint(
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, meta)
+    save_model(model, tmp, meta, weights)
     atomic_write(tmp / TRAIN_STATE, lambda p: torch.save(train_state, p))
     fsync_dir(tmp)
     if final.exists():

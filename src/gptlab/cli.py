@@ -28,6 +28,7 @@ COMMANDS = {
     "classify": "classify",
     "evaluate": "evaluate",
     "serve": "serve",
+    "prepare-data": "prepare_data",
     "pipeline": "pipeline",
 }
 

@@ -6,6 +6,13 @@ validation loss (and perplexity), atomic checkpoints, and exact resume: the data
 only on (seed, epoch), and the checkpoint holds the optimizer, RNG states and step, so a run
 resumed from step k ends with the same weights as one never interrupted. SIGINT finishes the
 current step, saves, and stops.
+
+Under torchrun the same loop runs data-parallel (see gptlab.distributed): each process trains
+on its rows of the global batch, only rank 0 logs and checkpoints. Speed flags (TrainConfig):
+TF32 matmuls, fused AdamW, pinned-memory asynchronous batch copies (all on by default, each a
+no-op where it does not apply), and opt-in `torch.compile`, gradient checkpointing (activation
+memory for compute) and FSDP. Throughput is logged as tokens/s and, where the accelerator's
+peak is known, model FLOPs utilisation (MFU).
 """
 
 from __future__ import annotations
@@ -17,24 +24,35 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gptlab import distributed
 from gptlab.checkpoints import (
     latest_checkpoint,
     load_train_state,
     read_safetensors,
     save_checkpoint,
 )
-from gptlab.data import ResumableBatches
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.model import GPT
 from gptlab.runs import RunDir
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]
+
+
+class BatchSource(Protocol):
+    """What `train` reads batches from: gptlab.data.ResumableBatches or
+    gptlab.shards.RandomWindows."""
+
+    per_epoch: int
+
+    def iterate(self, position: int = 0) -> Iterator[Any]: ...
+
+    def first(self, n_batches: int | None) -> Iterator[Any]: ...
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -73,6 +91,15 @@ class TrainConfig:
     log_interval: int = 1
     seed: int = 123
     precision: str = "auto"
+    # Speed flags; see the module docstring and docs/scale.md for what each one measured.
+    tf32: bool = True
+    fused_adamw: bool = True
+    pin_memory: bool = True
+    compile: bool = False
+    compile_backend: str = "inductor"  # "aot_eager" traces the same graphs without codegen
+    gradient_checkpointing: bool = False
+    fsdp: bool = False
+    peak_tflops: float | None = None  # None: known for some GPUs (see peak_flops)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -101,9 +128,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu")
-    )
+    fused = cfg.fused_adamw and device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
 
 
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -114,14 +140,46 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple
     return loss, int((y != -100).sum())
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device, pin: bool = False) -> Any:
+    """Move a batch; with `pin` (CUDA only), through page-locked memory so that the copy runs
+    asynchronously while the GPU is still busy with the previous micro-step."""
     if isinstance(batch, torch.Tensor):
+        if pin and device.type == "cuda" and not batch.is_pinned():
+            batch = batch.pin_memory()
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device, pin) for b in batch)
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, pin) for k, v in batch.items()}
     return batch
+
+
+# Dense bf16 peak FLOP/s by GPU name, for model FLOPs utilisation.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def peak_flops(device: torch.device, cfg: TrainConfig) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def flops_per_token(model: GPT, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per parameter (forward and backward matmuls) plus the
+    attention scores, 12 * layers * width * sequence (PaLM's appendix B estimate)."""
+    c = model.cfg
+    return 6 * model.num_params() + 12 * c.n_layers * c.emb_dim * seq_len
+
+
+def apply_speed_flags(model: GPT, cfg: TrainConfig, device: torch.device) -> None:
+    """Process-wide and model settings for the flags that need no wrapping."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    model.gradient_checkpointing = cfg.gradient_checkpointing
 
 
 @torch.no_grad()
@@ -183,8 +241,8 @@ class TrainResult:
 
 def train(
     model: GPT,
-    train_batches: ResumableBatches,
-    val_batches: ResumableBatches,
+    train_batches: BatchSource,
+    val_batches: BatchSource,
     cfg: TrainConfig,
     run: RunDir,
     device: torch.device,
@@ -196,52 +254,91 @@ def train(
 ) -> TrainResult:
     """Train `model` for `cfg.max_steps` optimizer steps, evaluating and checkpointing every
     `cfg.eval_interval` steps. `stop_after` ends the call early at that step, after its
-    checkpoint, as an interruption would (used to split a run in two)."""
-    torch.manual_seed(cfg.seed)
+    checkpoint, as an interruption would (used to split a run in two). Under torchrun every
+    process calls this; `on_eval` runs on all of them (FSDP needs every rank in a forward)."""
+    d = distributed.current()
+    torch.manual_seed(cfg.seed + d.rank)  # ranks draw different dropout masks
+    apply_speed_flags(model, cfg, device)
     model.to(device).train()
-    optimizer = make_optimizer(model, cfg, device)
     step, tokens_seen, elapsed = 0, 0, 0.0
     last_eval = (float("nan"), float("nan"))
+    state = None
     if resume and (ckpt := latest_checkpoint(run.path)) is not None:
         state = load_train_state(ckpt)
         model.load_state_dict(read_safetensors(ckpt / "model.safetensors"), strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+    wrapped = distributed.wrap(model, device, cfg.fsdp)
+    optimizer = make_optimizer(model, cfg, device)
+    if state is not None:
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
+        if d.is_main:  # the saved RNG state is rank 0's; other ranks keep their own seeds
+            _set_rng_state(state["rng"])
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
         last_eval = tuple(state["last_eval"])  # type: ignore[assignment]
-    if resume:  # also forgets the records of an attempt killed before its first checkpoint
+    if resume and d.is_main:  # also forgets an attempt killed before its first checkpoint
         run.truncate_metrics(step)
     if step >= cfg.max_steps:
         return TrainResult(step, tokens_seen, *last_eval, elapsed)
+    if cfg.compile:
+        model.compile(backend=cfg.compile_backend)
+    log = run.log if d.is_main else lambda record: None
+    peak = peak_flops(device, cfg)
 
     def checkpoint() -> None:
-        state = {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "elapsed": elapsed,
-            "last_eval": list(last_eval),
-            "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(),
-            "train_config": asdict(cfg),
-        }
-        save_checkpoint(run.path, step, model, state, meta)
+        weights = distributed.model_state(model)  # collective under FSDP
+        opt_state = distributed.optimizer_state(model, optimizer)
+        if d.is_main:
+            state = {
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "elapsed": elapsed,
+                "last_eval": list(last_eval),
+                "optimizer": opt_state,
+                "rng": _rng_state(),
+                "train_config": asdict(cfg),
+            }
+            save_checkpoint(run.path, step, model, state, meta, weights=weights)
+        distributed.barrier()
+
+    def next_batch() -> Any:
+        return to_device(distributed.rows(next(batches), d), device, cfg.pin_memory)
+
+    def evaluate(source: BatchSource) -> float:
+        # Every process evaluates the same batches, so all agree without communication.
+        return evaluate_loss(
+            wrapped, source.first(cfg.eval_batches), loss_fn, device, cfg.precision
+        )
 
     batches = train_batches.iterate(step * cfg.grad_accum)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not d.is_main,
+    )
     window_tokens, window_start = 0, time.perf_counter()
+    pending = next_batch()
     with sigint_flag() as interrupted, bar:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, cfg)
-            step_loss = 0.0
-            for _ in range(cfg.grad_accum):
-                batch = to_device(next(batches), device)
-                with autocast(device, cfg.precision):
-                    loss, _n = loss_fn(model, batch)
-                (loss / cfg.grad_accum).backward()
-                step_loss += float(loss.detach()) / cfg.grad_accum
-                n_tokens = math.prod(batch[0].shape[:2])  # ids (B, T) or hidden states (B, T, D)
+            step_loss = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum):
+                batch = pending
+                last = micro == cfg.grad_accum - 1
+                with (
+                    nullcontext() if last else distributed.no_grad_sync(wrapped),
+                    autocast(device, cfg.precision),
+                ):
+                    loss, _n = loss_fn(wrapped, batch)
+                    (loss / cfg.grad_accum).backward()
+                # Read the next batch while the accelerator works through this one.
+                pending = next_batch()
+                step_loss += loss.detach().float() / cfg.grad_accum
+                # ids (B, T) or hidden states (B, T, D); every process holds B / world rows
+                n_tokens = math.prod(batch[0].shape[:2]) * d.world
                 tokens_seen += n_tokens
                 window_tokens += n_tokens
             if cfg.grad_clip:
@@ -249,36 +346,35 @@ def train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            mean_loss, stop = distributed.reduce_step(float(step_loss), interrupted.is_set())
             elapsed += time.perf_counter() - t0
-            if not math.isfinite(step_loss):
-                raise GptlabError(f"training loss became {step_loss} at step {step}; lower --lr")
+            if not math.isfinite(mean_loss):
+                raise GptlabError(f"training loss became {mean_loss} at step {step}; lower --lr")
             if step % cfg.log_interval == 0:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
                 window_tokens, window_start = 0, now
-                run.log(
-                    {
-                        "kind": "train",
-                        "step": step,
-                        "loss": step_loss,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "tokens": tokens_seen,
-                        "tokens_per_s": round(tps, 1),
-                    }
-                )
-                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}")
+                record = {
+                    "kind": "train",
+                    "step": step,
+                    "loss": mean_loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "tokens": tokens_seen,
+                    "tokens_per_s": round(tps, 1),
+                }
+                if peak:
+                    seq = batch[0].shape[1]
+                    mfu = tps * flops_per_token(model, seq) / (peak * d.world)
+                    record["mfu"] = float(f"{mfu:.4g}")
+                log(record)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
             # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
             # exactly what an uninterrupted one does; checkpoint there and when stopping.
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                train_loss = evaluate_loss(
-                    model, train_batches.first(cfg.eval_batches), loss_fn, device, cfg.precision
-                )
-                val_loss = evaluate_loss(
-                    model, val_batches.first(cfg.eval_batches), loss_fn, device, cfg.precision
-                )
+                train_loss, val_loss = evaluate(train_batches), evaluate(val_batches)
                 last_eval = (train_loss, val_loss)
-                run.log(
+                log(
                     {
                         "kind": "eval",
                         "step": step,
@@ -289,16 +385,17 @@ def train(
                         "tokens": tokens_seen,
                     }
                 )
-                bar.write(
-                    f"step {step}: train loss {train_loss:.3f}, val loss {val_loss:.3f} "
-                    f"(ppl {perplexity(val_loss):.1f})"
-                )
+                if d.is_main:
+                    bar.write(
+                        f"step {step}: train loss {train_loss:.3f}, val loss {val_loss:.3f} "
+                        f"(ppl {perplexity(val_loss):.1f})"
+                    )
                 if on_eval is not None:
                     on_eval(step)
                 checkpoint()
-            elif interrupted.is_set() or step == stop_after:
+            elif stop or step == stop_after:
                 checkpoint()
-            if interrupted.is_set():
+            if stop:
                 raise Interrupted(
                     f"interrupted at step {step}; checkpoint saved in "
                     f"{run.path}/checkpoints (rerun with --resume to continue)"

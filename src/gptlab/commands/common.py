@@ -53,6 +53,36 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    """The training speed flags of gptlab.training.TrainConfig (see docs/scale.md)."""
+    g = p.add_argument_group("speed (see docs/scale.md)")
+    on = argparse.BooleanOptionalAction
+    g.add_argument("--tf32", action=on, default=True, help="TF32 matmuls on CUDA")
+    g.add_argument("--fused-adamw", action=on, default=True, help="fused AdamW kernel")
+    g.add_argument(
+        "--pin-memory", action=on, default=True, help="pinned, asynchronous batch copies (CUDA)"
+    )
+    g.add_argument("--compile", action=on, default=False, help="torch.compile the model")
+    g.add_argument(
+        "--gradient-checkpointing",
+        action=on,
+        default=False,
+        help="recompute activations in backward: less memory, about 30%% more compute",
+    )
+    g.add_argument(
+        "--fsdp",
+        action=on,
+        default=False,
+        help="shard parameters, gradients and optimizer state across torchrun processes",
+    )
+
+
+def speed_flags(args: argparse.Namespace) -> dict[str, bool]:
+    """TrainConfig keyword arguments from `add_speed_args` flags."""
+    names = ("tf32", "fused_adamw", "pin_memory", "compile", "gradient_checkpointing", "fsdp")
+    return {n: getattr(args, n) for n in names}
+
+
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
