@@ -281,6 +281,7 @@ def test_a_rerun_must_keep_the_base(reference: Path, tmp_path: Path, capsys) -> 
     assert len(err.splitlines()) == 1 and "started with base='scratch'" in err
 
 
+@pytest.mark.slow  # the weights download retries with backoff (about 30 s) before giving up
 def test_auto_falls_back_to_scratch_and_keeps_the_choice(tmp_path: Path) -> None:
     c = PipelineConfig(
         out=tmp_path, base="auto", weights_cache=tmp_path / "cache", weights_url=DEAD
