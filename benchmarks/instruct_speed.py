@@ -5,10 +5,10 @@ On the bundled data's 935-entry training split, in one process:
   length-grouped batches, for several batch sizes;
 - training throughput in real (non-padding) input tokens per second, forward + loss + backward +
   AdamW step, for four setups measured in interleaved rounds (median of rounds):
-    book       plain batches, logits at every position (gptlab.training.lm_loss)
-    sparse     plain batches, logits only where a target is learned (instruct_loss)
-    grouped    length-grouped batches + instruct_loss
-    masked     length-grouped batches + instruct_loss + --mask-prompt
+    book       plain batches, logits at every position, then the cross-entropy (dense_loss)
+    sparse     plain batches, logits only where a target is learned (gptlab.training.lm_loss)
+    grouped    length-grouped batches + lm_loss
+    masked     length-grouped batches + lm_loss + --mask-prompt
   and each one's ratio to `book`. All use the same model, seed and batches per round.
 
     python benchmarks/instruct_speed.py                       # gpt2-small shape
@@ -25,6 +25,7 @@ from functools import partial
 from itertools import islice
 
 import torch
+import torch.nn.functional as F
 
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches
@@ -32,7 +33,6 @@ from gptlab.instruct import (
     InstructionDataset,
     LengthGroupedBatches,
     collate,
-    instruct_loss,
     load_entries,
     padding_fraction,
     split_entries,
@@ -40,6 +40,13 @@ from gptlab.instruct import (
 from gptlab.model import GPT
 from gptlab.tokenizer import EOT_ID
 from gptlab.training import LossFn, TrainConfig, lm_loss, make_optimizer
+
+
+def dense_loss(model: GPT, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The book's loss: logits at every position, padding ignored only by the cross-entropy."""
+    x, y = batch
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+    return loss, int((y != -100).sum())
 
 
 def padding_table(ds: InstructionDataset, lengths: list[int], seed: int) -> None:
@@ -101,10 +108,10 @@ def main() -> None:
     masked = partial(collate, max_length=cfg.context_length, mask_prompt=True)
     b, seed = args.batch_size, args.seed
     setups: dict[str, tuple[ResumableBatches, LossFn]] = {
-        "book": (ResumableBatches(ds, b, True, seed, collate_fn=full), lm_loss),
-        "sparse": (ResumableBatches(ds, b, True, seed, collate_fn=full), instruct_loss),
-        "grouped": (LengthGroupedBatches(ds, lengths, b, seed, collate_fn=full), instruct_loss),
-        "masked": (LengthGroupedBatches(ds, lengths, b, seed, collate_fn=masked), instruct_loss),
+        "book": (ResumableBatches(ds, b, True, seed, collate_fn=full), dense_loss),
+        "sparse": (ResumableBatches(ds, b, True, seed, collate_fn=full), lm_loss),
+        "grouped": (LengthGroupedBatches(ds, lengths, b, seed, collate_fn=full), lm_loss),
+        "masked": (LengthGroupedBatches(ds, lengths, b, seed, collate_fn=masked), lm_loss),
     }
     torch.manual_seed(seed)
     model = GPT(cfg).train()

@@ -12,7 +12,7 @@ Every implementation gets the same random-initialised shape and the same optimiz
 peers are also run with torch's fused AdamW so the optimizer's share is visible.
 
     python benchmarks/speed.py                 # full run, about 10 minutes on 2 cores
-    python benchmarks/speed.py --reps 2 --quick
+    python benchmarks/speed.py --reps 2 --skip-train   # generation only
 """
 
 from __future__ import annotations
@@ -49,9 +49,30 @@ def bandwidth_gbs(rows: int = 8192, cols: int = 8192, reps: int = 5) -> float:
     return rows * cols * 4 / min(timed(lambda: m @ v) for _ in range(reps)) / 1e9
 
 
+def reference_kv_gpt() -> type[torch.nn.Module]:
+    """The reference's KV-cache GPTModel, with one bug fixed so it can decode at all.
+
+    llms-from-scratch 1.0.19 slices its causal mask by columns (`mask[:, -num_tokens:]`), which
+    fails as soon as one new token meets a longer cache; the rows were meant
+    (`mask[-num_tokens:, :]`). Everything else runs as published.
+    """
+    import inspect
+    import types
+
+    import llms_from_scratch.kv_cache.gpt2 as published
+
+    source = inspect.getsource(published)
+    buggy, fixed = "causal_mask[:, -num_tokens:]", "causal_mask[-num_tokens:, :]"
+    if buggy not in source:
+        return published.GPTModel
+    patched = types.ModuleType("reference_kv_gpt2_fixed")
+    patched.__dict__["__package__"] = published.__package__
+    exec(compile(source.replace(buggy, fixed), published.__file__, "exec"), patched.__dict__)
+    return patched.GPTModel
+
+
 def build_models(ctx: int) -> dict[str, torch.nn.Module]:
     """The three implementations, gpt2-small shape, no dropout, context `ctx`."""
-    from llms_from_scratch.kv_cache.gpt2 import GPTModel as RefGPT
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = get_preset("gpt2-small").replace(context_length=ctx, drop_rate=0.0)
@@ -69,7 +90,7 @@ def build_models(ctx: int) -> dict[str, torch.nn.Module]:
             attn_implementation="sdpa",
         )
     )
-    ref = RefGPT(
+    ref = reference_kv_gpt()(
         {
             "vocab_size": 50257,
             "context_length": ctx,
@@ -136,9 +157,10 @@ def generate_fn(name: str, model: torch.nn.Module, prompt: torch.Tensor, n_new: 
 
     @torch.no_grad()
     def ref_generate() -> None:
-        # The reference's own cached decoding loop (use_cache=True on every call).
+        # The reference's cached decoding loop (its packaged generate_text_simple calls a
+        # reset_kv_cache() that its GPTModel lacks, so the position counter is reset here).
         cache = KVCache(n_layers=12)
-        model.reset_kv_cache()
+        model.current_pos = 0
         logits = model(prompt, use_cache=True, cache=cache)
         for _ in range(n_new):
             nxt = logits[:, -1].argmax(dim=-1, keepdim=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptlab.checkpoints import latest_checkpoint, load_model, read_safetensors, save_model
 from gptlab.cli import main
@@ -22,7 +23,6 @@ from gptlab.instruct import (
     collate,
     entry_prompt,
     finetune_instruct,
-    instruct_loss,
     load_entries,
     padding_fraction,
     progress_header,
@@ -182,20 +182,23 @@ def test_collate_truncates_to_max_length() -> None:
     assert collate(BATCH[1:], max_length=100)[0].shape == (2, 3)
 
 
-def test_instruct_loss_equals_the_full_lm_loss() -> None:
+def test_lm_loss_on_instruction_batches_equals_dense_cross_entropy() -> None:
+    """The model's loss skips positions without a target (and, on CPU, runs the chunked
+    head): it must equal the book's loss over logits at every position."""
     torch.manual_seed(0)
     model = GPT(get_preset("gpt-nano"))
     batch = collate([tokenize_entry(e) for e in TINY[:3]], mask_prompt=True)
-    full, n_full = lm_loss(model, batch)
-    (grad_full,) = torch.autograd.grad(full, model.blocks[0].attn.qkv.weight)
-    fast, n_fast = instruct_loss(model, batch)
-    (grad_fast,) = torch.autograd.grad(fast, model.blocks[0].attn.qkv.weight)
-    assert n_fast == n_full == int((batch[1] != -100).sum())
-    torch.testing.assert_close(fast, full)
-    torch.testing.assert_close(grad_fast, grad_full)
+    x, y = batch
+    dense = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+    (grad_dense,) = torch.autograd.grad(dense, model.blocks[0].attn.qkv.weight)
+    loss, n = lm_loss(model, batch)
+    (grad,) = torch.autograd.grad(loss, model.blocks[0].attn.qkv.weight)
+    assert n == int((y != -100).sum())
+    torch.testing.assert_close(loss, dense)
+    torch.testing.assert_close(grad, grad_dense)
     # Prompts cut by max_length and masked leave no target: zero loss, zero gradient.
     empty = collate([tokenize_entry(e) for e in TINY[:2]], max_length=8, mask_prompt=True)
-    loss, n = instruct_loss(model, empty)
+    loss, n = lm_loss(model, empty)
     loss.backward()
     assert (loss.item(), n) == (0.0, 0)
     assert not model.blocks[0].attn.qkv.weight.grad.any()

@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptlab.config import PRESETS, GPTConfig, get_preset
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, KVCache
+from gptlab.model import GPT, HEAD_CHUNK, IGNORE_INDEX, KVCache, head_loss
 
 from .conftest import TINY
 
@@ -118,3 +119,32 @@ def test_dropout_is_active_only_in_training() -> None:
     assert not torch.allclose(model(idx), model(idx))
     model.eval()
     torch.testing.assert_close(model(idx), model(idx))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_head_loss_equals_cross_entropy(bias: bool) -> None:
+    """The chunked CPU path (bias-free head) and the plain path (biased head) both equal
+    F.cross_entropy over the full logits, in value and in both gradients, ignored rows
+    included. The vocabulary spans several chunks and ends in a partial one."""
+    torch.manual_seed(0)
+    vocab = 2 * HEAD_CHUNK + 7
+    head = torch.nn.Linear(16, vocab, bias=bias)
+    h = torch.randn(10, 16, requires_grad=True)
+    y = torch.randint(0, vocab, (10,))
+    y[[2, 5]] = IGNORE_INDEX
+    loss = head_loss(head, h, y)
+    grads = torch.autograd.grad(loss, [h, head.weight])
+    want = F.cross_entropy(head(h), y, ignore_index=IGNORE_INDEX, reduction="sum")
+    want_grads = torch.autograd.grad(want, [h, head.weight])
+    torch.testing.assert_close(loss, want)
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+    assert not grads[0][[2, 5]].any()  # ignored rows get no gradient
+
+
+def test_forward_with_targets_is_the_summed_loss(tiny_model: GPT) -> None:
+    x = torch.randint(0, TINY.vocab_size, (2, 8))
+    y = torch.randint(0, TINY.vocab_size, (2, 8))
+    logits = tiny_model(x)
+    want = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+    torch.testing.assert_close(tiny_model(x, targets=y), want)

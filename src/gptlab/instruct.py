@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -40,7 +39,7 @@ from gptlab.data import ResumableBatches, bundled, read_utf8
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.generation import Sampling, generate, generate_tokens, trim_at_stop
 from gptlab.lora import TARGETS, apply_lora, merge_lora
-from gptlab.model import GPT
+from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.prompts import STOP_STRINGS, format_prompt
 from gptlab.runs import RunDir
 from gptlab.tokenizer import EOT_ID, decode, encode, stream_decode
@@ -49,7 +48,6 @@ from gptlab.training import TrainConfig, perplexity, pick_device, train
 log = logging.getLogger("gptlab")
 
 BUNDLED_DATA = "instruction-data.json"
-IGNORE_INDEX = -100
 # Train / validation / test fractions; the test part is int(0.10 n), validation the rest.
 SPLIT = (0.85, 0.05, 0.10)
 
@@ -167,17 +165,6 @@ def collate(
         if mask_prompt:
             targets[row, : n_prompt - 1] = IGNORE_INDEX
     return inputs, targets
-
-
-def instruct_loss(model: GPT, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """gptlab.training.lm_loss, with logits computed only where there is a target: padding and
-    masked prompts are most positions, and the vocabulary projection is the largest matmul.
-    A batch without targets (prompts cut by --max-length and masked) gives 0, not NaN."""
-    x, y = batch
-    keep = y != IGNORE_INDEX
-    n = int(keep.sum())
-    logits = model.out_head(model.hidden_states(x)[keep])
-    return F.cross_entropy(logits.float(), y[keep], reduction="sum") / max(n, 1), n
 
 
 class LengthGroupedBatches(ResumableBatches):
@@ -354,7 +341,6 @@ def finetune_instruct(
         tc,
         run,
         device,
-        loss_fn=instruct_loss,
         resume=resume,
         meta={"task": "lm", "lora": lora},
         on_eval=sample,

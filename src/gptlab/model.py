@@ -10,6 +10,11 @@ Attention has two paths that compute the same thing: `sdpa` (PyTorch's fused
 scaled_dot_product_attention, the fast default) and `reference` (mask, scale by
 1/sqrt(head dim), softmax, matmul, spelled out). A preallocated KVCache lets generation feed
 one token at a time.
+
+Given targets, the forward pass returns the summed next-token cross-entropy instead of logits
+(so that DDP and FSDP wrappers, which only see `forward`, cover the loss too). The vocabulary
+projection is the largest matmul of a training step; the loss computes it only at positions
+with a target, and on CPU in vocabulary chunks fused with the cross-entropy (see head_loss).
 """
 
 from __future__ import annotations
@@ -229,11 +234,84 @@ class GPT(nn.Module):
         return self.final_norm(x)
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, n_out); with `last_only`, only the last position's (B, 1, n_out),
-        which is all generation needs and spares the large vocabulary projection."""
+        which is all generation needs and spares the large vocabulary projection. With
+        `targets` (B, T; IGNORE_INDEX where nothing is learned), the summed cross-entropy."""
         h = self.hidden_states(idx, cache)
+        if targets is not None:
+            return head_loss(self.out_head, h.flatten(0, 1), targets.flatten())
         if last_only:
             h = h[:, -1:]
         return self.out_head(h)
+
+
+IGNORE_INDEX = -100
+HEAD_CHUNK = 4096  # vocabulary rows per matmul in _ChunkedHeadLoss
+
+
+def head_loss(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of head(h) (N, V) against y (N,), skipping IGNORE_INDEX targets.
+
+    Rows without a target are dropped first: in instruction batches (padding, masked prompts)
+    they are most rows. On CPU in fp32 a plain bias-free head goes through _ChunkedHeadLoss;
+    elsewhere (GPU, autocast, LoRA-wrapped or biased heads) through F.cross_entropy."""
+    keep = y != IGNORE_INDEX
+    if not bool(keep.all()):
+        h, y = h[keep], y[keep]
+    if (
+        h.device.type == "cpu"
+        and h.dtype == torch.float32
+        and type(head) is nn.Linear
+        and head.bias is None
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return _ChunkedHeadLoss.apply(h, head.weight, y)
+    return F.cross_entropy(head(h).float(), y, reduction="sum")
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """sum(cross_entropy(h @ w.T, y)), with the gradient formed during the forward pass.
+
+    Why, on CPU: the logits are computed transposed, (vocab, N), in row chunks written in
+    place, which the CPU matmul runs faster than one (N, emb) x (emb, vocab) product; the
+    softmax becomes the logits' gradient in place (softmax - one-hot), so no second buffer is
+    zero-filled and written as by log_softmax + nll_loss backward; backward is then a matmul
+    for h and chunked matmuls for w. benchmarks/speed.py measures the training step."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        vocab, cols = w.shape[0], torch.arange(h.shape[0])
+        grad_t = torch.empty(vocab, h.shape[0], dtype=h.dtype)
+        for j in range(0, vocab, HEAD_CHUNK):
+            torch.mm(w[j : j + HEAD_CHUNK], h.t(), out=grad_t[j : j + HEAD_CHUNK])
+        target_logit = grad_t[y, cols]
+        peak = grad_t.amax(dim=0)
+        grad_t.sub_(peak).exp_()
+        total = grad_t.sum(dim=0)
+        loss = (peak + total.log() - target_logit).sum()
+        grad_t.div_(total)
+        grad_t[y, cols] -= 1.0
+        ctx.save_for_backward(grad_t, h, w)
+        return loss
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        grad_t, h, w = ctx.saved_tensors
+        # g scales the small (N, emb) operands, not the (vocab, emb) product.
+        dh = (grad_t.t() @ w).mul_(g) if ctx.needs_input_grad[0] else None
+        dw = None
+        if ctx.needs_input_grad[1]:
+            dw, hg = torch.empty_like(w), h * g
+            for j in range(0, w.shape[0], HEAD_CHUNK):
+                torch.mm(grad_t[j : j + HEAD_CHUNK], hg, out=dw[j : j + HEAD_CHUNK])
+        return dh, dw, None

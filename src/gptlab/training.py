@@ -38,7 +38,7 @@ from gptlab.checkpoints import (
     save_checkpoint,
 )
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.model import GPT
+from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.runs import RunDir
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]
@@ -143,11 +143,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Next-token cross-entropy; targets of -100 are ignored. Returns (mean loss, targets)."""
+    """Mean next-token cross-entropy over the targets that are not IGNORE_INDEX, and their
+    count. The model computes it in its forward pass (see gptlab.model.head_loss); a batch
+    without targets (prompts cut by --max-length and masked) gives 0, not NaN."""
     x, y = batch
-    logits = model(x)
-    loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
-    return loss, int((y != -100).sum())
+    n = int((y != IGNORE_INDEX).sum())
+    return model(x, targets=y) / max(n, 1), n
 
 
 def to_device(batch: Any, device: torch.device, pin: bool = False) -> Any:
