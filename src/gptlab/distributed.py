@@ -215,6 +215,17 @@ def load_optimizer_state(
         raise GptlabError(f"checkpoint optimizer state does not fit this model ({exc})") from None
 
 
+def global_sum(n: int) -> int:
+    """`n` summed over all processes (itself without torchrun)."""
+    if current().world == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return int(t[0])
+
+
 def reduce_step(loss: float, stop: bool) -> tuple[float, bool]:
     """(mean loss over processes, whether any process wants to stop), in one all-reduce, so
     every process sees the same numbers and stops at the same step."""

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from gptlab import distributed
 from gptlab.checkpoints import atomic_write_json, load_model, save_model
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, bundled, read_utf8
@@ -259,15 +260,35 @@ def finetune_instruct(
     """Fine-tune `c.base` on instruction data in run folder `c.out`; returns results.json.
     Also writes the test split as RUN/test.json and the merged model as RUN/model.
     `stop_after` ends early at that step, checkpointed, as an interruption would, and returns
-    {} (results.json is only written by a finished run)."""
+    {} (results.json is only written by a finished run). Under torchrun every process runs
+    this, data-parallel; rank 0 alone writes the run folder."""
+    with distributed.session(pick_device(c.device)) as (d, device):
+        return _finetune_instruct(c, d, device, resume, stop_after)
+
+
+def _finetune_instruct(
+    c: InstructConfig,
+    d: distributed.Dist,
+    device: torch.device,
+    resume: bool,
+    stop_after: int | None,
+) -> dict[str, Any]:
     if c.batch_size < 1 or c.epochs < 1:
         raise GptlabError("batch size and epochs must be positive")
+    if c.batch_size % d.world:
+        raise GptlabError(
+            f"--batch-size {c.batch_size} (the global batch) is not divisible by the "
+            f"{d.world} processes"
+        )
     train_entries, val_entries, test_entries = split_entries(load_entries(c.data), c.seed)
     source = str(c.data or f"bundled {BUNDLED_DATA}")
     if not val_entries:
         raise GptlabError(f"{source}: too few entries to leave any for validation")
-    device = pick_device(c.device)
+    if not d.is_main:  # rank 0 downloads and converts a pretrained base first
+        distributed.barrier()
     model = _base_model(c, device)
+    if d.is_main:
+        distributed.barrier()
     context = model.cfg.context_length
     max_length = c.max_length or context
     if not 2 <= max_length <= context:
@@ -304,26 +325,27 @@ def finetune_instruct(
     trainable = model.num_params(trainable_only=True)
 
     run = RunDir(c.out)
-    run.prepare(
-        {
-            "task": "instruct",
-            "instruct": c.to_json(),
-            "model": model.cfg.to_dict(),
-            "train": asdict(tc),
-            "data": {
-                "source": source,
-                "train": len(train_entries),
-                "val": len(val_entries),
-                "test": len(test_entries),
-                "steps_per_epoch": steps_per_epoch,
-                "max_length": max_length,
-                "padding_fraction": padding,
-            },
-            "device": str(device),
+    config = {
+        "task": "instruct",
+        "instruct": c.to_json(),
+        "model": model.cfg.to_dict(),
+        "train": asdict(tc),
+        "data": {
+            "source": source,
+            "train": len(train_entries),
+            "val": len(val_entries),
+            "test": len(test_entries),
+            "steps_per_epoch": steps_per_epoch,
+            "max_length": max_length,
+            "padding_fraction": padding,
         },
-        resume=resume,
-    )
-    atomic_write_json(run.path / "test.json", test_entries)
+        "device": str(device),
+        "processes": d.world,
+    }
+    if d.is_main:
+        run.prepare(config, resume=resume)
+        atomic_write_json(run.path / "test.json", test_entries)
+    distributed.barrier()
 
     sampling = Sampling(max_new_tokens=c.sample_tokens)
     samples: list[str] = []
@@ -346,6 +368,8 @@ def finetune_instruct(
         on_eval=sample,
         stop_after=stop_after,
     )
+    if not d.is_main:
+        return {}
     if samples:
         with open(run.path / "samples.txt", "a", encoding="utf-8") as f:
             f.write("\n".join(samples) + "\n")

@@ -145,10 +145,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the targets that are not IGNORE_INDEX, and their
     count. The model computes it in its forward pass (see gptlab.model.head_loss); a batch
-    without targets (prompts cut by --max-length and masked) gives 0, not NaN."""
+    without targets (prompts cut by --max-length and masked) gives 0, not NaN.
+
+    Under torchrun each process holds some rows of the global batch, and instruction rows hold
+    different numbers of targets: the loss is scaled so that DDP's average over processes is
+    the mean over all the global batch's targets, as one process would compute it."""
     x, y = batch
     n = int((y != IGNORE_INDEX).sum())
-    return model(x, targets=y) / max(n, 1), n
+    world = distributed.current().world
+    total = distributed.global_sum(n) if world > 1 else n
+    return model(x, targets=y) * (world / max(total, 1)), n
 
 
 def to_device(batch: Any, device: torch.device, pin: bool = False) -> Any:

@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from gptlab import distributed
 from gptlab.commands.common import add_command, add_device_args, positive_int
 from gptlab.config import PRESETS
 from gptlab.instruct import InstructConfig, finetune_instruct
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     config = InstructConfig(**{k: v for k, v in vars(args).items() if k in names})
     config.lora_targets = tuple(config.lora_targets)
     results = finetune_instruct(config, resume=args.resume)
+    if distributed.env_rank() != 0:  # one summary, from rank 0
+        return 0
     print(
         f"done: {results['steps']} steps, {results['tokens_seen']:,} tokens in "
         f"{results['train_seconds']:.0f} s; train loss {results['train_loss']:.3f}, "
