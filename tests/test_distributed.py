@@ -142,3 +142,27 @@ def test_finetune_instruct_two_processes_match_one(tmp_path: Path):
     assert (tmp_path / "two" / "test.json").read_bytes() == (
         tmp_path / "one" / "test.json"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_finetune_classifier_two_processes_match_one(tmp_path: Path):
+    data = tmp_path / "toy.tsv"
+    words = {"good": "great lovely super nice", "bad": "awful terrible poor sad"}
+    rows_ = [f"{label}\t{' '.join(ws.split()[: 1 + i % 4])}" for i in range(40)
+             for label, ws in words.items()]  # fmt: skip
+    data.write_text("\n".join(rows_) + "\n", encoding="utf-8")
+    flags = ["--base=random", "--preset=gpt-nano", f"--data={data}", "--epochs=2"]
+    flags += ["--batch-size=4", "--lr=3e-3", "--trainable=all", "--dropout=0", "--device=cpu"]
+    assert main(["finetune-classifier", *flags, f"--out={tmp_path / 'one'}"]) == 0
+    proc = torchrun(2, ["finetune-classifier", *flags, f"--out={tmp_path / 'two'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    one, two = RunDir(tmp_path / "one").metrics(), RunDir(tmp_path / "two").metrics()
+    for kind, key in (("train", "loss"), ("eval", "val_loss")):
+        a, b = ([r[key] for r in m if r["kind"] == kind] for m in (one, two))
+        assert len(a) == len(b) == 2 and a == pytest.approx(b, abs=1e-6)
+    accuracy = [[r["val_acc"] for r in m if r["kind"] == "accuracy"] for m in (one, two)]
+    assert accuracy[0] == accuracy[1] and len(accuracy[0]) == 2
+    # 28 Adam steps near convergence amplify summation-order differences in near-zero
+    # gradients (about 2e-4 seen), so the weights are compared more loosely than the losses.
+    assert max_diff(weights(tmp_path / "two"), weights(tmp_path / "one")) < 1e-3

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from gptlab import distributed
 from gptlab.checkpoints import (
     atomic_write,
     atomic_write_json,
@@ -307,8 +308,7 @@ def class_logits(
     hidden states entering block `start`."""
     if start is not None:
         return tail_logits(model, x, last, start)
-    h = model.hidden_states(x)
-    return model.out_head(h[torch.arange(len(h), device=h.device), last])
+    return model(x, select=last)  # through forward, so that a DDP wrapper sees it
 
 
 @torch.no_grad()
@@ -508,8 +508,9 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
     done = (out / "results.json").is_file()
     if not done:
         resume = (out / "config.json").is_file()
-        if not resume:
+        if not resume and distributed.current().is_main:
             atomic_write_text(corpus, "<|endoftext|>".join(texts))
+        distributed.barrier()
         pretrain(
             PretrainConfig(
                 out=out,
@@ -530,6 +531,7 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
             ),
             resume=resume,
         )
+        distributed.barrier()  # rank 0 writes the model folder after the others return
     model, _ = load_model_folder(out / "model")
     return model
 
@@ -556,31 +558,52 @@ def finetune_classifier(
 ) -> dict[str, Any]:
     """Run (or resume) a classification fine-tuning job in `c.out`; returns results.json.
     `stop_after` ends early after that optimizer step's checkpoint (as an interruption would)
-    and returns {} without results.json."""
+    and returns {} without results.json. Under torchrun every process runs this,
+    data-parallel; rank 0 alone writes the run folder."""
+    with distributed.session(pick_device(c.device)) as (d, device):
+        return _finetune_classifier(c, d, device, resume, stop_after)
+
+
+def _finetune_classifier(
+    c: ClassifierConfig,
+    d: distributed.Dist,
+    device: torch.device,
+    resume: bool,
+    stop_after: int | None,
+) -> dict[str, Any]:
     wall_start = time.perf_counter()
-    device = pick_device(c.device)
+    if c.batch_size % d.world:
+        raise GptlabError(
+            f"--batch-size {c.batch_size} (the global batch) is not divisible by the "
+            f"{d.world} processes"
+        )
     run = RunDir(c.out)
     data = load_splits(c)
-    # a bad --base fails here, before the run folder exists
+    # a bad --base fails here, before the run folder exists; rank 0 downloads it first
+    if not d.is_main:
+        distributed.barrier()
     base = None if c.pretrain_on_texts else _base_model(c)
+    if d.is_main:
+        distributed.barrier()
     counts = Counter(label for _, label in data.train + data.val + data.test)
-    run.prepare(
-        {
-            "task": "classify",
-            "classify": c.to_json(),
-            "labels": list(data.labels),
-            "data": {
-                "examples": data.n_examples,
-                "per_label": {data.labels[i]: n for i, n in sorted(counts.items())},
-                "left_out_by_balancing": len(data.left_out),
-                "train": len(data.train),
-                "val": len(data.val),
-                "test": len(data.test),
-            },
-            "device": str(device),
+    config = {
+        "task": "classify",
+        "classify": c.to_json(),
+        "labels": list(data.labels),
+        "data": {
+            "examples": data.n_examples,
+            "per_label": {data.labels[i]: n for i, n in sorted(counts.items())},
+            "left_out_by_balancing": len(data.left_out),
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
         },
-        resume=resume,
-    )
+        "device": str(device),
+        "processes": d.world,
+    }
+    if d.is_main:
+        run.prepare(config, resume=resume)
+    distributed.barrier()
     if base is None:
         base = _pretrain_on_texts(c, data.unlabelled_texts(), device)
     model = classifier_from(base, len(data.labels), c.dropout, c.seed)
@@ -594,7 +617,8 @@ def finetune_classifier(
         for name, ex in (("train", data.train), ("val", data.val), ("test", data.test))
     }
     pad_to = datasets["train"].longest() if c.pad_to_longest else None
-    cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0
+    # The cached tail runs outside the model's forward, where a DDP wrapper would not see it.
+    cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0 and d.world == 1
     start = frozen if cached else None
     if cached:
         for name in ("train", "val"):
@@ -630,7 +654,10 @@ def finetune_classifier(
 
     def on_eval(step: int) -> None:
         nonlocal best
+        # Every process evaluates the same batches, so the tallies agree.
         train_acc, val_acc = loss_fn.accuracy("train"), loss_fn.accuracy("val")
+        if not d.is_main:
+            return
         run.log(
             {
                 "kind": "accuracy",
@@ -658,6 +685,8 @@ def finetune_classifier(
         on_eval=on_eval,
         stop_after=stop_after,
     )
+    if not d.is_main:
+        return {}
     run.plot(
         "loss.png",
         {"train": ("eval", "train_loss"), "validation": ("eval", "val_loss")},

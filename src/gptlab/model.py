@@ -239,11 +239,16 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         targets: torch.Tensor | None = None,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, n_out); with `last_only`, only the last position's (B, 1, n_out),
         which is all generation needs and spares the large vocabulary projection. With
-        `targets` (B, T; IGNORE_INDEX where nothing is learned), the summed cross-entropy."""
+        `targets` (B, T; IGNORE_INDEX where nothing is learned), the summed cross-entropy.
+        With `select` (B,), the logits (B, n_out) at that position of each row (a classifier
+        reads each text's last real token)."""
         h = self.hidden_states(idx, cache)
+        if select is not None:
+            return self.out_head(h[torch.arange(len(h), device=h.device), select])
         if targets is not None:
             return head_loss(self.out_head, h.flatten(0, 1), targets.flatten())
         if last_only:

@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from gptlab import distributed
 from gptlab.classify import TRAINABLE, ClassifierConfig, finetune_classifier
 from gptlab.commands.common import add_command, add_device_args, positive_int
 from gptlab.config import PRESETS
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if args.labels is not None:
         values["labels"] = tuple(s.strip() for s in args.labels.split(",") if s.strip())
     results = finetune_classifier(ClassifierConfig(**values), resume=args.resume)
+    if distributed.env_rank() != 0:  # one summary, from rank 0
+        return 0
     print(
         f"test accuracy {results['test_accuracy']:.4f}, precision {results['precision']:.4f}, "
         f"recall {results['recall']:.4f}, f1 {results['f1']:.4f} "
