@@ -572,11 +572,7 @@ def _finetune_classifier(
     stop_after: int | None,
 ) -> dict[str, Any]:
     wall_start = time.perf_counter()
-    if c.batch_size % d.world:
-        raise GptlabError(
-            f"--batch-size {c.batch_size} (the global batch) is not divisible by the "
-            f"{d.world} processes"
-        )
+    distributed.check_global_batch(c.batch_size, d)
     run = RunDir(c.out)
     data = load_splits(c)
     # a bad --base fails here, before the run folder exists; rank 0 downloads it first

@@ -82,6 +82,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def check_global_batch(batch_size: int, d: Dist) -> None:
+    """A job's --batch-size is the global batch: it must split evenly across processes."""
+    if batch_size % d.world:
+        raise GptlabError(
+            f"--batch-size {batch_size} (the global batch) is not divisible by the "
+            f"{d.world} processes"
+        )
+
+
 def rows(batch: Any, d: Dist) -> Any:
     """This process's share of a global batch: rows [rank * n / world, (rank + 1) * n / world)
     of every tensor in it (a tensor, or a tuple, list or dict of them)."""

@@ -275,11 +275,7 @@ def _finetune_instruct(
 ) -> dict[str, Any]:
     if c.batch_size < 1 or c.epochs < 1:
         raise GptlabError("batch size and epochs must be positive")
-    if c.batch_size % d.world:
-        raise GptlabError(
-            f"--batch-size {c.batch_size} (the global batch) is not divisible by the "
-            f"{d.world} processes"
-        )
+    distributed.check_global_batch(c.batch_size, d)
     train_entries, val_entries, test_entries = split_entries(load_entries(c.data), c.seed)
     source = str(c.data or f"bundled {BUNDLED_DATA}")
     if not val_entries:

@@ -113,11 +113,7 @@ def _pretrain(
     if not 1 < context <= 100_000:
         raise GptlabError(f"--context must be between 2 and 100000, got {context}")
     model_cfg = base.replace(context_length=context, drop_rate=c.dropout)
-    if c.batch_size % d.world:
-        raise GptlabError(
-            f"--batch-size {c.batch_size} (the global batch) is not divisible by the "
-            f"{d.world} processes"
-        )
+    distributed.check_global_batch(c.batch_size, d)
     train_batches, val_batches, data_summary = _datasets(c, context, device)
     steps_per_epoch = max(1, train_batches.per_epoch // c.grad_accum)
     max_steps = c.max_steps or c.epochs * steps_per_epoch
