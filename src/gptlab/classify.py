@@ -576,11 +576,8 @@ def _finetune_classifier(
     run = RunDir(c.out)
     data = load_splits(c)
     # a bad --base fails here, before the run folder exists; rank 0 downloads it first
-    if not d.is_main:
-        distributed.barrier()
-    base = None if c.pretrain_on_texts else _base_model(c)
-    if d.is_main:
-        distributed.barrier()
+    with distributed.main_first():
+        base = None if c.pretrain_on_texts else _base_model(c)
     counts = Counter(label for _, label in data.train + data.val + data.test)
     config = {
         "task": "classify",

@@ -82,6 +82,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 before the other processes: what it downloads or writes into a
+    shared cache is then there, complete, when they run it."""
+    is_main = current().is_main
+    if not is_main:
+        barrier()
+    yield
+    if is_main:
+        barrier()
+
+
 def check_global_batch(batch_size: int, d: Dist) -> None:
     """A job's --batch-size is the global batch: it must split evenly across processes."""
     if batch_size % d.world:
@@ -224,15 +236,21 @@ def load_optimizer_state(
         raise GptlabError(f"checkpoint optimizer state does not fit this model ({exc})") from None
 
 
+def _summed(values: list[float], dtype: torch.dtype) -> torch.Tensor:
+    """`values` summed element-wise over all processes, in one all-reduce (on the GPU under
+    NCCL, which reduces nothing else)."""
+    t = torch.tensor(values, dtype=dtype)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t
+
+
 def global_sum(n: int) -> int:
     """`n` summed over all processes (itself without torchrun)."""
     if current().world == 1:
         return n
-    t = torch.tensor([n], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return int(t[0])
+    return int(_summed([n], torch.int64)[0])
 
 
 def reduce_step(loss: float, stop: bool) -> tuple[float, bool]:
@@ -240,8 +258,5 @@ def reduce_step(loss: float, stop: bool) -> tuple[float, bool]:
     every process sees the same numbers and stops at the same step."""
     if current().world == 1:
         return loss, stop
-    t = torch.tensor([loss, float(stop)], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
+    t = _summed([loss, float(stop)], torch.float64)
     return float(t[0]) / current().world, bool(t[1] > 0)

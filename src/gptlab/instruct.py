@@ -280,11 +280,8 @@ def _finetune_instruct(
     source = str(c.data or f"bundled {BUNDLED_DATA}")
     if not val_entries:
         raise GptlabError(f"{source}: too few entries to leave any for validation")
-    if not d.is_main:  # rank 0 downloads and converts a pretrained base first
-        distributed.barrier()
-    model = _base_model(c, device)
-    if d.is_main:
-        distributed.barrier()
+    with distributed.main_first():  # rank 0 downloads and converts a pretrained base
+        model = _base_model(c, device)
     context = model.cfg.context_length
     max_length = c.max_length or context
     if not 2 <= max_length <= context:

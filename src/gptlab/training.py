@@ -153,8 +153,7 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple
     x, y = batch
     n = int((y != IGNORE_INDEX).sum())
     world = distributed.current().world
-    total = distributed.global_sum(n) if world > 1 else n
-    return model(x, targets=y) * (world / max(total, 1)), n
+    return model(x, targets=y) * (world / max(distributed.global_sum(n), 1)), n
 
 
 def to_device(batch: Any, device: torch.device, pin: bool = False) -> Any:
