@@ -9,7 +9,9 @@ Measures, in one process with a fixed number of threads, interleaving the implem
   token, generation at (weight bytes read per token) / bandwidth.
 
 Every implementation gets the same random-initialised shape and the same optimizer settings;
-peers are also run with torch's fused AdamW so the optimizer's share is visible.
+peers are also run with torch's fused AdamW so the optimizer's share is visible. The process
+runs with gptlab's memory settings (gptlab.memory), which every implementation shares; run
+with GPTLAB_MEMORY_TUNING=0 to measure all of them without.
 
     python benchmarks/speed.py                 # full run, about 10 minutes on 2 cores
     python benchmarks/speed.py --reps 2 --skip-train   # generation only
@@ -17,7 +19,12 @@ peers are also run with torch's fused AdamW so the optimizer's share is visible.
 
 from __future__ import annotations
 
+# First, so that gptlab's process memory settings (gptlab.memory) precede torch's first
+# allocation; like the thread count, they then hold for every implementation measured here.
+import gptlab  # isort: split
+
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -185,7 +192,11 @@ def main() -> None:
     ap.add_argument("--skip-generate", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    tuning = os.environ.get("GPTLAB_MEMORY_TUNING", "1") != "0"
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, gptlab {gptlab.__version__} "
+        f"memory settings {'on' if tuning else 'off'} (for every implementation)"
+    )
     gflops, gbs = matmul_gflops(), bandwidth_gbs()
     print(f"ceilings: fp32 matmul {gflops:.1f} GFLOP/s, memory bandwidth {gbs:.1f} GB/s")
     models = build_models(ctx=1024)

@@ -1,5 +1,6 @@
 """Data-parallel training with torchrun: 2 CPU processes (gloo) against 1 process."""
 
+import copy
 import os
 import shutil
 import subprocess
@@ -166,3 +167,39 @@ def test_finetune_classifier_two_processes_match_one(tmp_path: Path):
     # 28 Adam steps near convergence amplify summation-order differences in near-zero
     # gradients (about 2e-4 seen), so the weights are compared more loosely than the losses.
     assert max_diff(weights(tmp_path / "two"), weights(tmp_path / "one")) < 1e-3
+
+
+def test_contiguous_optimizer_state_resumes_in_the_parameters_layout():
+    """A state written under FSDP is contiguous; fused AdamW would mis-update the model's
+    input-major weights with it unless loading lays it out like the parameters."""
+    from gptlab.distributed import load_optimizer_state, optimizer_state
+    from gptlab.training import TrainConfig, make_optimizer
+
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt-nano"))
+    twin = GPT(get_preset("gpt-nano"))
+    twin.load_state_dict(model.state_dict())
+    tc = TrainConfig(max_steps=4, lr=1e-2)
+    opt = make_optimizer(model, tc, torch.device("cpu"))
+    x = torch.randint(0, 50257, (2, 16))
+
+    def step(m: GPT, o: torch.optim.Optimizer) -> None:
+        m(x, targets=x).backward()
+        o.step()
+        o.zero_grad()
+
+    step(model, opt)
+    state = copy.deepcopy(optimizer_state(model, opt))  # as read back from a file
+    for moments in state["state"].values():
+        for k, v in moments.items():
+            if v.dim() == 2:
+                moments[k] = v.contiguous()
+    twin.load_state_dict(model.state_dict())
+    twin_opt = make_optimizer(twin, tc, torch.device("cpu"))
+    load_optimizer_state(twin, twin_opt, state)
+    qkv = twin.blocks[0].attn.qkv.weight
+    assert twin_opt.state[qkv]["exp_avg"].stride() == qkv.stride() == (1, qkv.shape[0])
+    step(model, opt)
+    step(twin, twin_opt)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

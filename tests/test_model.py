@@ -148,3 +148,24 @@ def test_forward_with_targets_is_the_summed_loss(tiny_model: GPT) -> None:
     logits = tiny_model(x)
     want = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
     torch.testing.assert_close(tiny_model(x, targets=y), want)
+
+
+def input_major(w: torch.Tensor) -> bool:
+    return w.stride() == (1, w.shape[0])
+
+
+def test_widening_weights_are_input_major_and_files_contiguous(tmp_path) -> None:
+    from gptlab.checkpoints import load_model_folder, read_safetensors, save_model
+
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    for block in model.blocks:
+        assert input_major(block.attn.qkv.weight) and input_major(block.ff.fc.weight)
+        assert block.attn.proj.weight.is_contiguous() and block.ff.proj.weight.is_contiguous()
+    save_model(model, tmp_path / "m")
+    saved = read_safetensors(tmp_path / "m" / "model.safetensors")
+    assert all(t.is_contiguous() for t in saved.values())
+    loaded, _ = load_model_folder(tmp_path / "m")
+    assert input_major(loaded.blocks[0].attn.qkv.weight)
+    x = torch.randint(0, TINY.vocab_size, (2, 8))
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)

@@ -1,7 +1,11 @@
 """gptlab: GPT-2 built from scratch, and the whole life of a small LLM on that code."""
 
-from gptlab.config import PRESETS, GPTConfig
-from gptlab.model import GPT
+from gptlab.memory import tune_process_memory
+
+tune_process_memory()  # before torch is imported: see gptlab.memory
+
+from gptlab.config import PRESETS, GPTConfig  # noqa: E402
+from gptlab.model import GPT  # noqa: E402
 
 __all__ = ["GPT", "PRESETS", "GPTConfig"]
 __version__ = "0.1.0"

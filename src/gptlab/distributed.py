@@ -133,6 +133,7 @@ def wrap(model: GPT, device: torch.device, fsdp: bool = False) -> nn.Module:
             raise GptlabError("--fsdp needs several processes; launch with torchrun")
         from torch.distributed.fsdp import fully_shard
 
+        model.apply_weight_layout(input_major=False)  # FSDP shards contiguous parameters only
         for block in model.blocks:
             fully_shard(block)
         fully_shard(model)
@@ -234,6 +235,24 @@ def load_optimizer_state(
         )
     except (KeyError, ValueError) as exc:
         raise GptlabError(f"checkpoint optimizer state does not fit this model ({exc})") from None
+    _lay_out_like_params(optimizer)
+
+
+def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor its parameter's memory layout.
+
+    Why: fused AdamW walks a parameter and its moments as flat memory, so a moment stored in
+    another order than its parameter is updated wrongly without an error (torch 2.13). A state
+    written under FSDP is contiguous, while GPT keeps some weights input-major
+    (GPT.apply_weight_layout)."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.shape == param.shape
+                and value.stride() != param.stride()
+            ):
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _summed(values: list[float], dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,41 @@
+"""The process memory settings made on import: freed tensors are reused without page faults."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import resource
+import gptlab, torch
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.empty(16 * 2**20)  # 64 MB, touched below
+    x.fill_(1.0)
+    del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()
+print(faults())
+"""
+
+
+def second_allocation_faults(tuning: str) -> int:
+    env = {**os.environ, "GPTLAB_MEMORY_TUNING": tuning}
+    env.pop("THP_MEM_ALLOC_ENABLE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="the settings exist on Linux with glibc only",
+)
+def test_freed_memory_is_reused_and_the_setting_can_be_turned_off() -> None:
+    assert second_allocation_faults("1") < 100
+    assert second_allocation_faults("0") > 10_000  # 64 MB of 4 KB pages, faulted in again
