@@ -125,6 +125,7 @@ def train_step_fn(name: str, model: torch.nn.Module, fused: bool, batch: int, se
     y = torch.randint(0, 50257, (batch, seq), generator=g)
     tc = TrainConfig(max_steps=1, lr=1e-4, weight_decay=0.1)
     if name == "gptlab":
+        model.apply_weight_layout(input_major=False)  # as gptlab's train() does
         opt = make_optimizer(model, tc, torch.device("cpu"))  # gptlab's own: fused AdamW
 
         def step() -> None:
@@ -148,6 +149,7 @@ def train_step_fn(name: str, model: torch.nn.Module, fused: bool, batch: int, se
 def generate_fn(name: str, model: torch.nn.Module, prompt: torch.Tensor, n_new: int):
     model.eval()
     if name == "gptlab":
+        model.apply_weight_layout()  # as a loaded model has it (training changed it)
         s = Sampling(max_new_tokens=n_new, stop_ids=())
         return lambda: generate(model, [prompt[0].tolist()], s)
     if name == "transformers":

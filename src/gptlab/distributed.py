@@ -133,7 +133,6 @@ def wrap(model: GPT, device: torch.device, fsdp: bool = False) -> nn.Module:
             raise GptlabError("--fsdp needs several processes; launch with torchrun")
         from torch.distributed.fsdp import fully_shard
 
-        model.apply_weight_layout(input_major=False)  # FSDP shards contiguous parameters only
         for block in model.blocks:
             fully_shard(block)
         fully_shard(model)
@@ -242,9 +241,9 @@ def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
     """Give each loaded state tensor its parameter's memory layout.
 
     Why: fused AdamW walks a parameter and its moments as flat memory, so a moment stored in
-    another order than its parameter is updated wrongly without an error (torch 2.13). A state
-    written under FSDP is contiguous, while GPT keeps some weights input-major
-    (GPT.apply_weight_layout)."""
+    another order than its parameter is updated wrongly without an error (torch 2.13). Saved
+    states are contiguous (training.train trains contiguous weights), while a GPT outside
+    training keeps some weights input-major (GPT.apply_weight_layout)."""
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if (

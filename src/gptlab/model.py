@@ -203,8 +203,9 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def apply_weight_layout(self, input_major: bool = True) -> None:
-        """Store the widening layers' weights (attention qkv, feed-forward fc) input-major
-        (or, with `input_major=False`, every weight contiguous, as FSDP needs).
+        """Store the widening layers' weights (attention qkv, feed-forward fc) input-major,
+        the layout for decoding; with `input_major=False`, every weight contiguous, the layout
+        for training (training.train switches to it).
 
         Why: one new token reads every weight once, through matrix-vector products, and on CPU
         those stream a matrix fastest along long contiguous rows: qkv (768 -> 2304) and fc
@@ -212,7 +213,8 @@ class GPT(nn.Module):
         the narrowing projections are fastest as they are (benchmarks/speed.py measures the
         whole effect). Only the memory order changes: names, shapes and saved files do not
         (checkpoints write contiguous tensors), and the weights keep their identity. Called
-        on construction and after loading, before an optimizer exists."""
+        on construction, after loading and before training, never while an optimizer holds
+        state for the weights (its moments must keep their parameter's layout)."""
         with torch.no_grad():
             for block in self.blocks:
                 for layer, widening in (

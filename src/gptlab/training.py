@@ -276,6 +276,9 @@ def train(
     torch.manual_seed(cfg.seed + d.rank)  # ranks draw different dropout masks
     apply_speed_flags(model, cfg, device)
     model.to(device).train()
+    # Every weight contiguous while training: fused AdamW copies other layouts at each step
+    # and FSDP refuses them (GPT.apply_weight_layout; loading restores the decoding layout).
+    model.apply_weight_layout(input_major=False)
     step, tokens_seen, elapsed = 0, 0, 0.0
     last_eval = (float("nan"), float("nan"))
     state = None
