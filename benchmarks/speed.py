@@ -24,7 +24,6 @@ from __future__ import annotations
 import gptlab  # isort: split
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -194,10 +193,9 @@ def main() -> None:
     ap.add_argument("--skip-generate", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    tuning = os.environ.get("GPTLAB_MEMORY_TUNING", "1") != "0"
     print(
         f"torch {torch.__version__}, {args.threads} threads, gptlab {gptlab.__version__} "
-        f"memory settings {'on' if tuning else 'off'} (for every implementation)"
+        f"memory settings {'on' if gptlab.memory_tuned else 'off'} (for every implementation)"
     )
     gflops, gbs = matmul_gflops(), bandwidth_gbs()
     print(f"ceilings: fp32 matmul {gflops:.1f} GFLOP/s, memory bandwidth {gbs:.1f} GB/s")

@@ -2,7 +2,7 @@
 
 from gptlab.memory import tune_process_memory
 
-tune_process_memory()  # before torch is imported: see gptlab.memory
+memory_tuned = tune_process_memory()  # before torch is imported: see gptlab.memory
 
 from gptlab.config import PRESETS, GPTConfig  # noqa: E402
 from gptlab.model import GPT  # noqa: E402

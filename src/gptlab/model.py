@@ -224,9 +224,10 @@ class GPT(nn.Module):
                     (block.ff.proj, False),
                 ):
                     w = getattr(layer, "base", layer).weight  # a LoRA layer: its base's
-                    if widening and input_major and w.stride() != (1, w.shape[0]):
-                        w.data = w.t().contiguous().t()
-                    elif not (widening and input_major) and not w.is_contiguous():
+                    if widening and input_major:
+                        if w.stride() != (1, w.shape[0]):
+                            w.data = w.t().contiguous().t()
+                    elif not w.is_contiguous():
                         w.data = w.contiguous()
 
     def set_attention(self, impl: AttentionImpl) -> None:
