@@ -5,13 +5,15 @@ Measures, in one process with a fixed number of threads, interleaving the implem
   backward + AdamW step), as tokens/s;
 - greedy generation with a KV cache (64-token prompt, 128 new tokens), as tokens/s;
 - the machine's two ceilings: fp32 matrix-product GFLOP/s and memory bandwidth (GB/s from a
-  large matrix-vector product), and what they allow: training at 6 x parameters FLOPs per
-  token, generation at (weight bytes read per token) / bandwidth.
+  large matrix-vector product), each the better of torch's BLAS (MKL in its CPU wheels) and
+  numpy's (OpenBLAS), and what they allow: training at 6 x parameters FLOPs per token,
+  generation at (weight bytes read per token) / bandwidth.
 
 Every implementation gets the same random-initialised shape and the same optimizer settings;
 peers are also run with torch's fused AdamW so the optimizer's share is visible. The process
 runs with gptlab's memory settings (gptlab.memory), which every implementation shares; run
-with GPTLAB_MEMORY_TUNING=0 to measure all of them without.
+with GPTLAB_MEMORY_TUNING=0 to measure all of them without. gptlab decodes through numpy's
+BLAS (gptlab.cpu_decode); the "gptlab, torch BLAS" row shows it without (GPTLAB_DECODE_BLAS=0).
 
     python benchmarks/speed.py                 # full run, about 10 minutes on 2 cores
     python benchmarks/speed.py --reps 2 --skip-train   # generation only
@@ -30,7 +32,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 
+from gptlab import cpu_decode
 from gptlab.config import get_preset
 from gptlab.generation import Sampling, generate
 from gptlab.model import GPT
@@ -43,16 +47,27 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+def matmul_gflops(n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """Best fp32 (n x n) @ (n x n) rate through torch's BLAS and numpy's."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    return 2 * n**3 / min(timed(lambda: a @ b) for _ in range(reps)) / 1e9
+    an, bn = a.numpy(), b.numpy()
+    rates = {}
+    for lib, fn in (("torch", lambda: a @ b), ("numpy", lambda: an @ bn)):
+        fn()
+        rates[lib] = 2 * n**3 / min(timed(fn) for _ in range(reps)) / 1e9
+    return rates
 
 
-def bandwidth_gbs(rows: int = 8192, cols: int = 8192, reps: int = 5) -> float:
+def bandwidth_gbs(rows: int = 8192, cols: int = 8192, reps: int = 5) -> dict[str, float]:
+    """Best rate at which a (rows x cols) fp32 matrix-vector product reads its matrix, through
+    torch's BLAS and numpy's."""
     m, v = torch.randn(rows, cols), torch.randn(cols)
-    m @ v
-    return rows * cols * 4 / min(timed(lambda: m @ v) for _ in range(reps)) / 1e9
+    mn, vn = m.numpy(), v.numpy()
+    rates = {}
+    for lib, fn in (("torch", lambda: m @ v), ("numpy", lambda: mn @ vn)):
+        fn()
+        rates[lib] = rows * cols * 4 / min(timed(fn) for _ in range(reps)) / 1e9
+    return rates
 
 
 def reference_kv_gpt() -> type[torch.nn.Module]:
@@ -147,10 +162,19 @@ def train_step_fn(name: str, model: torch.nn.Module, fused: bool, batch: int, se
 
 def generate_fn(name: str, model: torch.nn.Module, prompt: torch.Tensor, n_new: int):
     model.eval()
-    if name == "gptlab":
+    if name.startswith("gptlab"):
         model.apply_weight_layout()  # as a loaded model has it (training changed it)
         s = Sampling(max_new_tokens=n_new, stop_ids=())
-        return lambda: generate(model, [prompt[0].tolist()], s)
+        numpy_blas = name == "gptlab"  # "gptlab, torch BLAS": GPTLAB_DECODE_BLAS=0
+
+        def ours() -> None:
+            cpu_decode.enabled = numpy_blas
+            try:
+                generate(model, [prompt[0].tolist()], s)
+            finally:
+                cpu_decode.enabled = True
+
+        return ours
     if name == "transformers":
         return lambda: model.generate(
             prompt,
@@ -193,12 +217,18 @@ def main() -> None:
     ap.add_argument("--skip-generate", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    threadpool_limits(limits=args.threads, user_api="blas")  # numpy's BLAS, the same count
     print(
         f"torch {torch.__version__}, {args.threads} threads, gptlab {gptlab.__version__} "
         f"memory settings {'on' if gptlab.memory_tuned else 'off'} (for every implementation)"
     )
-    gflops, gbs = matmul_gflops(), bandwidth_gbs()
-    print(f"ceilings: fp32 matmul {gflops:.1f} GFLOP/s, memory bandwidth {gbs:.1f} GB/s")
+    mm, bw = matmul_gflops(), bandwidth_gbs()
+    gflops, gbs = max(mm.values()), max(bw.values())
+    print(
+        f"ceilings (the better of torch's BLAS and numpy's): fp32 matmul {gflops:.1f} GFLOP/s "
+        f"(torch {mm['torch']:.1f}, numpy {mm['numpy']:.1f}), memory bandwidth {gbs:.1f} GB/s "
+        f"(torch {bw['torch']:.1f}, numpy {bw['numpy']:.1f})"
+    )
     models = build_models(ctx=1024)
     n_params = models["gptlab"].num_params()
     tokens = args.batch * args.seq
@@ -243,6 +273,9 @@ def main() -> None:
             0, 50257, (1, args.prompt), generator=torch.Generator().manual_seed(2)
         )
         gens = {name: generate_fn(name, m, prompt, args.new) for name, m in models.items()}
+        gens["gptlab, torch BLAS"] = generate_fn(
+            "gptlab, torch BLAS", models["gptlab"], prompt, args.new
+        )
         gtimes: dict[str, list[float]] = {k: [] for k in gens}
         with torch.inference_mode():
             for fn in gens.values():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from gptlab.config import PRESETS, GPTConfig, get_preset
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, HEAD_CHUNK, IGNORE_INDEX, KVCache, head_loss
+from gptlab.model import GPT, HEAD_CHUNK, IGNORE_INDEX, KVCache, Linear, head_loss
 
 from .conftest import TINY
 
@@ -128,7 +128,7 @@ def test_head_loss_equals_cross_entropy(bias: bool) -> None:
     included. The vocabulary spans several chunks and ends in a partial one."""
     torch.manual_seed(0)
     vocab = 2 * HEAD_CHUNK + 7
-    head = torch.nn.Linear(16, vocab, bias=bias)
+    head = Linear(16, vocab, bias=bias)
     h = torch.randn(10, 16, requires_grad=True)
     y = torch.randint(0, vocab, (10,))
     y[[2, 5]] = IGNORE_INDEX

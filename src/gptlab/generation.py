@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import nn
 
+from gptlab import cpu_decode
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, KVCache
+from gptlab.model import GPT, KVCache, Linear
 from gptlab.tokenizer import EOT_ID, decode, encode
 
 log = logging.getLogger("gptlab")
@@ -103,12 +103,13 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 def decode_head(model: GPT) -> Head:
     """The output head for decoding, hidden (B, emb) -> logits (B, V).
 
-    Each new token reads the whole head (154 MB for gpt2-small). On CPU a matrix-vector
-    product streams an input-major (emb, vocab) matrix about 1.5x faster than nn.Linear's
-    (vocab, emb) layout (benchmarks/speed.py), so each generation makes one input-major copy
-    of a plain head; elsewhere the model's own head is used."""
+    Each new token reads the whole head (154 MB for gpt2-small). In a CPU decode step it
+    goes through numpy's BLAS like the blocks (gptlab.cpu_decode). Where that is turned off,
+    torch's CPU matrix-vector product streams an input-major (emb, vocab) matrix about 1.5x
+    faster than nn.Linear's (vocab, emb) layout (benchmarks/speed.py), so each generation
+    makes one input-major copy of a plain head. Elsewhere the model's own head is used."""
     head = model.out_head
-    if type(head) is not nn.Linear or head.weight.device.type != "cpu":
+    if cpu_decode.enabled or type(head) is not Linear or head.weight.device.type != "cpu":
         return head
     w_t = head.weight.t().contiguous()
     if head.bias is None:
@@ -123,7 +124,9 @@ def _prefill(
     """A fresh cache filled with `tokens`; returns it and the last position's logits (B, V)."""
     p = next(model.parameters())
     cache = KVCache(model.cfg, tokens.shape[0], model.cfg.context_length, p.device, p.dtype, n_pad)
-    return cache, head(model.hidden_states(tokens, cache)[:, -1])
+    last = model.hidden_states(tokens, cache)[:, -1]
+    with cpu_decode.decode_step(p.device):  # a matrix-vector product, like a decode step
+        return cache, head(last)
 
 
 @torch.inference_mode()
@@ -177,7 +180,8 @@ def generate_tokens(
             stats.slides += 1
             cache, logits = _prefill(model, head, tokens, n_pad)
         elif use_cache:
-            logits = head(model.hidden_states(nxt[:, None], cache)[:, -1])
+            with cpu_decode.decode_step(device):
+                logits = head(model.hidden_states(nxt[:, None], cache)[:, -1])
         else:
             cache, logits = _prefill(model, head, tokens, n_pad)
     stats.finished = (~active).tolist()

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptlab import cpu_decode
 from gptlab.config import GPTConfig
 
 AttentionImpl = Literal["sdpa", "reference"]
@@ -85,14 +86,24 @@ class KVCache:
         return mask[:, None], False
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose products, inside a CPU decode step, go through numpy's BLAS
+    (gptlab.cpu_decode says why); everywhere else it is nn.Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu_decode.active(x):
+            return cpu_decode.linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.head_dim
         self.drop_rate = cfg.drop_rate
-        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
-        self.proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.qkv = Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.proj = Linear(cfg.emb_dim, cfg.emb_dim)
         self.attn_drop = nn.Dropout(cfg.drop_rate)
         self.resid_drop = nn.Dropout(cfg.drop_rate)
         self.impl: AttentionImpl = "sdpa"
@@ -138,8 +149,8 @@ class CausalSelfAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
-        self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+        self.fc = Linear(cfg.emb_dim, 4 * cfg.emb_dim)
+        self.proj = Linear(4 * cfg.emb_dim, cfg.emb_dim)
         self.drop = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +189,7 @@ class GPT(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
         n_out = cfg.n_classes or cfg.vocab_size
         # GPT-2's head has no bias; a classifier head does.
-        self.out_head = nn.Linear(cfg.emb_dim, n_out, bias=cfg.n_classes is not None)
+        self.out_head = Linear(cfg.emb_dim, n_out, bias=cfg.n_classes is not None)
         self.gradient_checkpointing = False
         if self.tied:
             self.out_head.weight = self.tok_emb.weight
@@ -301,7 +312,7 @@ def head_loss(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     if (
         h.device.type == "cpu"
         and h.dtype == torch.float32
-        and type(head) is nn.Linear
+        and type(head) is Linear
         and head.bias is None
         and not torch.is_autocast_enabled("cpu")
     ):
