@@ -55,15 +55,17 @@ class Ceilings:
     """The machine's two ceilings: fp32 matrix-product GFLOP/s (2048^3) and memory bandwidth
     (GB/s read by an 8192^2 matrix-vector product), through torch's BLAS and numpy's.
 
-    Sampled at the start and after every round of the implementations; each ceiling is the
-    best sample through either library, since one short sample on this VM can catch a slow
-    moment (a start-only best-of-5 once read 92 GFLOP/s against 120-130 otherwise)."""
+    Sampled (best of 3) at the start and after every round of the implementations, so that
+    the ceilings see the same moments of this VM as the implementations; like them, each is
+    the median of its samples, taken through the faster library. (A single sample at the
+    start once read 92 GFLOP/s, and the best of 11 samples 153, against a median near 125.)"""
 
     def __init__(self, n: int = 2048, rows: int = 8192) -> None:
         self.a, self.b = torch.randn(n, n), torch.randn(n, n)
         self.m, self.v = torch.randn(rows, rows), torch.randn(rows)
-        self.best = {(kind, lib): 0.0 for kind in KINDS for lib in LIBS}
-        self.samples = 0
+        self.rates: dict[tuple[str, str], list[float]] = {
+            (k, lib): [] for k in KINDS for lib in LIBS
+        }
 
     def sample(self, reps: int = 3) -> None:
         a, b, m, v = self.a, self.b, self.m, self.v
@@ -74,21 +76,29 @@ class Ceilings:
             ("bandwidth", "torch"): lambda: m @ v,
             ("bandwidth", "numpy"): lambda: m.numpy() @ v.numpy(),
         }
-        for (kind, lib), fn in products.items():
+        for key, fn in products.items():
             fn()
-            rate = work[kind] / min(timed(fn) for _ in range(reps))
-            self.best[kind, lib] = max(self.best[kind, lib], rate)
-        self.samples += 1
+            self.rates[key].append(work[key[0]] / min(timed(fn) for _ in range(reps)))
+
+    def median(self, kind: str, lib: str) -> float:
+        return statistics.median(self.rates[kind, lib])
 
     def __getitem__(self, kind: str) -> float:
-        return max(self.best[kind, lib] for lib in LIBS)
+        return max(self.median(kind, lib) for lib in LIBS)
 
     def describe(self) -> str:
-        mm, bw = (", ".join(f"{lib} {self.best[k, lib]:.1f}" for lib in LIBS) for k in KINDS)
+        def spread(kind: str) -> str:
+            return ", ".join(
+                f"{lib} {self.median(kind, lib):.1f} "
+                f"[{min(self.rates[kind, lib]):.0f}-{max(self.rates[kind, lib]):.0f}]"
+                for lib in LIBS
+            )
+
+        n = len(self.rates["matmul", "torch"])
         return (
-            f"ceilings (best of {self.samples} samples through the run, either library): "
-            f"fp32 matmul {self['matmul']:.1f} GFLOP/s ({mm}), "
-            f"memory bandwidth {self['bandwidth']:.1f} GB/s ({bw})"
+            f"ceilings (median of {n} samples through the run [range], faster library): "
+            f"fp32 matmul {self['matmul']:.1f} GFLOP/s ({spread('matmul')}), "
+            f"memory bandwidth {self['bandwidth']:.1f} GB/s ({spread('bandwidth')})"
         )
 
 
