@@ -9,7 +9,8 @@ checkpoints map onto them one to one (see gptlab.weights).
 Attention has two paths that compute the same thing: `sdpa` (PyTorch's fused
 scaled_dot_product_attention, the fast default) and `reference` (mask, scale by
 1/sqrt(head dim), softmax, matmul, spelled out). A preallocated KVCache lets generation feed
-one token at a time.
+one token at a time. The linear layers are nn.Linear with one addition: inside a CPU decode
+step they multiply through numpy's BLAS (see gptlab.cpu_decode for why).
 
 Given targets, the forward pass returns the summed next-token cross-entropy instead of logits
 (so that DDP and FSDP wrappers, which only see `forward`, cover the loss too). The vocabulary
