@@ -5,9 +5,10 @@ Measures, in one process with a fixed number of threads, interleaving the implem
   backward + AdamW step), as tokens/s;
 - greedy generation with a KV cache (64-token prompt, 128 new tokens), as tokens/s;
 - the machine's two ceilings: fp32 matrix-product GFLOP/s and memory bandwidth (GB/s from a
-  large matrix-vector product), each the best through torch's BLAS (MKL in its CPU wheels) or
-  numpy's (OpenBLAS), sampled throughout the run, and what they allow: training at
-  6 x parameters FLOPs per token, generation at (weight bytes read per token) / bandwidth.
+  large matrix-vector product), each the median of samples taken throughout the run, through
+  the faster of torch's BLAS (MKL in its CPU wheels) and numpy's (OpenBLAS), and what they
+  allow: training at 6 x parameters FLOPs per token, generation at (weight bytes read per
+  token) / bandwidth.
 
 Every implementation gets the same random-initialised shape and the same optimizer settings;
 peers are also run with torch's fused AdamW so the optimizer's share is visible. The process
@@ -58,7 +59,7 @@ class Ceilings:
     Sampled (best of 3) at the start and after every round of the implementations, so that
     the ceilings see the same moments of this VM as the implementations; like them, each is
     the median of its samples, taken through the faster library. (A single sample at the
-    start once read 92 GFLOP/s, and the best of 11 samples 153, against a median near 125.)"""
+    start once read 92 GFLOP/s, and the best of 11 samples 153, against medians of 140-143.)"""
 
     def __init__(self, n: int = 2048, rows: int = 8192) -> None:
         self.a, self.b = torch.randn(n, n), torch.randn(n, n)
@@ -200,11 +201,11 @@ def generate_fn(name: str, model: torch.nn.Module, prompt: torch.Tensor, n_new: 
         numpy_blas = name == "gptlab"  # "gptlab, torch BLAS": GPTLAB_DECODE_BLAS=0
 
         def ours() -> None:
-            cpu_decode.enabled = numpy_blas
+            previous, cpu_decode.enabled = cpu_decode.enabled, numpy_blas
             try:
                 generate(model, [prompt[0].tolist()], s)
             finally:
-                cpu_decode.enabled = True
+                cpu_decode.enabled = previous
 
         return ours
     if name == "transformers":
