@@ -18,10 +18,11 @@ def faults():
     del x
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-# Steady state, as in a training loop: the first reuse can still fault a few hundred pages,
-# depending on how imports left the heap.
-faults(), faults()
-print(faults())
+# Steady state, as in a training loop: the first reuses can still fault a few hundred pages
+# (on one CI machine 544, on the third), depending on how imports and the 2 MB alignment of
+# huge-page tensors left the heap. The fewest over the last three is the steady cost.
+counts = [faults() for _ in range(6)]
+print(min(counts[3:]))
 """
 
 
@@ -39,5 +40,7 @@ def reallocation_faults(tuning: str) -> int:
     reason="the settings exist on Linux with glibc only",
 )
 def test_freed_memory_is_reused_and_the_setting_can_be_turned_off() -> None:
-    assert reallocation_faults("1") < 100
-    assert reallocation_faults("0") > 10_000  # 64 MB of 4 KB pages, faulted in again
+    untuned = reallocation_faults("0")
+    assert untuned > 10_000  # 64 MB of 4 KB pages, faulted in again on every allocation
+    # Reused: at most a tenth of that (0 here; a heap shifted by one 2 MB alignment is 512).
+    assert reallocation_faults("1") < untuned // 10
