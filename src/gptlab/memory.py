@@ -13,7 +13,10 @@ when gptlab is imported:
   read at torch's first allocation, so this module is imported before torch), which made
   KV-cache generation about 1.1x faster.
 
-The cost: the process's resident memory stays at its peak instead of shrinking after a job.
+The cost: the process's resident memory stays at its peak instead of shrinking after a job,
+and that peak can carry a transient: allocating and freeing one 64 MB tensor in a loop, the
+new buffer sometimes lands above the freed one for up to 8 rounds (+512 MB) before malloc
+settles on reusing it (seen in 4 of 10 probe runs; tests/test_memory.py).
 Both settings apply to the whole process (including other models run beside gptlab's) and
 only on Linux with glibc. Set GPTLAB_MEMORY_TUNING=0 to leave the process as it was.
 """
