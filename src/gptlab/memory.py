@@ -16,7 +16,10 @@ when gptlab is imported:
 The cost: the process's resident memory stays at its peak instead of shrinking after a job,
 and that peak can carry a transient: allocating and freeing one 64 MB tensor in a loop, the
 new buffer sometimes lands above the freed one for up to 8 rounds (+512 MB) before malloc
-settles on reusing it (seen in 4 of 10 probe runs; tests/test_memory.py).
+settles on reusing it (seen in 4 of 10 probe runs; tests/test_memory.py). The cause is
+glibc's memalign (torch aligns every CPU tensor), which before glibc 2.38 asks for the size
+plus the alignment, so a freed block of exactly the size does not fit until freed
+neighbours coalesce; plain C shows the same with posix_memalign and these two settings.
 Both settings apply to the whole process (including other models run beside gptlab's) and
 only on Linux with glibc. Set GPTLAB_MEMORY_TUNING=0 to leave the process as it was.
 """
