@@ -17,9 +17,10 @@ The cost: the process's resident memory stays at its peak instead of shrinking a
 and that peak can carry a transient: allocating and freeing one 64 MB tensor in a loop, the
 new buffer sometimes lands above the freed one for up to 8 rounds (+512 MB) before malloc
 settles on reusing it (seen in 4 of 10 probe runs; tests/test_memory.py). The cause is
-glibc's memalign (torch aligns every CPU tensor), which before glibc 2.38 asks for the size
-plus the alignment, so a freed block of exactly the size does not fit until freed
-neighbours coalesce; plain C shows the same with posix_memalign and these two settings.
+glibc's memalign (torch aligns every CPU tensor): before glibc 2.38 it could not merge the
+remainders it split off (glibc bug 30723), so memalign in a loop spreads out until freed
+neighbours coalesce. Plain C shows the same with posix_memalign and these two settings
+(glibc 2.36 here).
 Both settings apply to the whole process (including other models run beside gptlab's) and
 only on Linux with glibc. Set GPTLAB_MEMORY_TUNING=0 to leave the process as it was.
 """
