@@ -10,7 +10,7 @@ import sys
 import pytest
 
 PROBE = """
-import json, os, resource
+import json, os, resource, sys
 import gptlab, torch
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -28,7 +28,7 @@ def cycle():
     del x
     return {"faults": faults, "held": held, "released": held - rss()}
 
-print(json.dumps([cycle() for _ in range(CYCLES)]))
+print(json.dumps([cycle() for _ in range(int(sys.argv[1]))]))
 """
 CYCLES = 24
 SETTLED = 8  # the last cycles, where reuse must have settled (see the test)
@@ -39,7 +39,7 @@ def probe(tuning: str) -> list[dict[str, int]]:
     env = {**os.environ, "GPTLAB_MEMORY_TUNING": tuning}
     env.pop("THP_MEM_ALLOC_ENABLE", None)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.replace("CYCLES", str(CYCLES))],
+        [sys.executable, "-c", PROBE, str(CYCLES)],
         env=env,
         capture_output=True,
         text=True,

@@ -19,8 +19,8 @@ new buffer sometimes lands above the freed one for up to 8 rounds (+512 MB) befo
 settles on reusing it (seen in 4 of 10 probe runs; tests/test_memory.py). The cause is
 glibc's memalign (torch aligns every CPU tensor): before glibc 2.38 it could not merge the
 remainders it split off (glibc bug 30723), so memalign in a loop spreads out until freed
-neighbours coalesce. Plain C shows the same with posix_memalign and these two settings
-(glibc 2.36 here).
+neighbours coalesce. posix_memalign called directly (through ctypes, without torch) with
+these two settings shows the same (glibc 2.36 here).
 Both settings apply to the whole process (including other models run beside gptlab's) and
 only on Linux with glibc. Set GPTLAB_MEMORY_TUNING=0 to leave the process as it was.
 """
