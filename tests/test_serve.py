@@ -24,18 +24,12 @@ from fastapi.testclient import TestClient
 from schemathesis.checks import not_a_server_error
 
 from gptlab.checkpoints import load_model
-from gptlab.generation import Sampling, generate_text
+from gptlab.generation import Sampling, TextStream, generate_text
 from gptlab.model import GPT
 from gptlab.prompts import STOP_STRINGS, format_prompt
-from gptlab.serve import (
-    ApiError,
-    Engine,
-    Job,
-    ServeLimits,
-    TextStream,
-    create_app,
-    messages_to_prompt,
-)
+from gptlab.serve.app import create_app
+from gptlab.serve.engine import ApiError, Engine, Job, ServeLimits
+from gptlab.serve.service import messages_to_prompt
 from gptlab.tokenizer import encode
 from tests.serve_process import save_tiny_model, served
 

@@ -13,6 +13,7 @@ When a row would pass the model's context length, `on_context_full` decides:
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import torch
 from gptlab import cpu_decode
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, KVCache, Linear
-from gptlab.tokenizer import EOT_ID, decode, encode
+from gptlab.tokenizer import EOT_ID, decode, encode, get_tokenizer
 
 log = logging.getLogger("gptlab")
 
@@ -213,3 +214,51 @@ def generate_text(model: GPT, prompts: Sequence[str], s: Sampling) -> list[str]:
     """Generated continuations of each prompt, cut before any stop string."""
     ids = generate(model, [encode(p) for p in prompts], s)
     return [trim_at_stop(decode(row), s.stop_strings) for row in ids]
+
+
+# ---- streaming text --------------------------------------------------------------------------
+
+
+class TextStream:
+    """Token ids in, text safe to show out, for every streamed output (server, chat, generate):
+    whole UTF-8 characters only (a character split over byte-level tokens waits for its last
+    byte), ending before the first stop string and holding back any tail that could be the start
+    of one, so a reader never sees part of a stop string or of a character."""
+
+    def __init__(self, stops: Sequence[str] = ()) -> None:
+        self.stops = tuple(stop for stop in stops if stop)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""  # decoded, but possibly the start of a stop string
+        self.stopped = False  # a stop string was seen: nothing more comes out
+
+    def push(self, token: int) -> str:
+        """The text that `token` makes safe to show ("" while it is held back)."""
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.decode(get_tokenizer().decode_single_token_bytes(token))
+        if any(stop in self.pending for stop in self.stops):
+            self.stopped = True
+            text, self.pending = trim_at_stop(self.pending, self.stops), ""
+            return text
+        hold = max(
+            (
+                n
+                for stop in self.stops
+                for n in range(len(stop) - 1, 0, -1)
+                if self.pending.endswith(stop[:n])
+            ),
+            default=0,
+        )
+        text = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(text) :]
+        return text
+
+    def flush(self) -> str:
+        """The held-back rest once the tokens have ended (a dangling partial character becomes
+        U+FFFD), cut at a stop string; "" after a stop."""
+        if self.stopped:
+            return ""
+        text = self.pending + self.decoder.decode(b"", final=True)
+        self.pending = ""
+        self.stopped = any(stop in text for stop in self.stops)
+        return trim_at_stop(text, self.stops)

@@ -38,12 +38,12 @@ from gptlab.checkpoints import atomic_write_json, load_model, save_model
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, bundled, read_utf8
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.generation import Sampling, generate, generate_tokens, trim_at_stop
+from gptlab.generation import Sampling, TextStream, generate, generate_tokens, trim_at_stop
 from gptlab.lora import TARGETS, apply_lora, merge_lora
 from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.prompts import STOP_STRINGS, format_prompt
 from gptlab.runs import RunDir
-from gptlab.tokenizer import EOT_ID, decode, encode, stream_decode
+from gptlab.tokenizer import EOT_ID, decode, encode
 from gptlab.training import TrainConfig, perplexity, pick_device, train
 
 log = logging.getLogger("gptlab")
@@ -424,29 +424,29 @@ def generate_responses(model: GPT, prompts: Sequence[str], sampling: Sampling) -
 def stream_response(
     model: GPT, instruction: str, sampling: Sampling, input_text: str = ""
 ) -> Iterator[str]:
-    """The response to one instruction, piece by piece, never showing a stop string (text that
-    might be the start of one is held back until it is clearly not)."""
+    """The response to one instruction, piece by piece, never showing a stop string (TextStream
+    holds back what might start one) nor the whitespace the response ends with (held until more
+    text follows): the pieces join to the response cut at its stop and right-stripped."""
     s = instruct_sampling(sampling)
     prompt = encode(format_prompt(instruction, input_text), allow_eot=False)
-    hold = max(len(stop) for stop in s.stop_strings) - 1
+    stream = TextStream(s.stop_strings)
 
-    def tokens() -> Iterator[int]:
+    def pieces() -> Iterator[str]:
         for nxt, active in generate_tokens(model, [prompt], s):
             if not bool(active[0]):
-                return
-            yield int(nxt[0])
+                break
+            yield stream.push(int(nxt[0]))
+            if stream.stopped:
+                break
+        yield stream.flush()
 
-    text, shown = "", 0
-    for piece in stream_decode(tokens()):
-        text += piece
-        if trim_at_stop(text, s.stop_strings) != text:
-            break
-        if len(text) - hold > shown:
-            yield text[shown : len(text) - hold]
-            shown = len(text) - hold
-    final = trim_at_stop(text, s.stop_strings).rstrip()
-    if len(final) > shown:
-        yield final[shown:]
+    spaces = ""
+    for piece in pieces():
+        text = spaces + piece
+        shown = text.rstrip()
+        if shown:
+            yield shown
+        spaces = text[len(shown) :]
 
 
 def progress_path(out_path: Path) -> Path:

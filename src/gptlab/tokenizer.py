@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import codecs
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
 
@@ -38,17 +37,3 @@ def encode(text: str, allow_eot: bool = True) -> list[int]:
 
 def decode(ids: Iterable[int]) -> str:
     return get_tokenizer().decode(list(ids))
-
-
-def stream_decode(ids: Iterable[int]) -> Iterator[str]:
-    """Decode ids one at a time into text pieces, holding back bytes of a character that a
-    later token completes, so streamed output never shows broken UTF-8."""
-    enc = get_tokenizer()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for i in ids:
-        piece = decoder.decode(enc.decode_single_token_bytes(i))
-        if piece:
-            yield piece
-    tail = decoder.decode(b"", final=True)
-    if tail:
-        yield tail

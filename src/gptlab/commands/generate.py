@@ -11,8 +11,8 @@ import torch
 from gptlab.checkpoints import load_model
 from gptlab.commands.common import add_command, add_sampling_args, sampling_from_args
 from gptlab.errors import GptlabError
-from gptlab.generation import GenerationStats, generate_tokens
-from gptlab.tokenizer import encode, stream_decode
+from gptlab.generation import GenerationStats, TextStream, generate_tokens
+from gptlab.tokenizer import encode
 from gptlab.training import pick_device
 
 
@@ -49,10 +49,12 @@ def run(args: argparse.Namespace) -> int:
                 return
             yield int(nxt[0])
 
+    text = TextStream()
     with torch.inference_mode():
-        for piece in stream_decode(tokens()):
-            sys.stdout.write(piece)
+        for token in tokens():
+            sys.stdout.write(text.push(token))
             sys.stdout.flush()
+        sys.stdout.write(text.flush())
     sys.stdout.write("\n")
     if stats.hit_context_limit:
         print(

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from gptlab.commands.common import add_command, positive_int
-from gptlab.serve import DEFAULT_PORT, ServeLimits, run_server
+from gptlab.serve.engine import ServeLimits
+from gptlab.serve.server import DEFAULT_PORT, run_server
 from gptlab.training import pick_device
 
 DEFAULTS = ServeLimits()

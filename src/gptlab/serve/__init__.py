@@ -1,0 +1,29 @@
+"""Serve a gptlab model over Ollama's and OpenAI's REST APIs, so their clients (and gptlab's
+own judge) can talk to it.
+
+Ollama:  POST /api/generate, POST /api/chat (NDJSON streaming by default, or one JSON object
+         with "stream": false), GET /api/tags, POST /api/show
+OpenAI:  POST /v1/chat/completions, POST /v1/completions (SSE streaming with "stream": true),
+         GET /v1/models
+
+Chat endpoints fold the messages into the Alpaca instruction template (gptlab.prompts) and stop
+where the model starts a new "###" section; the completion endpoints continue the prompt as is.
+
+One worker thread owns the model; the event loop only parses requests and streams text back.
+Requests with the same sampling settings are generated together as one left-padded batch (a
+request arriving later joins a running batch), and every batch advances one token per turn,
+so concurrent streams all make progress. A batch has its own KV cache, shared with no other
+batch, and a seeded request always runs alone with its own random generator, so a greedy or
+seeded request gets exactly the text it would get alone.
+
+Modules, each importing only those above it:
+- engine:   the batching worker (ServeLimits, ApiError, Job, Batch, Engine); no web framework
+- schemas:  the pydantic request bodies of both dialects
+- service:  what both dialects share: the model, its name, the engine, the request helpers
+- errors:   each dialect's error shape, validation messages, the request-size guard
+- ollama, openai:  each dialect's routes
+- app:      `create_app`, putting them together
+- server:   `run_server` (uvicorn on a bound socket) and the default port
+
+Importing this package imports none of them (nor FastAPI).
+"""
