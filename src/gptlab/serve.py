@@ -43,9 +43,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from gptlab.checkpoints import load_model
 from gptlab.errors import GptlabError
 from gptlab.generation import Sampling, generate_tokens
+from gptlab.hub import resolve_model
 from gptlab.instruct import instruct_sampling
 from gptlab.model import GPT
 from gptlab.prompts import format_prompt
@@ -508,12 +508,12 @@ def create_app(
     limits: ServeLimits | None = None,
     device: str = "cpu",
 ) -> FastAPI:
-    """The web app serving `model` (a GPT, or anything `gptlab.checkpoints.load_model` takes)
+    """The web app serving `model` (a GPT, or anything `gptlab.hub.resolve_model` takes)
     under `name`; the worker thread starts and stops with the app's lifespan."""
     limits = limits or ServeLimits()
     if not isinstance(model, GPT):
         name = name or Path(str(model)).name
-        model, _ = load_model(model, device=device)
+        model, _ = resolve_model(model, device=device)
         model.to(device)
     model.eval()
     if model.cfg.n_classes is not None:
