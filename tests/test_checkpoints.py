@@ -13,7 +13,6 @@ from gptlab.checkpoints import (
 )
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_model
-from gptlab.io import atomic_write, atomic_write_text
 from gptlab.model import GPT
 
 from .conftest import TINY
@@ -79,20 +78,3 @@ def test_checkpoints_rotate_and_latest_is_complete(tiny_model: GPT, tmp_path: Pa
     (latest / "train_state.pt").write_bytes(b"garbage")
     with pytest.raises(GptlabError, match="cannot read training state"):
         load_train_state(latest)
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "f.txt"
-    atomic_write_text(target, "good")
-
-    class Boom(Exception):
-        pass
-
-    def failing(p: Path) -> None:
-        p.write_text("partial")
-        raise Boom
-
-    with pytest.raises(Boom):
-        atomic_write(target, failing)
-    assert target.read_text() == "good"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
