@@ -30,7 +30,7 @@ def test_json_reads_fail_in_one_line_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(GptlabError, match=r"x\.json: results file not found$"):
         read_json(path, "results file")
     path.write_bytes(b'{"a":\n "\xff"}')
-    with pytest.raises(GptlabError, match=r"x\.json:2: not valid UTF-8 \(byte 7\)$"):
+    with pytest.raises(GptlabError, match=r"x\.json:2: not valid UTF-8 \(byte 8\)$"):
         read_json(path)
     path.write_text('{"a": 1,\n "b": }')
     with pytest.raises(GptlabError, match=r"x\.json: not valid JSON \(line 2: Expecting value\)$"):
