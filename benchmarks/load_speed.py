@@ -4,8 +4,8 @@ Each measurement runs in a fresh Python process on the same random gpt2-xl-shape
 (1.56 B parameters, 6.2 GB fp32), from the start of loading to the end of one forward pass on
 16 tokens, and reports the process's peak RSS (imports included) against the file size:
 
-- gptlab:        `load_model(folder)` on gptlab's converted checkpoint (model.safetensors+config)
-- gptlab-hf:     `load_model("…/model.safetensors")` reading Hugging Face's GPT-2 file directly
+- gptlab:        `resolve_model(folder)` on gptlab's converted checkpoint (model.safetensors+config)
+- gptlab-hf:     `resolve_model("…/model.safetensors")` reading Hugging Face's GPT-2 file directly
 - transformers:  `GPT2LMHeadModel.from_pretrained(folder)` on that same HF file
 
 Rounds interleave the three so that the page cache is equally warm for all; the table shows
@@ -68,7 +68,7 @@ def make_checkpoints(work: Path) -> tuple[Path, Path]:
     from transformers import GPT2Config
 
     from gptlab.config import get_preset
-    from gptlab.weights import expected_shapes, parameter_names
+    from gptlab.formats.names import expected_shapes, parameter_names
 
     cfg = get_preset("gpt2-xl")
     names = parameter_names(cfg.n_layers)
@@ -113,15 +113,15 @@ def measure(kind: str, work: Path) -> None:
     if kind == "transformers":
         from transformers import GPT2LMHeadModel
     else:
-        from gptlab.checkpoints import load_model
+        from gptlab.hub import resolve_model
     imported = time.perf_counter()
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if kind == "transformers":
         model = GPT2LMHeadModel.from_pretrained(work / "hf").eval()
     elif kind == "gptlab-hf":
-        model, _ = load_model(work / "hf" / "model.safetensors")
+        model, _ = resolve_model(work / "hf" / "model.safetensors")
     else:
-        model, _ = load_model(work / "gptlab")
+        model, _ = resolve_model(work / "gptlab")
     loaded = time.perf_counter()
     idx = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gptlab.data import bundled, read_utf8
+from gptlab.data import bundled
+from gptlab.io import read_utf8
 from gptlab.shards import prepare_data
 from gptlab.tokenizer import get_tokenizer
 

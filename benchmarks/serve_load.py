@@ -29,9 +29,10 @@ from pathlib import Path
 import httpx
 import torch
 
-from gptlab.checkpoints import load_model, save_model
+from gptlab.checkpoints import save_model
 from gptlab.config import get_preset
 from gptlab.generation import Sampling, generate
+from gptlab.hub import resolve_model
 from gptlab.model import GPT
 from gptlab.tokenizer import encode
 
@@ -116,7 +117,7 @@ def main() -> None:
         if model_dir is None:
             torch.manual_seed(0)
             model_dir = save_model(GPT(get_preset("gpt-micro")), Path(tmp) / "gpt-micro")
-        model, _ = load_model(model_dir)
+        model, _ = resolve_model(model_dir)
         proc, url = start_server(model_dir, args.threads, args.tokens)
         try:
             one_request(url, "warm up", 4)

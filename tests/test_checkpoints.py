@@ -5,15 +5,14 @@ import pytest
 import torch
 
 from gptlab.checkpoints import (
-    atomic_write_text,
     latest_checkpoint,
-    load_model,
     load_model_folder,
     load_train_state,
     save_checkpoint,
     save_model,
 )
 from gptlab.errors import GptlabError
+from gptlab.hub import resolve_model
 from gptlab.model import GPT
 
 from .conftest import TINY
@@ -29,14 +28,14 @@ def test_save_load_roundtrip(tiny_model: GPT, tmp_path: Path) -> None:
     assert not list((tmp_path / "m").glob("*.tmp"))
 
 
-def test_load_model_resolves_run_folders(tiny_model: GPT, tmp_path: Path) -> None:
+def test_resolve_model_resolves_run_folders(tiny_model: GPT, tmp_path: Path) -> None:
     save_model(tiny_model, tmp_path / "run" / "model")
-    model, _ = load_model(tmp_path / "run")
+    model, _ = resolve_model(tmp_path / "run")
     torch.testing.assert_close(model.tok_emb.weight, tiny_model.tok_emb.weight)
     with pytest.raises(GptlabError, match="no such model folder, run folder or preset"):
-        load_model("not-a-model")
+        resolve_model("not-a-model")
     with pytest.raises(GptlabError, match="no model here"):
-        load_model(tmp_path)
+        resolve_model(tmp_path)
 
 
 def test_truncated_weights_give_one_clear_error(tiny_model: GPT, tmp_path: Path) -> None:
@@ -79,22 +78,3 @@ def test_checkpoints_rotate_and_latest_is_complete(tiny_model: GPT, tmp_path: Pa
     (latest / "train_state.pt").write_bytes(b"garbage")
     with pytest.raises(GptlabError, match="cannot read training state"):
         load_train_state(latest)
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "f.txt"
-    atomic_write_text(target, "good")
-
-    class Boom(Exception):
-        pass
-
-    def failing(p: Path) -> None:
-        p.write_text("partial")
-        raise Boom
-
-    from gptlab.checkpoints import atomic_write
-
-    with pytest.raises(Boom):
-        atomic_write(target, failing)
-    assert target.read_text() == "good"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]

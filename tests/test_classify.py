@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.checkpoints import load_model, load_model_folder, save_model
+from gptlab.checkpoints import load_model_folder, save_model
 from gptlab.classify import (
     ClassificationDataset,
     ClassifierConfig,
@@ -38,6 +38,7 @@ from gptlab.cli import main
 from gptlab.config import GPTConfig
 from gptlab.data import bundled
 from gptlab.errors import GptlabError
+from gptlab.hub import resolve_model
 from gptlab.lora import LoRALinear
 from gptlab.model import GPT
 from gptlab.tokenizer import EOT_ID, encode
@@ -317,7 +318,7 @@ def test_cached_prefix_run_equals_plain_run(tmp_path: Path, toy_tsv: Path) -> No
     # Adam amplifies float noise in near-zero gradients, so compare what the models say
     texts = ["great lovely", "poor sad awful", "door chair", "nice window"]
     probs = [
-        torch.tensor([p for _, p in classify_texts(load_model(tmp_path / n)[0], texts, CPU)])
+        torch.tensor([p for _, p in classify_texts(resolve_model(tmp_path / n)[0], texts, CPU)])
         for n in ("True", "False")
     ]
     torch.testing.assert_close(probs[0], probs[1], rtol=0, atol=1e-3)
@@ -334,7 +335,7 @@ def test_run_folder_results_and_reload(tmp_path: Path, toy_tsv: Path) -> None:
     assert (results["n_train"], results["n_val"], results["n_test"]) == (42, 6, 12)
     assert results["test_accuracy"] > 0.8  # the words decide the class; chance is 1/3
     assert sum(map(sum, results["confusion_matrix"])) == 12
-    model, meta = load_model(run)
+    model, meta = resolve_model(run)
     assert meta["labels"] == ["bad", "good", "meh"] and model.cfg.n_classes == 3
     preds = classify_texts(model, ["great lovely nice", "awful sad poor"], CPU)
     assert [meta["labels"][i] for i, _ in preds] == ["good", "bad"]

@@ -1,6 +1,7 @@
 """The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,15 @@ def test_pretrain_generate_and_resume(tmp_path: Path) -> None:
     )
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("the quick") and len(gen.stdout.strip()) > len("the quick")
+
+
+def test_convert_names_a_missing_tf_index(tmp_path: Path) -> None:
+    """A folder with a TF checkpoint's other files but no model.ckpt.index: the error says the
+    index is missing (not "no model here"), in one line, exit status 2."""
+    tf = tmp_path / "tf"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "tf_gpt2", tf)
+    (tf / "model.ckpt.index").unlink()
+    proc = gptlab("convert", str(tf), str(tmp_path / "out"), cwd=tmp_path)
+    assert_user_error(proc, "model.ckpt.index: checkpoint index not found")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -13,9 +13,10 @@ import torch
 from gptlab.checkpoints import read_safetensors, save_model
 from gptlab.cli import main
 from gptlab.config import get_preset
-from gptlab.data import bundled, read_utf8
+from gptlab.data import bundled
 from gptlab.distributed import Dist, rows
 from gptlab.errors import GptlabError
+from gptlab.io import read_utf8
 from gptlab.model import GPT
 from gptlab.pretrain import PretrainConfig, pretrain
 from gptlab.runs import RunDir

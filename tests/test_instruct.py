@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlab.checkpoints import latest_checkpoint, load_model, read_safetensors, save_model
+from gptlab.checkpoints import latest_checkpoint, read_safetensors, save_model
 from gptlab.cli import main
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches
 from gptlab.errors import GptlabError
 from gptlab.generation import Sampling
+from gptlab.hub import resolve_model
 from gptlab.instruct import (
     InstructConfig,
     InstructionDataset,
@@ -274,7 +275,7 @@ def test_finetune_writes_a_complete_run_folder(tuned: tuple[Path, list[dict]]) -
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [30, 60]
-    model, meta = load_model(run / "model")
+    model, meta = resolve_model(run / "model")
     assert meta["template"] == "alpaca"
     assert model.cfg == get_preset("gpt-nano")
 
@@ -384,14 +385,14 @@ def test_lora_trains_only_adapters_and_merges_exactly(tmp_path: Path) -> None:
     assert all(v.abs().sum() > 0 for k, v in adapters.items() if k.endswith("lora_b"))
 
     # The merged export computes what base + adapters compute.
-    adapted, _ = load_model(base_dir)
+    adapted, _ = resolve_model(base_dir)
     apply_lora(adapted, 2, 4.0, ("qkv", "fc"))
     adapted.load_state_dict(trained, strict=False)
-    merged, _ = load_model(tmp_path / "run" / "model")
+    merged, _ = resolve_model(tmp_path / "run" / "model")
     x = torch.tensor([encode(entry_prompt(TINY[0]))])
     with torch.no_grad():
         reference = adapted(x)
-        assert not torch.allclose(reference, load_model(base_dir)[0](x), atol=1e-4)
+        assert not torch.allclose(reference, resolve_model(base_dir)[0](x), atol=1e-4)
         torch.testing.assert_close(merged(x), reference, atol=1e-5, rtol=1e-5)
     exported = read_safetensors(tmp_path / "run" / "model" / "model.safetensors")
     assert set(exported) == set(base_state)

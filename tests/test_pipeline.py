@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from gptlab.checkpoints import load_model
 from gptlab.cli import main
+from gptlab.hub import resolve_model
 from gptlab.pipeline import STAGES, Context, PipelineConfig, resolve_base, with_dependents
 from gptlab.runs import RunDir
 from gptlab.training import pick_device
@@ -160,7 +160,7 @@ def assert_no_false_success(run: Path) -> None:
         results = load_json(run / stage / "results.json")
         if stage in ("base", "classify", "instruct"):
             model_dir = results.get("model", run / stage / "model")
-            load_model(model_dir)
+            resolve_model(model_dir)
         if stage == "base":
             assert len(load_json(run / "base" / "samples.json")) == 2
         if stage == "respond":
@@ -191,7 +191,7 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
     classify = load_json(run / "classify" / "results.json")
     for key in ("test_accuracy", "precision", "recall", "f1"):
         assert 0.0 <= classify[key] <= 1.0
-    assert load_model(run / "classify" / "model")[0].cfg.n_classes == 2
+    assert resolve_model(run / "classify" / "model")[0].cfg.n_classes == 2
 
     instruct = load_json(run / "instruct" / "results.json")
     assert math.isfinite(instruct["val_loss"]) and instruct["steps"] == 6

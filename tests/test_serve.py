@@ -23,8 +23,8 @@ import torch
 from fastapi.testclient import TestClient
 from schemathesis.checks import not_a_server_error
 
-from gptlab.checkpoints import load_model
 from gptlab.generation import Sampling, TextStream, generate_text
+from gptlab.hub import resolve_model
 from gptlab.model import GPT
 from gptlab.prompts import STOP_STRINGS, format_prompt
 from gptlab.serve.app import create_app
@@ -89,7 +89,7 @@ def test_messages_fold_into_the_alpaca_template() -> None:
 def test_engine_batches_compatible_requests_and_each_gets_its_own_text(model_dir: Path) -> None:
     """Requests waiting together share a batch when their sampling matches (greedy here, with
     different token limits); seeded ones run alone. Every text equals the request run alone."""
-    model, _ = load_model(model_dir)
+    model, _ = resolve_model(model_dir)
     engine = Engine(model, max_queue=16, max_batch=2)
     prompts = ["Once upon a time", "The cat", "Hello there, my friend", "A", "A"]
     samplings = [Sampling(max_new_tokens=n, on_context_full="stop") for n in (9, 4, 6)] + [
@@ -120,7 +120,7 @@ def test_engine_batches_compatible_requests_and_each_gets_its_own_text(model_dir
 
 
 def test_requests_join_a_running_batch_and_still_get_their_own_text(model_dir: Path) -> None:
-    model, _ = load_model(model_dir)
+    model, _ = resolve_model(model_dir)
     engine = Engine(model, max_queue=16, max_batch=8)
     prompts = ["Once upon a time", "The cat", "Hello there, my friend"]
     s = Sampling(max_new_tokens=30, on_context_full="stop")
@@ -179,7 +179,7 @@ def test_ollama_client_chat_generate_list_show(server: str, model_dir: Path) -> 
     assert "".join(part.message.content for part in streamed) == reply.message.content
 
     # The server's text is exactly what gptlab's own generation gives for the templated prompt.
-    model, _ = load_model(model_dir)
+    model, _ = resolve_model(model_dir)
     s = Sampling(max_new_tokens=12, stop_strings=STOP_STRINGS)
     assert (
         reply.message.content == generate_text(model, [format_prompt("Name three colors.")], s)[0]

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from gptlab.cli import main
-from gptlab.data import bundled, read_utf8
+from gptlab.data import bundled
 from gptlab.errors import GptlabError
+from gptlab.io import read_utf8
 from gptlab.runs import RunDir
 from gptlab.shards import (
     MANIFEST,

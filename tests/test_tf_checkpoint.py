@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gptlab.errors import GptlabError
-from gptlab.tf_checkpoint import TFCheckpoint
+from gptlab.formats.tf_checkpoint import TFCheckpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tf_gpt2"
 SHARD = "model.ckpt.data-00000-of-00001"

@@ -14,19 +14,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gptlab.checkpoints import load_model
 from gptlab.cli import main as cli_main
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
+from gptlab.formats.hf import export_hf, load_hf_safetensors
+from gptlab.formats.openai_tf import load_tf_checkpoint
 from gptlab.generation import Sampling, generate
+from gptlab.hub import OPENAI_FILES, ensure_pretrained, resolve_model
 from gptlab.model import GPT
-from gptlab.weights import (
-    OPENAI_FILES,
-    ensure_pretrained,
-    export_hf,
-    load_hf_safetensors,
-    load_tf_checkpoint,
-)
 from tests.file_server import FileServer, serve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tf_gpt2"
@@ -35,7 +30,7 @@ HPARAMS = json.loads((FIXTURE / "hparams.json").read_text())
 
 def reference_hf_model() -> GPT2LMHeadModel:
     """transformers' GPT-2 holding the values TensorFlow saved, mapped here independently of
-    gptlab.weights: Conv1D weights drop their leading 1, names follow HF's scheme."""
+    gptlab.formats: Conv1D weights drop their leading 1, names follow HF's scheme."""
     values = np.load(FIXTURE / "values.npz")
     config = GPT2Config(
         vocab_size=HPARAMS["n_vocab"],
@@ -153,7 +148,7 @@ def test_export_of_tf_weights_loads_in_transformers(tf_model: GPT, tmp_path: Pat
 
 def test_hf_file_loads_directly_without_copies(tmp_path: Path):
     path = _hf_file(tmp_path, with_config=True)
-    model, meta = load_model(path)
+    model, meta = resolve_model(path)
     assert meta["model"]["emb_dim"] == 48
     # Conv1D weights are transposed views of the memory-mapped file, not copies.
     qkv = model.blocks[0].attn.qkv.weight
@@ -163,7 +158,7 @@ def test_hf_file_loads_directly_without_copies(tmp_path: Path):
 def test_hf_file_without_config_needs_a_gpt2_width(tmp_path: Path):
     path = _hf_file(tmp_path, with_config=False)
     with pytest.raises(GptlabError, match=r"model.safetensors: width 48 is not a GPT-2 size"):
-        load_model(path)
+        resolve_model(path)
 
 
 def test_hf_file_with_a_missing_tensor(tmp_path: Path):
@@ -266,7 +261,7 @@ def test_ensure_pretrained_downloads_converts_and_caches(
     folder = ensure_pretrained("gpt2-small", tmp_path, base_url=mirror.url)
     assert folder == tmp_path / "models" / "gpt2-small"
     assert sorted(p.name for p in (tmp_path / "openai" / "124M").iterdir()) == sorted(OPENAI_FILES)
-    model, meta = load_model(folder)
+    model, meta = resolve_model(folder)
     assert meta["source"] == "openai:gpt2-small"
     assert_same_weights(model, tf_model)
     n_requests = len(mirror.requests)
@@ -279,7 +274,7 @@ def test_preset_name_resolves_through_the_cache(
 ):
     monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path))
     assert cli_main(["download", "gpt2-small", "--base-url", mirror.url]) == 0
-    model, _ = load_model("gpt2-small")  # no network from here on: the converted cache
+    model, _ = resolve_model("gpt2-small")  # no network from here on: the converted cache
     assert model.cfg.vocab_size == HPARAMS["n_vocab"]
 
 
@@ -305,7 +300,7 @@ def test_hf_source_downloads_and_infers_the_heads(tmp_path: Path):
     files = {"openai-community/gpt2/resolve/main/model.safetensors": weights}  # no config.json
     with serve(files) as server:
         folder = ensure_pretrained("gpt2-small", tmp_path / "cache", server.url, source="hf")
-    model, _ = load_model(folder)
+    model, _ = resolve_model(folder)
     assert model.cfg.n_heads == 12  # GPT-2's head count for width 768
     idx = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -316,7 +311,7 @@ def test_convert_command_round_trip(tmp_path: Path, tf_model: GPT):
     assert cli_main(["convert", str(FIXTURE), str(tmp_path / "ours")]) == 0
     assert cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert cli_main(["convert", str(tmp_path / "hf"), str(tmp_path / "again")]) == 0
-    again, _ = load_model(tmp_path / "again")
+    again, _ = resolve_model(tmp_path / "again")
     assert_same_weights(again, tf_model)
 
 
@@ -334,3 +329,32 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert err.startswith("gptlab convert: error: ") and "\n" not in err
     assert "model.ckpt.data-00000-of-00001: tensor model/" in err and "truncated" in err
     assert not (tmp_path / "out").exists()
+
+
+# ---- --model takes foreign folders directly ---------------------------------------------------
+
+
+def test_model_flag_takes_tf_and_hf_folders_directly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """The OpenAI TF checkpoint folder and the folder `convert --to hf` writes load through
+    --model as they are, with the logits (and greedy text) of the converted gptlab folder."""
+    assert cli_main(["convert", str(FIXTURE), str(tmp_path / "ours")]) == 0
+    assert cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    converted, _ = resolve_model(tmp_path / "ours")
+    idx = torch.randint(
+        0, HPARAMS["n_vocab"], (2, HPARAMS["n_ctx"]), generator=torch.Generator().manual_seed(3)
+    )
+    with torch.no_grad():
+        expected = converted(idx)
+    texts = []
+    for spec in (tmp_path / "ours", FIXTURE, tmp_path / "hf"):
+        model, meta = resolve_model(spec)
+        assert meta["format"] == "gptlab" and meta["model"] == converted.cfg.to_dict()
+        with torch.no_grad():
+            torch.testing.assert_close(model(idx), expected, atol=1e-6, rtol=0)
+        capsys.readouterr()
+        args = ["generate", "--model", str(spec), "--prompt", "!", "--device", "cpu"]
+        assert cli_main([*args, "--max-new-tokens", "12"]) == 0  # "!" is token 0: in the vocab
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] == texts[2] and len(texts[0]) > 2

@@ -1,4 +1,4 @@
-"""Saving and loading, safely: atomic writes, safetensors weights, no unpickling of foreign files.
+"""gptlab's own files: model folders and training checkpoints, no unpickling of foreign files.
 
 A *model folder* holds `model.safetensors` and `config.json` ({"format": "gptlab", "model":
 {...GPTConfig...}, plus task metadata such as label names}). A training checkpoint is a model
@@ -10,12 +10,9 @@ fully written and renamed into place, so a crash mid-save never leaves a broken 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,47 +22,18 @@ from safetensors.torch import save_file
 
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
+from gptlab.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    read_json_object,
+)
 from gptlab.model import GPT
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAIN_STATE = "train_state.pt"
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Write `path` through `write(tmp_path)`, fsync, then rename over the target, so readers
-    see either the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _state_to_save(
@@ -100,13 +68,8 @@ def save_model(
 
 def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: no config.json; not a gptlab model folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GptlabError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != "gptlab" or "model" not in data:
+    data = read_json_object(path, "gptlab model config")
+    if data.get("format") != "gptlab" or "model" not in data:
         raise GptlabError(f"{path}: not a gptlab model config (expected format 'gptlab')")
     return data
 
@@ -227,34 +190,3 @@ def iter_model_folders(run_dir: Path) -> Iterator[Path]:
     latest = latest_checkpoint(run_dir) if checkpoint_dir(run_dir).is_dir() else None
     if latest is not None:
         yield latest
-
-
-def load_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """Resolve what a user passes as --model: a model folder, a run folder (its final model,
-    else its latest checkpoint), a Hugging Face GPT-2 `.safetensors` file, or a preset name of
-    OpenAI's GPT-2 (pretrained weights, downloaded and converted on first use)."""
-    path = Path(spec)
-    if path.is_file() and path.suffix == ".safetensors":
-        from gptlab.weights import load_hf_safetensors
-
-        model = load_hf_safetensors(path, device)
-        return model, {"format": "gptlab", "model": model.cfg.to_dict(), "source": str(path)}
-    if path.exists():
-        for folder in iter_model_folders(path):
-            return load_model_folder(folder, device)
-        raise GptlabError(
-            f"{path}: no model here (expected model.safetensors + config.json, "
-            "or a run folder with model/ or checkpoints/)"
-        )
-    from gptlab.config import OPENAI_SIZES, PRESETS
-
-    if str(spec) in OPENAI_SIZES:
-        from gptlab.weights import ensure_pretrained
-
-        return load_model_folder(ensure_pretrained(str(spec)), device)
-    if str(spec) in PRESETS:
-        raise GptlabError(
-            f"{spec}: preset {spec!r} has no pretrained weights; train it with "
-            f"`gptlab pretrain --preset {spec}` and pass the run folder"
-        )
-    raise GptlabError(f"{spec}: no such model folder, run folder or preset")

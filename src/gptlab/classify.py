@@ -42,20 +42,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from gptlab import distributed
-from gptlab.checkpoints import (
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
-    build_model,
-    load_model,
-    load_model_folder,
-    read_config,
-    save_model,
-)
+from gptlab.checkpoints import build_model, load_model_folder, read_config, save_model
 from gptlab.config import get_preset
-from gptlab.data import ResumableBatches, bundled, read_utf8
+from gptlab.data import ResumableBatches, bundled
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
+from gptlab.hub import resolve_model
+from gptlab.io import atomic_write, atomic_write_json, atomic_write_text, read_utf8
 from gptlab.lora import apply_lora, merge_lora
 from gptlab.model import GPT
 from gptlab.pretrain import PretrainConfig, pretrain
@@ -540,7 +533,7 @@ def _base_model(c: ClassifierConfig) -> GPT:
     if c.base == "random":
         torch.manual_seed(c.seed)
         return GPT(get_preset(c.preset))
-    model, meta = load_model(c.base)
+    model, meta = resolve_model(c.base)
     if meta.get("task") == "classify":
         raise GptlabError(f"{c.base}: is already a classifier; pass a language model as --base")
     return model

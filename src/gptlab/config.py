@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gptlab.errors import GptlabError
+from gptlab.io import read_json_object
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,7 @@ class GPTConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> GPTConfig:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GptlabError(f"{path}: model config not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise GptlabError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise GptlabError(f"{path}: expected a JSON object")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_object(path, "model config"), source=str(path))
 
 
 # OpenAI's four GPT-2 sizes, plus small shapes for CPU experiments and tests.

@@ -18,29 +18,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gptlab.errors import GptlabError
+from gptlab.io import read_utf8
 from gptlab.tokenizer import EOT_ID, encode
 
 
 def bundled(name: str) -> AbstractContextManager[Path]:
     """A file shipped in gptlab/assets (see assets/SOURCES.md), as a real path."""
     return resources.as_file(resources.files("gptlab") / "assets" / name)
-
-
-def read_utf8(path: Path) -> str:
-    """Read a text file, with one clear error for a missing or non-UTF-8 file."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise GptlabError(f"{path}: is a folder, expected a file") from None
-    except OSError as exc:
-        raise GptlabError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise GptlabError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from None
 
 
 def read_corpus(path: Path | None) -> list[str]:

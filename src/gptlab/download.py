@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 from tqdm.auto import tqdm
 
-from gptlab.checkpoints import fsync_dir
 from gptlab.errors import GptlabError
+from gptlab.io import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from gptlab import distributed
-from gptlab.checkpoints import atomic_write_json, load_model, save_model
+from gptlab.checkpoints import save_model
 from gptlab.config import get_preset
-from gptlab.data import ResumableBatches, bundled, read_utf8
+from gptlab.data import ResumableBatches, bundled
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.generation import Sampling, TextStream, generate, generate_tokens, trim_at_stop
+from gptlab.hub import resolve_model
+from gptlab.io import atomic_write_json, read_utf8
 from gptlab.lora import TARGETS, apply_lora, merge_lora
 from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.prompts import STOP_STRINGS, format_prompt
@@ -248,7 +250,7 @@ def _base_model(c: InstructConfig, device: torch.device) -> GPT:
     if c.base == "random":
         torch.manual_seed(c.seed)
         return GPT(get_preset(c.preset))
-    model, _ = load_model(c.base, device=str(device))
+    model, _ = resolve_model(c.base, device=str(device))
     if model.cfg.n_classes is not None:
         raise GptlabError(f"{c.base}: is a classifier; instruction tuning needs a language model")
     return model
@@ -514,7 +516,7 @@ def respond(
     todo = [i for i in range(len(entries)) if i not in done]
     if todo:
         dev = pick_device(device)
-        model, _ = load_model(model_spec, device=str(dev))
+        model, _ = resolve_model(model_spec, device=str(dev))
         model.to(dev).eval()
         prompts = {i: entry_prompt(entries[i]) for i in todo}
         todo.sort(key=lambda i: len(prompts[i]))

@@ -32,9 +32,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from tqdm import tqdm
 
-from gptlab.checkpoints import atomic_write, atomic_write_json, atomic_write_text
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.instruct import load_entries
+from gptlab.io import atomic_write, atomic_write_json, atomic_write_text
 from gptlab.runs import RunDir
 
 log = logging.getLogger("gptlab")

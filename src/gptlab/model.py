@@ -4,7 +4,7 @@ Token + position embeddings, a stack of pre-LayerNorm transformer blocks (causal
 self-attention, then a 4x GELU feed-forward, each wrapped in a residual shortcut), a final
 LayerNorm and an output head: the vocabulary for a language model, or `n_classes` for a
 classifier. Parameter names follow one simple scheme so that OpenAI's and Hugging Face's
-checkpoints map onto them one to one (see gptlab.weights).
+checkpoints map onto them one to one (see gptlab.formats).
 
 Attention has two paths that compute the same thing: `sdpa` (PyTorch's fused
 scaled_dot_product_attention, the fast default) and `reference` (mask, scale by

@@ -19,7 +19,6 @@ progress files (responses); `force` reruns a stage and the stages built on it.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import shutil
@@ -32,12 +31,12 @@ from typing import Any
 
 import torch
 
-from gptlab.checkpoints import atomic_write_json, atomic_write_text, load_model
 from gptlab.classify import ClassifierConfig, balance, finetune_classifier, load_sms_spam, split
 from gptlab.config import OPENAI_SIZES
-from gptlab.data import bundled, read_utf8
+from gptlab.data import bundled
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.generation import Sampling, generate_text
+from gptlab.hub import ensure_pretrained, resolve_model
 from gptlab.instruct import (
     InstructConfig,
     entry_prompt,
@@ -46,12 +45,12 @@ from gptlab.instruct import (
     respond,
     split_entries,
 )
+from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json_object, read_utf8
 from gptlab.judge import JudgeConfig, JudgeUnavailable, evaluate_responses
 from gptlab.pretrain import PretrainConfig, pretrain
 from gptlab.report import write_report
 from gptlab.runs import RunDir
 from gptlab.training import pick_device
-from gptlab.weights import ensure_pretrained
 
 log = logging.getLogger("gptlab")
 
@@ -186,16 +185,6 @@ class Context:
         return read_results(self.out / "base")
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(read_utf8(path))
-    except json.JSONDecodeError as exc:
-        raise GptlabError(f"{path}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise GptlabError(f"{path}: expected a JSON object")
-    return data
-
-
 def read_results(stage_dir: Path) -> dict[str, Any]:
     return read_json_object(stage_dir / RESULTS)
 
@@ -314,7 +303,7 @@ def stage_base(ctx: Context) -> dict[str, Any]:
         )
     else:
         model_dir = ensure_pretrained(base, ctx.c.weights_cache, ctx.c.weights_url)
-    model, _ = load_model(model_dir, device=str(ctx.device))
+    model, _ = resolve_model(model_dir, device=str(ctx.device))
     sampling = Sampling(max_new_tokens=recipe.sample_tokens)
     continuations = generate_text(model.to(ctx.device), list(SAMPLE_PROMPTS), sampling)
     samples = [{"prompt": p, "text": t} for p, t in zip(SAMPLE_PROMPTS, continuations, strict=True)]
@@ -375,7 +364,7 @@ def stage_respond(ctx: Context) -> dict[str, Any]:
         Sampling(max_new_tokens=recipe.response_tokens),
         device=str(ctx.device),
     )
-    entries = json.loads(read_utf8(path))
+    entries = read_json(path)
     words = [len(e["model_response"].split()) for e in entries]
     return {
         "task": "respond",

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from gptlab import distributed
-from gptlab.checkpoints import atomic_write_json, save_model
+from gptlab.checkpoints import save_model
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, pretraining_datasets, read_corpus, tokenize_corpus
 from gptlab.errors import GptlabError
 from gptlab.generation import Sampling, generate_text
+from gptlab.io import atomic_write_json
 from gptlab.model import GPT
 from gptlab.runs import RunDir
 from gptlab.shards import RandomWindows, ShardStream

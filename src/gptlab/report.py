@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from gptlab.checkpoints import atomic_write_text
-from gptlab.data import read_utf8
+from gptlab.io import atomic_write_text, read_json, read_utf8
 
 SAMPLE_RESPONSES = 3
 
@@ -44,10 +43,6 @@ def hardware() -> dict[str, str]:
         "Python": sys.version.split()[0],
         "OS": platform.platform(),
     }
-
-
-def _load(path: Path) -> Any:
-    return json.loads(read_utf8(path))
 
 
 def _fmt(value: Any) -> str:
@@ -97,7 +92,7 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any]) -> list[str]:
         return lines
     if info["status"] != "done":
         return [*lines, "Not run yet.", ""]
-    results = _flatten(_load(folder / "results.json"))
+    results = _flatten(read_json(folder / "results.json"))
     rows = [(k, v) for k, v in results.items() if k != "task"]
     lines += [table(rows, ("metric", "value")), ""]
     if (folder / "config.json").is_file():
@@ -114,14 +109,14 @@ def _samples(out: Path, stage: str) -> list[str]:
     lines: list[str] = []
     if stage == "base" and (folder / "samples.json").is_file():
         lines += ["Greedy continuations of the base model:", ""]
-        for s in _load(folder / "samples.json"):
+        for s in read_json(folder / "samples.json"):
             lines += [_quote(f"**{s['prompt']}**{s['text']}"), ""]
     if stage == "instruct" and (folder / "samples.txt").is_file():
         last = read_utf8(folder / "samples.txt").strip().splitlines()[-2:]
         lines += ["Samples during training (validation entry):", "", "```", *last, "```", ""]
     if stage == "respond" and (folder / "responses.json").is_file():
         lines += ["First responses on the test split:", ""]
-        for e in _load(folder / "responses.json")[:SAMPLE_RESPONSES]:
+        for e in read_json(folder / "responses.json")[:SAMPLE_RESPONSES]:
             instruction = e["instruction"] + (f"\n{e['input']}" if e.get("input") else "")
             lines += [
                 "Instruction:",
@@ -138,7 +133,7 @@ def _samples(out: Path, stage: str) -> list[str]:
                 "",
             ]
     if stage == "judge" and (folder / "results.json").is_file():
-        lowest = _load(folder / "results.json").get("lowest", [])[:SAMPLE_RESPONSES]
+        lowest = read_json(folder / "results.json").get("lowest", [])[:SAMPLE_RESPONSES]
         if lowest:
             lines += ["Lowest-scored responses:", ""]
         for e in lowest:
@@ -148,7 +143,7 @@ def _samples(out: Path, stage: str) -> list[str]:
 
 
 def render(out: Path, summary: dict[str, Any]) -> str:
-    config = _load(out / "config.json")
+    config = read_json(out / "config.json")
     stages: dict[str, dict[str, Any]] = summary["stages"]
     seconds: dict[str, float] = summary["seconds"]
     done = all(info["status"] in ("done", "skipped") for info in stages.values())

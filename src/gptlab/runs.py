@@ -20,8 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # never needs a display
 import matplotlib.pyplot as plt
 
-from gptlab.checkpoints import atomic_write, atomic_write_json
 from gptlab.errors import GptlabError
+from gptlab.io import atomic_write, atomic_write_json
 
 
 class RunDir:

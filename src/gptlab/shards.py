@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gptlab.checkpoints import atomic_write, atomic_write_json
 from gptlab.errors import GptlabError
+from gptlab.io import atomic_write, atomic_write_json, read_json_object
 from gptlab.runs import RunDir
 from gptlab.tokenizer import EOT_ID, get_tokenizer
 
@@ -259,15 +259,10 @@ def prepare_data(
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(
-            f"{path}: not found; prepare the folder with `gptlab prepare-data`"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GptlabError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not path.exists():  # the usual cause: a corpus folder passed before preparing it
+        raise GptlabError(f"{path}: not found; prepare the folder with `gptlab prepare-data`")
+    manifest = read_json_object(path, "shard manifest")
+    if manifest.get("format") != FORMAT:
         raise GptlabError(f"{path}: not a gptlab shard manifest (format {FORMAT!r})")
     return manifest
 

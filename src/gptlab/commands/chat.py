@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from gptlab.checkpoints import load_model
 from gptlab.commands.common import add_command, add_sampling_args, sampling_from_args
+from gptlab.hub import resolve_model
 from gptlab.instruct import stream_response
 from gptlab.training import pick_device
 
@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     device = pick_device(args.device)
-    model, _ = load_model(args.model, device=str(device))
+    model, _ = resolve_model(args.model, device=str(device))
     model.to(device).eval()
     interactive = sys.stdin.isatty()
     if interactive:

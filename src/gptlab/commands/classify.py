@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gptlab.checkpoints import atomic_write_text, load_model
 from gptlab.classify import classify_texts
 from gptlab.commands.common import add_command, positive_int
-from gptlab.data import read_utf8
 from gptlab.errors import GptlabError
+from gptlab.hub import resolve_model
+from gptlab.io import atomic_write_text, read_utf8
 from gptlab.training import pick_device
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.texts) == (args.input is not None):
         raise GptlabError("give either TEXT arguments or --input FILE")
     device = pick_device(args.device)
-    model, meta = load_model(args.model, device=str(device))
+    model, meta = resolve_model(args.model, device=str(device))
     if meta.get("task") != "classify" or "labels" not in meta:
         raise GptlabError(f"{args.model}: not a classifier (train one with finetune-classifier)")
     labels = meta["labels"]

@@ -8,7 +8,8 @@ from typing import Any
 
 from gptlab.checkpoints import save_model
 from gptlab.commands.common import add_command
-from gptlab.weights import export_hf, load_any
+from gptlab.formats.hf import export_hf
+from gptlab.hub import resolve_model
 
 
 def add_parser(sub: Any) -> None:
@@ -28,7 +29,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, meta = load_any(args.source)
+    model, meta = resolve_model(args.source)
     if args.to == "hf":
         export_hf(model, args.out)
     else:

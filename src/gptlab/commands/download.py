@@ -8,7 +8,7 @@ from typing import Any
 
 from gptlab.commands.common import add_command
 from gptlab.config import OPENAI_SIZES
-from gptlab.weights import default_cache_dir, ensure_pretrained
+from gptlab.hub import default_cache_dir, ensure_pretrained
 
 
 def add_parser(sub: Any) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from gptlab.checkpoints import load_model
 from gptlab.commands.common import add_command, add_sampling_args, sampling_from_args
 from gptlab.errors import GptlabError
 from gptlab.generation import GenerationStats, TextStream, generate_tokens
+from gptlab.hub import resolve_model
 from gptlab.tokenizer import encode
 from gptlab.training import pick_device
 
@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     device = pick_device(args.device)
-    model, _ = load_model(args.model, device=str(device))
+    model, _ = resolve_model(args.model, device=str(device))
     model.to(device)
     prompt = encode(args.prompt)
     if not prompt:

@@ -27,7 +27,7 @@ def create_app(
     limits: ServeLimits | None = None,
     device: str = "cpu",
 ) -> FastAPI:
-    """The web app serving `model` (a GPT, or anything `gptlab.checkpoints.load_model` takes)
+    """The web app serving `model` (a GPT, or anything `gptlab.hub.resolve_model` takes)
     under `name`; the worker thread starts and stops with the app's lifespan."""
     service = Service.load(model, name, limits, device)
 

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from gptlab.checkpoints import load_model
 from gptlab.errors import GptlabError
 from gptlab.generation import Sampling
+from gptlab.hub import resolve_model
 from gptlab.instruct import instruct_sampling
 from gptlab.model import GPT
 from gptlab.prompts import format_prompt
@@ -43,12 +43,12 @@ class Service:
         limits: ServeLimits | None = None,
         device: str = "cpu",
     ) -> Service:
-        """Serve `model`: a GPT, or anything `gptlab.checkpoints.load_model` takes, named after
+        """Serve `model`: a GPT, or anything `gptlab.hub.resolve_model` takes, named after
         its folder unless `name` is given."""
         limits = limits or ServeLimits()
         if not isinstance(model, GPT):
             name = name or Path(str(model)).name
-            model, _ = load_model(model, device=device)
+            model, _ = resolve_model(model, device=device)
             model.to(device)
         model.eval()
         if model.cfg.n_classes is not None:

@@ -1,0 +1,116 @@
+"""Where models come from: everything `--model` / `--base` accepts, resolved in one place.
+
+A spec is, in this order: an OpenAI TensorFlow checkpoint (a folder with model.ckpt.index and
+hparams.json, or the checkpoint prefix); a Hugging Face GPT-2 `.safetensors` file; a folder,
+which is a Hugging Face GPT-2 folder (its config.json says model_type gpt2), a gptlab model
+folder, or a run folder (its final model, else its latest checkpoint); or the name of one of
+OpenAI's pretrained GPT-2 sizes, downloaded and converted into a cache on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from gptlab.checkpoints import CONFIG, WEIGHTS, iter_model_folders, load_model_folder, save_model
+from gptlab.config import OPENAI_SIZES, PRESETS
+from gptlab.download import download_file
+from gptlab.errors import GptlabError
+from gptlab.formats.hf import is_hf_folder, load_hf_safetensors
+from gptlab.formats.openai_tf import has_tf_files, is_tf_checkpoint, load_tf_checkpoint
+from gptlab.model import GPT
+
+OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+OPENAI_FILES = (
+    "checkpoint",
+    "encoder.json",
+    "hparams.json",
+    "vocab.bpe",
+    "model.ckpt.index",
+    "model.ckpt.meta",
+    "model.ckpt.data-00000-of-00001",
+)
+HF_URL = "https://huggingface.co"
+HF_REPOS = {
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+
+
+def _foreign(model: GPT, path: Path) -> tuple[GPT, dict[str, Any]]:
+    """A model read from another program's files, with the config.json gptlab would write."""
+    return model, {"format": "gptlab", "model": model.cfg.to_dict(), "source": str(path)}
+
+
+def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
+    """The model (in eval mode) and its gptlab config for anything `--model` accepts (see the
+    module docstring); a spec that is none of them is one GptlabError saying why."""
+    path = Path(spec)
+    if is_tf_checkpoint(path) or (path.is_dir() and has_tf_files(path)):
+        return _foreign(load_tf_checkpoint(path), path)  # a missing index is reported there
+    if path.is_file() and path.suffix == ".safetensors":
+        return _foreign(load_hf_safetensors(path, device), path)
+    if path.exists():
+        for folder in iter_model_folders(path):
+            if is_hf_folder(folder):
+                return _foreign(load_hf_safetensors(folder, device), folder)
+            return load_model_folder(folder, device)
+        raise GptlabError(
+            f"{path}: no model here (expected model.safetensors + config.json, "
+            "or a run folder with model/ or checkpoints/)"
+        )
+    if str(spec) in OPENAI_SIZES:
+        return load_model_folder(ensure_pretrained(str(spec)), device)
+    if str(spec) in PRESETS:
+        raise GptlabError(
+            f"{spec}: preset {spec!r} has no pretrained weights; train it with "
+            f"`gptlab pretrain --preset {spec}` and pass the run folder"
+        )
+    raise GptlabError(f"{spec}: no such model folder, run folder or preset")
+
+
+# ---- OpenAI's pretrained GPT-2, cached -------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """$GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab, else ~/.cache/gptlab."""
+    if env := os.environ.get("GPTLAB_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptlab"
+
+
+def download_pretrained(
+    name: str, cache_dir: Path, base_url: str | None = None, source: str = "openai"
+) -> Path:
+    """Fetch the original files of a pretrained GPT-2 into the cache; returns the TF checkpoint
+    folder (source "openai") or the HF safetensors file (source "hf")."""
+    if name not in OPENAI_SIZES:
+        choices = ", ".join(OPENAI_SIZES)
+        raise GptlabError(f"{name}: not a pretrained GPT-2; choose one of {choices}")
+    if source == "hf":
+        url = f"{(base_url or HF_URL).rstrip('/')}/{HF_REPOS[name]}/resolve/main/{WEIGHTS}"
+        return download_file(url, cache_dir / "hf" / name / WEIGHTS)
+    if source != "openai":
+        raise GptlabError(f"unknown source {source!r}; use openai or hf")
+    size = OPENAI_SIZES[name]
+    folder = cache_dir / "openai" / size
+    for file in OPENAI_FILES:
+        download_file(f"{(base_url or OPENAI_URL).rstrip('/')}/{size}/{file}", folder / file)
+    return folder
+
+
+def ensure_pretrained(
+    name: str, cache_dir: Path | None = None, base_url: str | None = None, source: str = "openai"
+) -> Path:
+    """The gptlab model folder of pretrained GPT-2 `name`, downloading and converting it on
+    first use. config.json is written last, so a folder that has one is complete."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = cache_dir / "models" / name
+    if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
+        return folder
+    original = download_pretrained(name, cache_dir, base_url, source)
+    model = load_hf_safetensors(original) if source == "hf" else load_tf_checkpoint(original)
+    return save_model(model, folder, {"source": f"{source}:{name}"})

@@ -1,0 +1,92 @@
+"""Files, safely: atomic writes, and reads that fail in one line naming the file.
+
+Every file gptlab writes goes through `atomic_write` (temporary file, fsync, rename), so a
+reader sees the old file or the complete new one, never a partial one. Every text or JSON file
+it reads goes through `read_utf8` / `read_json`, so a missing file, bad bytes or bad JSON gives
+one `GptlabError` with the path (and line) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gptlab.errors import GptlabError
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a rename is only on disk once its folder is)."""
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(tmp_path)`, fsync, then rename over the target, so readers
+    see either the old file or the complete new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_utf8(path: Path, what: str = "file") -> str:
+    """Read a text file, with one clear error for a missing or non-UTF-8 file; `what` names
+    the file in the not-found message (e.g. "model config")."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise GptlabError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise GptlabError(f"{path}: is a folder, expected a file") from None
+    except OSError as exc:
+        raise GptlabError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise GptlabError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from None
+
+
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    """The parsed contents of a JSON file; a missing, non-UTF-8 or malformed file is one
+    GptlabError naming the path (and the line of a syntax error)."""
+    text = read_utf8(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GptlabError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def read_json_object(path: Path, what: str = "JSON file") -> dict[str, Any]:
+    """`read_json` for files whose top level must be an object (configs, results, manifests)."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise GptlabError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+    return data
