@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from gptlab.classify import ClassifierConfig, balance, finetune_classifier, load_sms_spam
+from gptlab.classify import balance, finetune_classifier, load_sms_spam
+from gptlab.settings import ClassifierConfig
 
 
 def write_subset(n: int | None, seed: int, path: Path) -> None:
@@ -52,7 +53,7 @@ def main() -> None:
         data = Path(tmp) / "sms.tsv"
         write_subset(args.subset, args.seed, data)
         for cached in (False, True):
-            cfg = ClassifierConfig(
+            cfg = ClassifierConfig.flat(
                 out=Path(tmp) / ("cached" if cached else "plain"),
                 base=args.base,
                 preset=args.preset,

@@ -68,7 +68,7 @@ def run_steps(
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[int, float]:
     """(real tokens, seconds on `clock`) of `steps` training steps from batch `start`."""
-    opt = make_optimizer(model, TrainConfig(max_steps=1, lr=5e-5), torch.device("cpu"))
+    opt = make_optimizer(model, TrainConfig.of(max_steps=1, lr=5e-5), torch.device("cpu"))
     data = list(islice(batches.iterate(start), steps))
     # Entry text never holds the end-of-text id, so every one in the inputs is padding.
     real = sum(int((x != EOT_ID).sum()) for x, _ in data)

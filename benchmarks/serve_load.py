@@ -31,9 +31,10 @@ import torch
 
 from gptlab.checkpoints import save_model
 from gptlab.config import get_preset
-from gptlab.generation import Sampling, generate
+from gptlab.generation import generate
 from gptlab.hub import resolve_model
 from gptlab.model import GPT
+from gptlab.settings import Sampling
 from gptlab.tokenizer import encode
 
 

@@ -37,8 +37,9 @@ from threadpoolctl import threadpool_limits
 
 from gptlab import cpu_decode
 from gptlab.config import get_preset
-from gptlab.generation import Sampling, generate
+from gptlab.generation import generate
 from gptlab.model import GPT
+from gptlab.settings import Sampling
 from gptlab.training import TrainConfig, lm_loss, make_optimizer
 
 
@@ -170,7 +171,7 @@ def train_step_fn(name: str, model: torch.nn.Module, fused: bool, batch: int, se
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 50257, (batch, seq), generator=g)
     y = torch.randint(0, 50257, (batch, seq), generator=g)
-    tc = TrainConfig(max_steps=1, lr=1e-4, weight_decay=0.1)
+    tc = TrainConfig.of(max_steps=1, lr=1e-4, weight_decay=0.1)
     if name == "gptlab":
         model.apply_weight_layout(input_major=False)  # as gptlab's train() does
         opt = make_optimizer(model, tc, torch.device("cpu"))  # gptlab's own: fused AdamW

@@ -15,7 +15,6 @@ minutes, so they run only on CUDA unless named with --variants.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import torch
@@ -55,14 +54,15 @@ def tokens_per_s(
     model = GPT(get_preset(preset).replace(context_length=seq)).to(device).train()
     model.set_attention(attention)  # type: ignore[arg-type]
     apply_speed_flags(model, cfg, device)
-    if cfg.compile:
+    if cfg.speed.compile:
         model.compile()
     opt = make_optimizer(model, cfg, device)
     vocab = model.cfg.vocab_size
     data = [torch.randint(0, vocab, (2, batch, seq + 1)) for _ in range(4)]
     elapsed = 0.0
     for i in range(warmup + steps):
-        x, y = to_device((data[i % 4][0, :, :-1], data[i % 4][1, :, 1:]), device, cfg.pin_memory)
+        batch = (data[i % 4][0, :, :-1], data[i % 4][1, :, 1:])
+        x, y = to_device(batch, device, cfg.speed.pin_memory)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -96,12 +96,11 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; batch {batch} x {seq} tokens, {steps} timed steps after {warmup}")
     print(f"{'preset':<12} {'variant':<24} {'tokens/s':>10} {'vs baseline':>11} {'MFU':>6}")
-    base_cfg = TrainConfig(max_steps=1)
     for preset in args.presets:
         base = None
         for name in names:
             changes, attention = VARIANTS[name]
-            cfg = dataclasses.replace(base_cfg, **changes)  # type: ignore[arg-type]
+            cfg = TrainConfig.of(max_steps=1, **changes)  # type: ignore[arg-type]
             try:
                 tps, model = tokens_per_s(preset, cfg, attention, device, batch, seq, warmup, steps)
             except torch.OutOfMemoryError:

@@ -16,7 +16,6 @@ import torch
 from gptlab.checkpoints import load_model_folder, save_model
 from gptlab.classify import (
     ClassificationDataset,
-    ClassifierConfig,
     balance,
     cache_prefix,
     class_logits,
@@ -41,6 +40,7 @@ from gptlab.errors import GptlabError
 from gptlab.hub import resolve_model
 from gptlab.lora import LoRALinear
 from gptlab.model import GPT
+from gptlab.settings import ClassifierConfig
 from gptlab.tokenizer import EOT_ID, encode
 from tests.file_server import serve
 
@@ -94,7 +94,7 @@ def toy_config(out: Path, data: Path, **changes: object) -> ClassifierConfig:
         "trainable": "all",
         "device": "cpu",
     }
-    return ClassifierConfig(**{**base, **changes})  # type: ignore[arg-type]
+    return ClassifierConfig.flat(**{**base, **changes})  # type: ignore[arg-type]
 
 
 # ---- data -------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_info
 
 from gptlab import cpu_decode
-from gptlab.generation import Sampling, generate
+from gptlab.generation import generate
 from gptlab.model import GPT, Linear
+from gptlab.settings import Sampling
 
 from .conftest import TINY
 

@@ -18,8 +18,9 @@ from gptlab.distributed import Dist, rows
 from gptlab.errors import GptlabError
 from gptlab.io import read_utf8
 from gptlab.model import GPT
-from gptlab.pretrain import PretrainConfig, pretrain
+from gptlab.pretrain import pretrain
 from gptlab.runs import RunDir
+from gptlab.settings import PretrainConfig
 from gptlab.shards import prepare_data
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -60,7 +61,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "run"
-    pretrain(PretrainConfig(out=out, data_dir=shards, **ARGS))
+    pretrain(PretrainConfig.flat(out=out, data_dir=shards, **ARGS))
     return out
 
 
@@ -95,7 +96,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(
     (half / "results.json").unlink()
     shutil.rmtree(half / "checkpoints" / "step-000004")
     (half / "checkpoints" / "LATEST").write_text("step-000002\n")
-    pretrain(PretrainConfig(out=half, data_dir=shards, **ARGS), resume=True)
+    pretrain(PretrainConfig.flat(out=half, data_dir=shards, **ARGS), resume=True)
     assert max_diff(weights(half), weights(reference)) < 1e-6
     assert (half / "results.json").is_file()
 
@@ -111,7 +112,7 @@ def test_fsdp_matches_one_process(shards: Path, reference: Path, tmp_path: Path)
     (out / "results.json").unlink()
     shutil.rmtree(out / "checkpoints" / "step-000004")
     (out / "checkpoints" / "LATEST").write_text("step-000002\n")
-    pretrain(PretrainConfig(out=out, data_dir=shards, **ARGS), resume=True)
+    pretrain(PretrainConfig.flat(out=out, data_dir=shards, **ARGS), resume=True)
     assert max_diff(weights(out), weights(reference)) < 1e-6
 
 
@@ -180,7 +181,7 @@ def test_contiguous_optimizer_state_resumes_in_the_parameters_layout():
     model = GPT(get_preset("gpt-nano"))
     twin = GPT(get_preset("gpt-nano"))
     twin.load_state_dict(model.state_dict())
-    tc = TrainConfig(max_steps=4, lr=1e-2)
+    tc = TrainConfig.of(max_steps=4, lr=1e-2)
     opt = make_optimizer(model, tc, torch.device("cpu"))
     x = torch.randint(0, 50257, (2, 16))
 

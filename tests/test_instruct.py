@@ -15,10 +15,8 @@ from gptlab.cli import main
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches
 from gptlab.errors import GptlabError
-from gptlab.generation import Sampling
 from gptlab.hub import resolve_model
 from gptlab.instruct import (
-    InstructConfig,
     InstructionDataset,
     LengthGroupedBatches,
     collate,
@@ -34,6 +32,7 @@ from gptlab.instruct import (
 )
 from gptlab.lora import apply_lora
 from gptlab.model import GPT
+from gptlab.settings import InstructConfig, Sampling
 from gptlab.tokenizer import EOT_ID, encode
 from gptlab.training import lm_loss
 
@@ -356,7 +355,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(tmp_path: Path) -> None:
     base_dir = save_model(GPT(get_preset("gpt-nano")), tmp_path / "base")
     base_state = read_safetensors(base_dir / "model.safetensors")
     data = write_json(tmp_path / "tiny.json", TINY)
-    config = InstructConfig(
+    config = InstructConfig.flat(
         out=tmp_path / "run",
         base=str(base_dir),
         data=data,
@@ -403,7 +402,7 @@ def test_interrupted_finetune_resumes_to_the_same_model(tmp_path: Path) -> None:
     data = write_json(tmp_path / "tiny.json", TINY)
 
     def config(out: str) -> InstructConfig:
-        return InstructConfig(
+        return InstructConfig.flat(
             out=tmp_path / out,
             base="random",
             preset="gpt-nano",

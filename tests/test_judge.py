@@ -15,13 +15,13 @@ import pytest
 
 from gptlab.errors import GptlabError
 from gptlab.judge import (
-    JudgeConfig,
     JudgeError,
     JudgeUnavailable,
     evaluate_responses,
     load_scores,
     parse_score,
 )
+from gptlab.settings import JudgeConfig
 from tests.serve_process import gptlab_command, gptlab_env, save_tiny_model, served
 
 

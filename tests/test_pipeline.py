@@ -28,8 +28,9 @@ import pytest
 
 from gptlab.cli import main
 from gptlab.hub import resolve_model
-from gptlab.pipeline import STAGES, Context, PipelineConfig, resolve_base, with_dependents
+from gptlab.pipeline import BaseStage, Context, with_dependents
 from gptlab.runs import RunDir
+from gptlab.settings import STAGES, PipelineConfig
 from gptlab.training import pick_device
 from tests.serve_process import save_tiny_model, served
 
@@ -287,10 +288,10 @@ def test_auto_falls_back_to_scratch_and_keeps_the_choice(tmp_path: Path) -> None
         out=tmp_path, base="auto", weights_cache=tmp_path / "cache", weights_url=DEAD
     )
     ctx = Context(c, RunDir(tmp_path), pick_device("cpu"), None, None)
-    base, note = resolve_base(ctx)
+    base, note = BaseStage(ctx).choose()
     assert base == "scratch" and "unavailable" in note
     assert load_json(tmp_path / "base" / "choice.json")["base"] == "scratch"
-    assert resolve_base(ctx) == (base, note)
+    assert BaseStage(ctx).choose() == (base, note)
 
 
 # ---- faults ----------------------------------------------------------------------------------

@@ -23,13 +23,14 @@ import torch
 from fastapi.testclient import TestClient
 from schemathesis.checks import not_a_server_error
 
-from gptlab.generation import Sampling, TextStream, generate_text
+from gptlab.generation import TextStream, generate_text
 from gptlab.hub import resolve_model
 from gptlab.model import GPT
 from gptlab.prompts import STOP_STRINGS, format_prompt
 from gptlab.serve.app import create_app
-from gptlab.serve.engine import ApiError, Engine, Job, ServeLimits
+from gptlab.serve.engine import ApiError, Engine, Job
 from gptlab.serve.service import messages_to_prompt
+from gptlab.settings import Sampling, ServeLimits
 from gptlab.tokenizer import encode
 from tests.serve_process import save_tiny_model, served
 

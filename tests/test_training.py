@@ -7,8 +7,9 @@ from gptlab.checkpoints import read_safetensors
 from gptlab.config import GPTConfig
 from gptlab.data import ResumableBatches, SlidingWindowDataset
 from gptlab.model import GPT
-from gptlab.pretrain import PretrainConfig, pretrain
+from gptlab.pretrain import pretrain
 from gptlab.runs import RunDir
+from gptlab.settings import PretrainConfig
 from gptlab.training import TrainConfig, lr_factor, train
 
 CFG = GPTConfig(
@@ -17,7 +18,7 @@ CFG = GPTConfig(
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:
-    cfg = TrainConfig(max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    cfg = TrainConfig.of(max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)
     assert lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(10, cfg) == pytest.approx(1.0)
@@ -42,7 +43,7 @@ def _run(path: Path, max_steps: int, resume: bool = False, stop_after: int | Non
     train_b, val_b = _batches()
     run = RunDir(path)
     run.prepare({"test": True}, resume=resume)
-    cfg = TrainConfig(
+    cfg = TrainConfig.of(
         max_steps=max_steps, lr=3e-3, warmup_steps=2, grad_accum=2, eval_interval=3, eval_batches=2
     )
     train(
@@ -75,7 +76,7 @@ def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
     corpus.write_text(
         "Every effort moves you forward, and every step counts. " * 20, encoding="utf-8"
     )
-    config = PretrainConfig(
+    config = PretrainConfig.flat(
         out=tmp_path / "run",
         corpus=corpus,
         preset="gpt-nano",
@@ -91,7 +92,7 @@ def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
         device="cpu",
     )
     result = pretrain(config)
-    assert result.train_loss < 1.0  # from ln(50257) = 10.8 at the start
+    assert result["train_loss"] < 1.0  # from ln(50257) = 10.8 at the start
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {
         "config.json",

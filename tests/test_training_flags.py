@@ -23,7 +23,7 @@ def dataset() -> SlidingWindowDataset:
 def trained(ds: SlidingWindowDataset, out: Path, dropout: float = 0.0, **flags) -> GPT:
     torch.manual_seed(0)
     model = GPT(CFG.replace(drop_rate=dropout))
-    cfg = TrainConfig(max_steps=3, eval_interval=3, eval_batches=1, lr=1e-3, **flags)
+    cfg = TrainConfig.of(max_steps=3, eval_interval=3, eval_batches=1, lr=1e-3, **flags)
     batches = ResumableBatches(ds, 4, shuffle=True, seed=1)
     out.mkdir()
     train(model, batches, ResumableBatches(ds, 4, False), cfg, RunDir(out), torch.device("cpu"))
@@ -65,8 +65,8 @@ def test_fused_adamw_matches_the_loop_implementation(dataset, tmp_path: Path):
     assert max_diff(fused, loop) < 1e-6
     assert max_diff(fused, GPT(CFG)) > 0  # training did move the weights
     cpu = torch.device("cpu")
-    assert make_optimizer(fused, TrainConfig(max_steps=1), cpu).defaults["fused"]
-    assert not make_optimizer(fused, TrainConfig(max_steps=1, fused_adamw=False), cpu).defaults[
+    assert make_optimizer(fused, TrainConfig.of(max_steps=1), cpu).defaults["fused"]
+    assert not make_optimizer(fused, TrainConfig.of(max_steps=1, fused_adamw=False), cpu).defaults[
         "fused"
     ]
 

@@ -19,9 +19,10 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.formats.hf import export_hf, load_hf_safetensors
 from gptlab.formats.openai_tf import load_tf_checkpoint
-from gptlab.generation import Sampling, generate
+from gptlab.generation import generate
 from gptlab.hub import OPENAI_FILES, ensure_pretrained, resolve_model
 from gptlab.model import GPT
+from gptlab.settings import Sampling
 from tests.file_server import FileServer, serve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tf_gpt2"

@@ -30,7 +30,7 @@ import io
 import time
 import zipfile
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,19 +48,20 @@ from gptlab.data import ResumableBatches, bundled
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_model
-from gptlab.io import atomic_write, atomic_write_json, atomic_write_text, read_utf8
+from gptlab.io import atomic_write, atomic_write_text, read_utf8
+from gptlab.jobs.base import Plan, Session, TrainingJob
 from gptlab.lora import apply_lora, merge_lora
 from gptlab.model import GPT
-from gptlab.pretrain import PretrainConfig, pretrain
-from gptlab.runs import RunDir
+from gptlab.pretrain import pretrain
+from gptlab.runs import MODEL, has_run, is_complete
+from gptlab.settings import TRAINABLE, ClassifierConfig, PretrainConfig, TrainArgs
 from gptlab.tokenizer import EOT_ID, encode
-from gptlab.training import TrainConfig, autocast, pick_device, train
+from gptlab.training import TrainResult, autocast
 
 SMS_SPAM = "SMSSpamCollection"
 UCI_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 UCI_ZIP_SHA256 = "e0c5bd54da721b0058bfecedfd96dc0be0a323366ca99d4d694817493f47be90"
 SMS_SPAM_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
-TRAINABLE = ("last-block", "last-k", "all", "lora")
 
 Example = tuple[str, int]  # (text, label index)
 
@@ -416,57 +417,6 @@ def metrics(y_true: torch.Tensor, y_pred: torch.Tensor, labels: tuple[str, ...])
 
 
 @dataclass
-class ClassifierConfig:
-    out: Path = Path("runs/classify")
-    base: str = "gpt2-small"  # pretrained preset, run or model folder, or "random"
-    preset: str = "gpt-micro"  # the architecture when base is "random"
-    data: Path | None = None  # TSV/CSV; None: the bundled SMS Spam Collection
-    download: bool = False  # fetch the collection from UCI instead of the bundled copy
-    labels: tuple[str, ...] | None = None  # fix label names (others are errors)
-    balance: bool = True
-    max_length: int | None = None  # truncate texts (default: the model's context)
-    pad_to_longest: bool = False  # pad every batch to the longest training text
-    epochs: int = 5
-    batch_size: int = 8
-    lr: float = 5e-5
-    weight_decay: float = 0.1
-    trainable: str = "last-block"  # last-block, last-k, all, lora
-    trainable_blocks: int = 1  # k for last-k
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    dropout: float = 0.0
-    cache_prefix: bool = True  # when the frozen blocks have no dropout
-    pretrain_on_texts: bool = False  # from random: pretrain on in-domain training text first
-    pretrain_steps: int = 150  # x 8 x 128 tokens: about 1.3 passes over the SMS training text
-    pretrain_batch_size: int = 8
-    pretrain_context: int | None = 128  # SMS texts are short; None: the preset's context
-    pretrain_lr: float = 1e-3
-    pretrain_dropout: float = 0.1
-    seed: int = 123
-    device: str = "auto"
-    precision: str = "auto"
-    log_interval: int = 10
-
-    def __post_init__(self) -> None:
-        if self.trainable not in TRAINABLE:
-            raise GptlabError(
-                f"unknown --trainable {self.trainable!r}; choose one of {', '.join(TRAINABLE)}"
-            )
-        for name in ("epochs", "batch_size", "pretrain_steps", "pretrain_batch_size"):
-            if getattr(self, name) < 1:
-                raise GptlabError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise GptlabError(f"learning rate must be positive, got {self.lr}")
-        if self.pretrain_on_texts and self.base != "random":
-            raise GptlabError("--pretrain-on-texts starts from --base random")
-        if self.download and self.data is not None:
-            raise GptlabError("give either --data or --download, not both")
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-@dataclass
 class Splits:
     labels: tuple[str, ...]
     train: list[Example]
@@ -482,15 +432,16 @@ class Splits:
 
 
 def load_splits(c: ClassifierConfig) -> Splits:
-    """The job's data: loaded, balanced and split exactly as `finetune_classifier` does."""
+    """The job's data: loaded, balanced and split exactly as `finetune_classifier` does (the
+    pipeline asks it for the texts a base model may pretrain on)."""
     if c.download:
         data = load_sms_spam(download_sms_spam(c.out / "data"))
     elif c.data is None:
         data = load_sms_spam()
     else:
         data = read_labelled(c.data, c.labels)
-    kept, left_out = balance(data.examples, c.seed) if c.balance else (data.examples, [])
-    return Splits(data.labels, *split(kept, c.seed), left_out, len(data.examples))
+    kept, left_out = balance(data.examples, c.train.seed) if c.balance else (data.examples, [])
+    return Splits(data.labels, *split(kept, c.train.seed), left_out, len(data.examples))
 
 
 def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.device) -> GPT:
@@ -498,40 +449,40 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
     skipped when finished)."""
     out = c.out / "pretrain"
     corpus = out / "corpus.txt"
-    done = (out / "results.json").is_file()
-    if not done:
-        resume = (out / "config.json").is_file()
+    if not is_complete(out):
+        resume = has_run(out)
         if not resume and distributed.current().is_main:
             atomic_write_text(corpus, "<|endoftext|>".join(texts))
         distributed.barrier()
-        pretrain(
-            PretrainConfig(
-                out=out,
-                corpus=corpus,
-                preset=c.preset,
-                context=c.pretrain_context,
-                dropout=c.pretrain_dropout,
-                batch_size=c.pretrain_batch_size,
-                max_steps=c.pretrain_steps,
-                lr=c.pretrain_lr,
-                warmup_steps=min(100, c.pretrain_steps // 10),
+        p = c.pretrain
+        config = PretrainConfig(
+            out=out,
+            corpus=corpus,
+            preset=c.preset,
+            context=p.context,
+            dropout=p.dropout,
+            sample_prompt="Hey",
+            train=TrainArgs(
+                max_steps=p.steps,
+                batch_size=p.batch_size,
+                lr=p.lr,
+                warmup_steps=min(100, p.steps // 10),
                 # one evaluation, at the end: each pass over all windows costs ~1/3 epoch
-                eval_interval=c.pretrain_steps,
-                sample_prompt="Hey",
-                seed=c.seed,
-                device=str(device),
-                precision=c.precision,
+                eval_interval=p.steps,
+                seed=c.train.seed,
             ),
-            resume=resume,
+            speed=c.speed,
+            runtime=c.runtime.replace(device=str(device)),
         )
+        pretrain(config, resume=resume)
         distributed.barrier()  # rank 0 writes the model folder after the others return
-    model, _ = load_model_folder(out / "model")
+    model, _ = load_model_folder(out / MODEL)
     return model
 
 
 def _base_model(c: ClassifierConfig) -> GPT:
     if c.base == "random":
-        torch.manual_seed(c.seed)
+        torch.manual_seed(c.train.seed)
         return GPT(get_preset(c.preset))
     model, meta = resolve_model(c.base)
     if meta.get("task") == "classify":
@@ -549,166 +500,145 @@ def _save_classifier(model: GPT, path: Path, meta: dict[str, Any]) -> None:
 def finetune_classifier(
     c: ClassifierConfig, resume: bool = False, stop_after: int | None = None
 ) -> dict[str, Any]:
-    """Run (or resume) a classification fine-tuning job in `c.out`; returns results.json.
-    `stop_after` ends early after that optimizer step's checkpoint (as an interruption would)
-    and returns {} without results.json. Under torchrun every process runs this,
-    data-parallel; rank 0 alone writes the run folder."""
-    with distributed.session(pick_device(c.device)) as (d, device):
-        return _finetune_classifier(c, d, device, resume, stop_after)
+    """Run (or resume) a classification fine-tuning job in `c.out`; returns results.json
+    ({} unless this process finished the run; see gptlab.jobs.base)."""
+    return ClassifierTraining(c).run(resume, stop_after)
 
 
-def _finetune_classifier(
-    c: ClassifierConfig,
-    d: distributed.Dist,
-    device: torch.device,
-    resume: bool,
-    stop_after: int | None,
-) -> dict[str, Any]:
-    wall_start = time.perf_counter()
-    distributed.check_global_batch(c.batch_size, d)
-    run = RunDir(c.out)
-    data = load_splits(c)
-    # a bad --base fails here, before the run folder exists; rank 0 downloads it first
-    with distributed.main_first():
-        base = None if c.pretrain_on_texts else _base_model(c)
-    counts = Counter(label for _, label in data.train + data.val + data.test)
-    config = {
-        "task": "classify",
-        "classify": c.to_json(),
-        "labels": list(data.labels),
-        "data": {
-            "examples": data.n_examples,
-            "per_label": {data.labels[i]: n for i, n in sorted(counts.items())},
-            "left_out_by_balancing": len(data.left_out),
-            "train": len(data.train),
-            "val": len(data.val),
-            "test": len(data.test),
-        },
-        "device": str(device),
-        "processes": d.world,
-    }
-    if d.is_main:
-        run.prepare(config, resume=resume)
-    distributed.barrier()
-    if base is None:
-        base = _pretrain_on_texts(c, data.unlabelled_texts(), device)
-    model = classifier_from(base, len(data.labels), c.dropout, c.seed)
-    del base
-    frozen = set_trainable(model, c.trainable, c.trainable_blocks, c.lora_rank, c.lora_alpha)
-    max_length = min(c.max_length or model.cfg.context_length, model.cfg.context_length)
-    model.to(device)
+class ClassifierTraining(TrainingJob[ClassifierConfig]):
+    """Evaluated once per epoch; the best model by validation accuracy is kept in RUN/model
+    and scored on the test split at the end."""
 
-    datasets = {
-        name: ClassificationDataset.from_texts(ex, max_length)
-        for name, ex in (("train", data.train), ("val", data.val), ("test", data.test))
-    }
-    pad_to = datasets["train"].longest() if c.pad_to_longest else None
-    # The cached tail runs outside the model's forward, where a DDP wrapper would not see it.
-    cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0 and d.world == 1
-    start = frozen if cached else None
-    if cached:
-        for name in ("train", "val"):
-            datasets[name] = cache_prefix(model, datasets[name], frozen, device)
+    task = "classify"
+    loss_title = "classification loss"
 
-    def batches(name: str, shuffle: bool) -> ResumableBatches:
-        return ResumableBatches(
-            datasets[name],
-            c.batch_size,
-            shuffle=shuffle,
-            seed=c.seed,
-            drop_last=shuffle,
-            collate_fn=partial(collate, split=name, pad_to=pad_to),
+    def prepare(self, s: Session) -> dict[str, Any]:
+        c = self.c
+        self.wall_start = time.perf_counter()
+        self.data = data = load_splits(c)
+        # a bad --base fails here, before the run folder exists; rank 0 downloads it first
+        with distributed.main_first():
+            self.base = None if c.pretrain_on_texts else _base_model(c)
+        counts = Counter(label for _, label in data.train + data.val + data.test)
+        return {
+            "labels": list(data.labels),
+            "data": {
+                "examples": data.n_examples,
+                "per_label": {data.labels[i]: n for i, n in sorted(counts.items())},
+                "left_out_by_balancing": len(data.left_out),
+                "train": len(data.train),
+                "val": len(data.val),
+                "test": len(data.test),
+            },
+        }
+
+    def build(self, s: Session) -> Plan:
+        c, data = self.c, self.data
+        base = self.base or _pretrain_on_texts(c, data.unlabelled_texts(), s.device)
+        self.base = None
+        model = classifier_from(base, len(data.labels), c.dropout, c.train.seed)
+        del base
+        frozen = set_trainable(model, c.trainable, c.trainable_blocks, c.lora_rank, c.lora_alpha)
+        max_length = min(c.max_length or model.cfg.context_length, model.cfg.context_length)
+        model.to(s.device)
+        self.datasets = datasets = {
+            name: ClassificationDataset.from_texts(ex, max_length)
+            for name, ex in (("train", data.train), ("val", data.val), ("test", data.test))
+        }
+        pad_to = datasets["train"].longest() if c.pad_to_longest else None
+        # The cached tail runs outside the model's forward, where a DDP wrapper would not see it.
+        self.cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0 and s.d.world == 1
+        if self.cached:
+            for name in ("train", "val"):
+                datasets[name] = cache_prefix(model, datasets[name], frozen, s.device)
+
+        def batches(name: str, shuffle: bool) -> ResumableBatches:
+            return ResumableBatches(
+                datasets[name],
+                c.train.batch_size,
+                shuffle=shuffle,
+                seed=c.train.seed,
+                drop_last=shuffle,
+                collate_fn=partial(collate, split=name, pad_to=pad_to),
+            )
+
+        train_batches, val_batches = batches("train", True), batches("val", False)
+        self.per_epoch = per_epoch = train_batches.per_epoch
+        # evaluated once per epoch
+        log_interval = min(c.train.log_interval, per_epoch)
+        self.c = c.replace(
+            train=c.train.replace(eval_interval=per_epoch, log_interval=log_interval)
+        )
+        self.meta = {"task": "classify", "labels": list(data.labels), "max_length": max_length}
+        self.loss_fn = ClassificationLoss(frozen if self.cached else None)
+        self.best_path = s.run.path / MODEL
+        self.best = (
+            read_config(self.best_path)["val_acc"] if s.resume and self.best_path.is_dir() else -1.0
+        )
+        self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return Plan(
+            model,
+            train_batches,
+            val_batches,
+            c.train.max_steps or c.train.epochs * per_epoch,
+            meta=self.meta,
+            loss_fn=self.loss_fn,
         )
 
-    train_batches, val_batches = batches("train", True), batches("val", False)
-    per_epoch = train_batches.per_epoch
-    tc = TrainConfig(
-        max_steps=c.epochs * per_epoch,
-        lr=c.lr,
-        min_lr_ratio=1.0,  # constant learning rate, as in the original recipe
-        weight_decay=c.weight_decay,
-        grad_clip=None,
-        eval_interval=per_epoch,
-        log_interval=min(c.log_interval, per_epoch),
-        seed=c.seed,
-        precision=c.precision,
-    )
-    meta = {"task": "classify", "labels": list(data.labels), "max_length": max_length}
-    loss_fn = ClassificationLoss(start)
-    best_path = run.path / "model"
-    best = read_config(best_path)["val_acc"] if resume and best_path.is_dir() else -1.0
-
-    def on_eval(step: int) -> None:
-        nonlocal best
+    def on_eval(self, s: Session, plan: Plan, step: int) -> None:
         # Every process evaluates the same batches, so the tallies agree.
-        train_acc, val_acc = loss_fn.accuracy("train"), loss_fn.accuracy("val")
-        if not d.is_main:
+        train_acc, val_acc = self.loss_fn.accuracy("train"), self.loss_fn.accuracy("val")
+        if not s.d.is_main:
             return
-        run.log(
+        epoch = step / self.per_epoch
+        s.run.log(
             {
                 "kind": "accuracy",
                 "step": step,
-                "epoch": step / per_epoch,
+                "epoch": epoch,
                 "train_acc": train_acc,
                 "val_acc": val_acc,
             }
         )
-        tqdm.write(f"epoch {step / per_epoch:g}: train acc {train_acc:.3f}, val acc {val_acc:.3f}")
-        if val_acc > best:
-            best = val_acc
-            _save_classifier(model, best_path, {**meta, "step": step, "val_acc": val_acc})
+        tqdm.write(f"epoch {epoch:g}: train acc {train_acc:.3f}, val acc {val_acc:.3f}")
+        if val_acc > self.best:
+            self.best = val_acc
+            meta = {**self.meta, "step": step, "val_acc": val_acc}
+            _save_classifier(plan.model, self.best_path, meta)
 
-    result = train(
-        model,
-        train_batches,
-        val_batches,
-        tc,
-        run,
-        device,
-        loss_fn=loss_fn,
-        resume=resume,
-        meta=meta,
-        on_eval=on_eval,
-        stop_after=stop_after,
-    )
-    if not d.is_main:
-        return {}
-    run.plot(
-        "loss.png",
-        {"train": ("eval", "train_loss"), "validation": ("eval", "val_loss")},
-        "cross-entropy loss",
-        "classification loss",
-    )
-    run.plot(
-        "accuracy.png",
-        {"train": ("accuracy", "train_acc"), "validation": ("accuracy", "val_acc")},
-        "accuracy",
-        "classification accuracy",
-    )
-    if result.step < tc.max_steps:
-        return {}
+    def plots(self, s: Session) -> None:
+        super().plots(s)
+        s.run.plot(
+            "accuracy.png",
+            {"train": ("accuracy", "train_acc"), "validation": ("accuracy", "val_acc")},
+            "accuracy",
+            "classification accuracy",
+        )
 
-    best_model, best_meta = load_model_folder(best_path, device=str(device))
-    test = datasets["test"]
-    probs = predict_proba(best_model, [s for s, _ in test.items], device, precision=c.precision)
-    y_true = torch.tensor([label for _, label in test.items])
-    scores = metrics(y_true, probs.argmax(-1), data.labels)
-    results = {
-        "task": "classify",
-        "labels": list(data.labels),
-        "test_accuracy": scores.pop("accuracy"),
-        **scores,
-        "best_val_accuracy": best_meta["val_acc"],
-        "best_epoch": best_meta["step"] / per_epoch,
-        "epochs": c.epochs,
-        "n_train": len(data.train),
-        "n_val": len(data.val),
-        "n_test": len(data.test),
-        "trainable": c.trainable,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "cached_prefix": cached,
-        "train_seconds": result.seconds,
-        "wall_seconds": time.perf_counter() - wall_start,
-    }
-    atomic_write_json(run.path / "results.json", results)
-    return results
+    def results(
+        self, s: Session, plan: Plan, result: TrainResult, weights: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        c, data = self.c, self.data
+        best_model, best_meta = load_model_folder(self.best_path, device=str(s.device))
+        test = self.datasets["test"]
+        seqs = [seq for seq, _ in test.items]
+        probs = predict_proba(best_model, seqs, s.device, precision=c.runtime.precision)
+        y_true = torch.tensor([label for _, label in test.items])
+        scores = metrics(y_true, probs.argmax(-1), data.labels)
+        return {
+            "task": "classify",
+            "labels": list(data.labels),
+            "test_accuracy": scores.pop("accuracy"),
+            **scores,
+            "best_val_accuracy": best_meta["val_acc"],
+            "best_epoch": best_meta["step"] / self.per_epoch,
+            "epochs": c.train.epochs,
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "n_test": len(data.test),
+            "trainable": c.trainable,
+            "trainable_params": self.trainable_params,
+            "cached_prefix": self.cached,
+            "train_seconds": result.seconds,
+            "wall_seconds": time.perf_counter() - self.wall_start,
+        }

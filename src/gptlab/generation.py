@@ -17,40 +17,16 @@ import codecs
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
 from gptlab import cpu_decode
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, KVCache, Linear
-from gptlab.tokenizer import EOT_ID, decode, encode, get_tokenizer
+from gptlab.settings import Sampling
+from gptlab.tokenizer import decode, encode, get_tokenizer
 
 log = logging.getLogger("gptlab")
-
-
-@dataclass
-class Sampling:
-    """How to pick each next token. temperature 0 means greedy (argmax)."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop_ids: tuple[int, ...] = (EOT_ID,)
-    stop_strings: tuple[str, ...] = ()
-    on_context_full: Literal["slide", "stop"] = "slide"
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise GptlabError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise GptlabError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise GptlabError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise GptlabError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

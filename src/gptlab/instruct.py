@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,15 +38,17 @@ from gptlab.checkpoints import save_model
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, bundled
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.generation import Sampling, TextStream, generate, generate_tokens, trim_at_stop
+from gptlab.generation import TextStream, generate, generate_tokens, trim_at_stop
 from gptlab.hub import resolve_model
 from gptlab.io import atomic_write_json, read_utf8
-from gptlab.lora import TARGETS, apply_lora, merge_lora
+from gptlab.jobs.base import Plan, Session, TrainingJob
+from gptlab.lora import apply_lora, merge_lora
 from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.prompts import STOP_STRINGS, format_prompt
-from gptlab.runs import RunDir
+from gptlab.runs import MODEL
+from gptlab.settings import InstructConfig, Sampling
 from gptlab.tokenizer import EOT_ID, decode, encode
-from gptlab.training import TrainConfig, perplexity, pick_device, train
+from gptlab.training import TrainResult, perplexity, pick_device
 
 log = logging.getLogger("gptlab")
 
@@ -214,41 +216,16 @@ def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -
 # ---- fine-tuning -----------------------------------------------------------------------------
 
 
-@dataclass
-class InstructConfig:
-    out: Path = Path("runs/instruct")
-    base: str = "gpt2-medium"  # model folder, run folder, pretrained preset, or "random"
-    preset: str = "gpt-micro"  # the shape of a "random" base
-    data: Path | None = None  # None: the bundled instruction-data.json
-    epochs: int = 2
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = 8
-    lr: float = 5e-5
-    weight_decay: float = 0.1
-    warmup_steps: int = 0
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    max_length: int | None = None  # None: the model's context length
-    mask_prompt: bool = False
-    group_by_length: bool = False
-    lora_rank: int | None = None  # None: full fine-tuning
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = tuple(TARGETS)
-    grad_checkpointing: bool = False
-    eval_interval: int = 50
-    eval_batches: int = 10
-    sample_tokens: int = 64
-    seed: int = 123
-    device: str = "auto"
-    precision: str = "auto"
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+def training_texts(c: InstructConfig) -> list[str]:
+    """The formatted training entries, split exactly as the job splits them (what a base
+    model may pretrain on: never a validation or test entry)."""
+    train_entries, _, _ = split_entries(load_entries(c.data), c.train.seed)
+    return [entry_prompt(e) + e["output"] for e in train_entries]
 
 
 def _base_model(c: InstructConfig, device: torch.device) -> GPT:
     if c.base == "random":
-        torch.manual_seed(c.seed)
+        torch.manual_seed(c.train.seed)
         return GPT(get_preset(c.preset))
     model, _ = resolve_model(c.base, device=str(device))
     if model.cfg.n_classes is not None:
@@ -259,152 +236,142 @@ def _base_model(c: InstructConfig, device: torch.device) -> GPT:
 def finetune_instruct(
     c: InstructConfig, resume: bool = False, stop_after: int | None = None
 ) -> dict[str, Any]:
-    """Fine-tune `c.base` on instruction data in run folder `c.out`; returns results.json.
-    Also writes the test split as RUN/test.json and the merged model as RUN/model.
-    `stop_after` ends early at that step, checkpointed, as an interruption would, and returns
-    {} (results.json is only written by a finished run). Under torchrun every process runs
-    this, data-parallel; rank 0 alone writes the run folder."""
-    with distributed.session(pick_device(c.device)) as (d, device):
-        return _finetune_instruct(c, d, device, resume, stop_after)
+    """Fine-tune `c.base` on instruction data in run folder `c.out`; returns results.json
+    ({} unless this process finished the run; see gptlab.jobs.base). Also writes the test
+    split as RUN/test.json and the merged model as RUN/model."""
+    return InstructionTuning(c).run(resume, stop_after)
 
 
-def _finetune_instruct(
-    c: InstructConfig,
-    d: distributed.Dist,
-    device: torch.device,
-    resume: bool,
-    stop_after: int | None,
-) -> dict[str, Any]:
-    if c.batch_size < 1 or c.epochs < 1:
-        raise GptlabError("batch size and epochs must be positive")
-    distributed.check_global_batch(c.batch_size, d)
-    train_entries, val_entries, test_entries = split_entries(load_entries(c.data), c.seed)
-    source = str(c.data or f"bundled {BUNDLED_DATA}")
-    if not val_entries:
-        raise GptlabError(f"{source}: too few entries to leave any for validation")
-    with distributed.main_first():  # rank 0 downloads and converts a pretrained base
-        model = _base_model(c, device)
-    context = model.cfg.context_length
-    max_length = c.max_length or context
-    if not 2 <= max_length <= context:
-        raise GptlabError(f"--max-length must be between 2 and the context {context}")
-    train_ds, val_ds = InstructionDataset(train_entries), InstructionDataset(val_entries)
-    lengths = train_ds.lengths(max_length)
-    collate_fn = partial(collate, max_length=max_length, mask_prompt=c.mask_prompt)
-    pin = device.type == "cuda"
-    plain = ResumableBatches(
-        train_ds, c.batch_size, shuffle=True, seed=c.seed, collate_fn=collate_fn, pin_memory=pin
-    )
-    grouped = LengthGroupedBatches(
-        train_ds, lengths, c.batch_size, c.seed, collate_fn=collate_fn, pin_memory=pin
-    )
-    train_batches = grouped if c.group_by_length else plain
-    val_batches = ResumableBatches(
-        val_ds, c.batch_size, shuffle=False, drop_last=False, collate_fn=collate_fn
-    )
-    padding = {
-        "plain": padding_fraction(plain.epoch_batches(0), lengths),
-        "grouped": padding_fraction(grouped.epoch_batches(0), lengths),
-    }
-    steps_per_epoch = max(1, train_batches.per_epoch // c.grad_accum)
-    max_steps = c.max_steps or c.epochs * steps_per_epoch
-    tc = TrainConfig.from_job(c, max_steps)
+class InstructionTuning(TrainingJob[InstructConfig]):
+    task = "instruct"
+    loss_title = "instruction fine-tuning loss"
 
-    lora = None
-    if c.lora_rank is not None:
-        torch.manual_seed(c.seed)
-        adapters = apply_lora(model, c.lora_rank, c.lora_alpha, tuple(c.lora_targets))
-        lora = {"rank": c.lora_rank, "alpha": c.lora_alpha, "targets": list(c.lora_targets)}
-        log.info("LoRA: %s adapter parameters", f"{adapters:,}")
-    model.gradient_checkpointing = c.grad_checkpointing
-    trainable = model.num_params(trainable_only=True)
+    def prepare(self, s: Session) -> dict[str, Any]:
+        c = self.c
+        entries = load_entries(c.data)
+        self.train_entries, self.val_entries, self.test_entries = split_entries(
+            entries, c.train.seed
+        )
+        self.source = str(c.data or f"bundled {BUNDLED_DATA}")
+        if not self.val_entries:
+            raise GptlabError(f"{self.source}: too few entries to leave any for validation")
+        with distributed.main_first():  # rank 0 downloads and converts a pretrained base
+            self.model = _base_model(c, s.device)
+        context = self.model.cfg.context_length
+        self.max_length = c.max_length or context
+        if not 2 <= self.max_length <= context:
+            raise GptlabError(f"--max-length must be between 2 and the context {context}")
+        t = c.train
+        self.train_ds = InstructionDataset(self.train_entries)
+        val_ds = InstructionDataset(self.val_entries)
+        lengths = self.train_ds.lengths(self.max_length)
+        collate_fn = partial(collate, max_length=self.max_length, mask_prompt=c.mask_prompt)
+        pin = s.device.type == "cuda" and c.speed.pin_memory
+        plain = ResumableBatches(
+            self.train_ds,
+            t.batch_size,
+            shuffle=True,
+            seed=t.seed,
+            collate_fn=collate_fn,
+            pin_memory=pin,
+        )
+        grouped = LengthGroupedBatches(
+            self.train_ds, lengths, t.batch_size, t.seed, collate_fn=collate_fn, pin_memory=pin
+        )
+        self.train_batches = grouped if c.group_by_length else plain
+        self.val_batches = ResumableBatches(
+            val_ds, t.batch_size, shuffle=False, drop_last=False, collate_fn=collate_fn
+        )
+        self.padding = {
+            "plain": padding_fraction(plain.epoch_batches(0), lengths),
+            "grouped": padding_fraction(grouped.epoch_batches(0), lengths),
+        }
+        self.steps_per_epoch = max(1, self.train_batches.per_epoch // t.grad_accum)
+        self.lora = None
+        if c.lora_rank is not None:
+            torch.manual_seed(t.seed)
+            adapters = apply_lora(self.model, c.lora_rank, c.lora_alpha, c.lora_targets)
+            self.lora = {
+                "rank": c.lora_rank,
+                "alpha": c.lora_alpha,
+                "targets": list(c.lora_targets),
+            }
+            log.info("LoRA: %s adapter parameters", f"{adapters:,}")
+        self.trainable = self.model.num_params(trainable_only=True)
+        return {
+            "model": self.model.cfg.to_dict(),
+            "data": {
+                "source": self.source,
+                "train": len(self.train_entries),
+                "val": len(self.val_entries),
+                "test": len(self.test_entries),
+                "steps_per_epoch": self.steps_per_epoch,
+                "max_length": self.max_length,
+                "padding_fraction": self.padding,
+            },
+        }
 
-    run = RunDir(c.out)
-    config = {
-        "task": "instruct",
-        "instruct": c.to_json(),
-        "model": model.cfg.to_dict(),
-        "train": asdict(tc),
-        "data": {
-            "source": source,
-            "train": len(train_entries),
-            "val": len(val_entries),
-            "test": len(test_entries),
-            "steps_per_epoch": steps_per_epoch,
-            "max_length": max_length,
-            "padding_fraction": padding,
-        },
-        "device": str(device),
-        "processes": d.world,
-    }
-    if d.is_main:
-        run.prepare(config, resume=resume)
-        atomic_write_json(run.path / "test.json", test_entries)
-    distributed.barrier()
+    def build(self, s: Session) -> Plan:
+        if s.d.is_main:
+            atomic_write_json(s.run.path / "test.json", self.test_entries)
+        t = self.c.train
+        max_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        meta = {"task": "lm", "lora": self.lora}
+        return Plan(self.model, self.train_batches, self.val_batches, max_steps, meta)
 
-    sampling = Sampling(max_new_tokens=c.sample_tokens)
-    samples: list[str] = []
+    def on_eval(self, s: Session, plan: Plan, step: int) -> None:
+        entry = self.val_entries[0]
+        sampling = Sampling(max_new_tokens=self.c.sample_tokens)
+        answer = generate_responses(plan.model, [entry_prompt(entry)], sampling)[0]
+        plan.samples.append(f"[step {step}] {entry['instruction']!r} -> {answer!r}")
+        plan.model.train()
 
-    def sample(step: int) -> None:
-        entry = val_entries[0]
-        answer = generate_responses(model, [entry_prompt(entry)], sampling)[0]
-        samples.append(f"[step {step}] {entry['instruction']!r} -> {answer!r}")
-        model.train()
+    def plots(self, s: Session) -> None:
+        s.run.plot(
+            "loss.png",
+            {
+                "train (per step)": ("train", "loss"),
+                "train": ("eval", "train_loss"),
+                "validation": ("eval", "val_loss"),
+            },
+            "cross-entropy loss",
+            self.loss_title,
+        )
 
-    result = train(
-        model,
-        train_batches,
-        val_batches,
-        tc,
-        run,
-        device,
-        resume=resume,
-        meta={"task": "lm", "lora": lora},
-        on_eval=sample,
-        stop_after=stop_after,
-    )
-    if not d.is_main:
-        return {}
-    if samples:
-        with open(run.path / "samples.txt", "a", encoding="utf-8") as f:
-            f.write("\n".join(samples) + "\n")
-    run.plot(
-        "loss.png",
-        {
-            "train (per step)": ("train", "loss"),
-            "train": ("eval", "train_loss"),
-            "validation": ("eval", "val_loss"),
-        },
-        "cross-entropy loss",
-        "instruction fine-tuning loss",
-    )
-    if result.step < max_steps:
-        return {}
-    if lora is not None:
-        merge_lora(model)
-    model_dir = save_model(model, run.path / "model", {"task": "lm", "template": "alpaca"})
-    results = {
-        "task": "instruct",
-        "base": c.base,
-        "model": str(model_dir),
-        "test_data": str(run.path / "test.json"),
-        "steps": result.step,
-        "tokens_seen": result.tokens_seen,
-        "train_loss": result.train_loss,
-        "val_loss": result.val_loss,
-        "val_ppl": perplexity(result.val_loss),
-        "train_seconds": result.seconds,
-        "tokens_per_s": result.tokens_seen / max(result.seconds, 1e-9),
-        "examples": {"train": len(train_ds), "val": len(val_ds), "test": len(test_entries)},
-        "padding_fraction": padding["grouped" if c.group_by_length else "plain"],
-        "padding_fraction_plain": padding["plain"],
-        "padding_fraction_grouped": padding["grouped"],
-        "trainable_params": trainable,
-        "total_params": model.num_params(),
-        "lora": lora,
-    }
-    atomic_write_json(run.path / "results.json", results)
-    return results
+    def results(
+        self, s: Session, plan: Plan, result: TrainResult, weights: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        c, model = self.c, plan.model
+        if self.lora is not None:
+            merge_lora(model)
+            weights = {}  # the merged model's own state, without adapters
+        model_dir = save_model(
+            model, s.run.path / MODEL, {"task": "lm", "template": "alpaca"}, weights or None
+        )
+        return {
+            "task": "instruct",
+            "base": c.base,
+            "model": str(model_dir),
+            "test_data": str(s.run.path / "test.json"),
+            "steps": result.step,
+            "tokens_seen": result.tokens_seen,
+            "train_loss": result.train_loss,
+            "val_loss": result.val_loss,
+            "val_ppl": perplexity(result.val_loss),
+            "train_seconds": result.seconds,
+            "tokens_per_s": result.tokens_seen / max(result.seconds, 1e-9),
+            "examples": {
+                "train": len(self.train_ds),
+                "val": len(self.val_entries),
+                "test": len(self.test_entries),
+            },
+            "padding_fraction": self.padding["grouped" if c.group_by_length else "plain"],
+            "padding_fraction_plain": self.padding["plain"],
+            "padding_fraction_grouped": self.padding["grouped"],
+            "trainable_params": self.trainable,
+            "total_params": model.num_params(),
+            "lora": self.lora,
+        }
 
 
 # ---- responses -------------------------------------------------------------------------------

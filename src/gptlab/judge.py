@@ -21,21 +21,17 @@ import logging
 import os
 import re
 import statistics
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from tqdm import tqdm
 
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.instruct import load_entries
 from gptlab.io import atomic_write, atomic_write_json, atomic_write_text
 from gptlab.runs import RunDir
+from gptlab.settings import JudgeConfig
 
 log = logging.getLogger("gptlab")
 
@@ -61,44 +57,6 @@ class JudgeError(GptlabError):
 
 class JudgeUnavailable(JudgeError):
     """No judge server answers at the URL, or it lacks the judge model."""
-
-
-@dataclass
-class JudgeConfig:
-    responses: Path
-    judge_model: str = "llama3.1:8b"
-    url: str = "http://localhost:11434"
-    api: Literal["ollama", "openai"] = "ollama"
-    concurrency: int = 4
-    timeout: float = 120.0  # seconds per request
-    retries: int = 3  # further attempts after a timeout, connection error, 429 or 5xx
-    backoff: float = 1.0  # seconds before the first retry, doubling each time
-    seed: int = 123
-    num_ctx: int = 2048
-    max_tokens: int = 16  # the reply is one integer
-    api_key_env: str = "OPENAI_API_KEY"  # sent as a bearer token when set (OpenAI API only)
-    compare: Path | None = None  # a second responses file to score and set side by side
-    scores: Path | None = None  # default: RESPONSES.scores.jsonl next to the responses
-    out: Path | None = None  # report folder; default: RESPONSES-judge/ next to the responses
-    n_lowest: int = 5
-
-    def __post_init__(self) -> None:
-        self.responses = Path(self.responses)
-        self.compare = Path(self.compare) if self.compare is not None else None
-        if self.api not in ("ollama", "openai"):
-            raise GptlabError(f"api must be 'ollama' or 'openai', got {self.api!r}")
-        if self.concurrency < 1 or self.retries < 0 or self.timeout <= 0:
-            raise GptlabError("concurrency must be >= 1, retries >= 0 and timeout > 0")
-
-    def scores_path(self, responses: Path) -> Path:
-        if self.scores is not None and responses == self.responses:
-            return Path(self.scores)
-        return responses.with_name(responses.stem + ".scores.jsonl")
-
-    def out_path(self) -> Path:
-        if self.out is not None:
-            return Path(self.out)
-        return self.responses.with_name(self.responses.stem + "-judge")
 
 
 # ---- inputs and stored scores -------------------------------------------------------------
@@ -399,6 +357,11 @@ def compare(
 
 
 def plot_histogram(path: Path, series: dict[str, list[int]], judge: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # never needs a display
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(list(series.values()), bins=range(0, 111, 10), label=list(series), alpha=0.8)
     ax.set_xlabel("judge score (0-100)")
@@ -419,7 +382,7 @@ def evaluate_responses(config: JudgeConfig) -> dict[str, Any]:
         load_responses(config.compare)
     preflight(config)
     run = RunDir(config.out_path())
-    run.prepare({k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}, True)
+    run.prepare(config.to_json(), True)
     entries, records = score_file(config, config.responses)
     results: dict[str, Any] = {
         "task": "evaluate",

@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from gptlab.errors import GptlabError
+from gptlab.settings import LORA_TARGETS
 
 # Short names of the block's linear layers: attention qkv and output, feed-forward in and out.
-TARGETS = {"qkv": "attn.qkv", "attn_proj": "attn.proj", "fc": "ff.fc", "ff_proj": "ff.proj"}
+# The modules behind gptlab.settings.LORA_TARGETS, the names the command line offers.
+TARGETS = dict(zip(LORA_TARGETS, ("attn.qkv", "attn.proj", "ff.fc", "ff.proj"), strict=True))
 
 
 class LoRALinear(nn.Module):

@@ -17,9 +17,7 @@ from typing import Any
 
 import torch
 
-from gptlab.io import atomic_write_text, read_json, read_utf8
-
-SAMPLE_RESPONSES = 3
+from gptlab.io import atomic_write_text, read_json
 
 
 def hardware() -> dict[str, str]:
@@ -71,11 +69,11 @@ def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
 
 
-def _stage_section(out: Path, stage: str, info: dict[str, Any]) -> list[str]:
+def _stage_section(out: Path, stage: str, info: dict[str, Any], samples: list[str]) -> list[str]:
     folder = out / stage
     lines = [f"## {stage}", ""]
     if info["status"] == "skipped":
@@ -100,49 +98,12 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any]) -> list[str]:
     for png in sorted(folder.rglob("*.png")):
         rel = png.relative_to(out).as_posix()
         lines += [f"![{stage}: {png.stem}]({rel})", ""]
-    lines += _samples(out, stage)
+    lines += samples
     return lines
 
 
-def _samples(out: Path, stage: str) -> list[str]:
-    folder = out / stage
-    lines: list[str] = []
-    if stage == "base" and (folder / "samples.json").is_file():
-        lines += ["Greedy continuations of the base model:", ""]
-        for s in read_json(folder / "samples.json"):
-            lines += [_quote(f"**{s['prompt']}**{s['text']}"), ""]
-    if stage == "instruct" and (folder / "samples.txt").is_file():
-        last = read_utf8(folder / "samples.txt").strip().splitlines()[-2:]
-        lines += ["Samples during training (validation entry):", "", "```", *last, "```", ""]
-    if stage == "respond" and (folder / "responses.json").is_file():
-        lines += ["First responses on the test split:", ""]
-        for e in read_json(folder / "responses.json")[:SAMPLE_RESPONSES]:
-            instruction = e["instruction"] + (f"\n{e['input']}" if e.get("input") else "")
-            lines += [
-                "Instruction:",
-                "",
-                _quote(instruction),
-                "",
-                "Expected:",
-                "",
-                _quote(e.get("output", "")),
-                "",
-                "Model:",
-                "",
-                _quote(e["model_response"]),
-                "",
-            ]
-    if stage == "judge" and (folder / "results.json").is_file():
-        lowest = read_json(folder / "results.json").get("lowest", [])[:SAMPLE_RESPONSES]
-        if lowest:
-            lines += ["Lowest-scored responses:", ""]
-        for e in lowest:
-            lines += [f"Score {e['score']}: {e['instruction']}", ""]
-            lines += [_quote(e["model_response"]), ""]
-    return lines
-
-
-def render(out: Path, summary: dict[str, Any]) -> str:
+def render(out: Path, summary: dict[str, Any], samples: dict[str, list[str]]) -> str:
+    """The page; `samples` holds each stage's own lines (gptlab.pipeline.Stage.report_lines)."""
     config = read_json(out / "config.json")
     stages: dict[str, dict[str, Any]] = summary["stages"]
     seconds: dict[str, float] = summary["seconds"]
@@ -166,7 +127,7 @@ def render(out: Path, summary: dict[str, Any]) -> str:
     lines += ["## Configuration", ""]
     lines += [table(list(_flatten(config["pipeline"]).items()), ("setting", "value")), ""]
     for stage, info in stages.items():
-        lines += _stage_section(out, stage, info)
+        lines += _stage_section(out, stage, info, samples.get(stage, []))
     lines += ["## Timings", ""]
     rows = [(stage, f"{s:.1f}") for stage, s in seconds.items()]
     rows.append(("total", f"{sum(seconds.values()):.1f}"))
@@ -186,8 +147,9 @@ def reproduce(p: dict[str, Any]) -> list[str]:
     cmd = f"gptlab pipeline --base {p['base']} --out {p['out']} --seed {p['seed']}"
     if p.get("tiny"):
         cmd += " --tiny"
-    if p.get("device", "auto") != "auto":
-        cmd += f" --device {p['device']}"
+    device = p.get("device", {}).get("device", "auto")
+    if device != "auto":
+        cmd += f" --device {device}"
     cmd += f" --judge-model {p['judge_model']} --judge-url {p['judge_url']}"
     cmd += f" --judge-api {p['judge_api']}"
     return [
@@ -197,7 +159,7 @@ def reproduce(p: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_report(out: Path, summary: dict[str, Any]) -> Path:
+def write_report(out: Path, summary: dict[str, Any], samples: dict[str, list[str]]) -> Path:
     path = out / "report.md"
-    atomic_write_text(path, render(out, summary))
+    atomic_write_text(path, render(out, summary, samples))
     return path

@@ -6,6 +6,10 @@ RUN/*.png              plots drawn from metrics.jsonl
 RUN/samples.txt        sample generations
 RUN/checkpoints/       resumable training checkpoints (see gptlab.checkpoints)
 RUN/model/             the final model folder
+RUN/results.json       the final results, written last: its presence means the job finished
+
+The names are declared here once; `is_complete` and `has_run` are the two questions every
+resumable job and pipeline stage asks of a folder.
 """
 
 from __future__ import annotations
@@ -15,13 +19,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # never needs a display
-import matplotlib.pyplot as plt
-
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write, atomic_write_json
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples.txt"
+RESULTS = "results.json"
+MODEL = "model"
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether a job (or pipeline stage) finished in `folder`: results.json is written
+    atomically as its very last step, so a killed job is never taken for a finished one."""
+    return (folder / RESULTS).is_file()
+
+
+def has_run(folder: Path) -> bool:
+    """Whether `folder` holds a started run (finished or not) that --resume continues."""
+    return (folder / CONFIG).is_file()
 
 
 class RunDir:
@@ -30,20 +46,20 @@ class RunDir:
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS
 
     def prepare(self, config: dict[str, Any], resume: bool) -> None:
         """Create the folder (refusing to mix a new run into an old one) and write config.json."""
         if self.path.exists() and not self.path.is_dir():
             raise GptlabError(f"{self.path}: exists and is not a folder")
-        if not resume and self.path.is_dir() and (self.path / "config.json").exists():
+        if not resume and self.path.is_dir() and has_run(self.path):
             raise GptlabError(
                 f"{self.path}: already holds a run; pass --resume to continue it or choose "
                 "another --out"
             )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path / "config.json", config)
+            atomic_write_json(self.path / CONFIG, config)
         except PermissionError:
             raise GptlabError(f"{self.path}: not writable") from None
 
@@ -74,6 +90,11 @@ class RunDir:
         self, filename: str, series: dict[str, tuple[str, str]], ylabel: str, title: str
     ) -> Path:
         """Plot metrics: `series` maps a legend label to (event kind, field), x = step."""
+        import matplotlib
+
+        matplotlib.use("Agg")  # never needs a display
+        import matplotlib.pyplot as plt
+
         records = self.metrics()
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, (kind, key) in series.items():

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -40,6 +40,7 @@ from gptlab.checkpoints import (
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.runs import RunDir
+from gptlab.settings import SpeedFlags, TrainArgs
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]
 
@@ -77,56 +78,57 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int
-    lr: float = 4e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 0
-    weight_decay: float = 0.1
-    grad_clip: float | None = 1.0
-    grad_accum: int = 1
-    eval_interval: int = 10
-    eval_batches: int | None = None
-    log_interval: int = 1
-    seed: int = 123
-    precision: str = "auto"
-    # Speed flags; see the module docstring and docs/scale.md for what each one measured.
-    tf32: bool = True
-    fused_adamw: bool = True
-    pin_memory: bool = True
-    compile: bool = False
-    compile_backend: str = "inductor"  # "aot_eager" traces the same graphs without codegen
-    gradient_checkpointing: bool = False
-    fsdp: bool = False
-    peak_tflops: float | None = None  # None: known for some GPUs (see peak_flops)
+    """What `train` runs: a job's training and speed groups, its precision, and the number of
+    optimizer steps the job resolved from its epochs (or --max-steps)."""
 
-    @classmethod
-    def from_job(cls, job: Any, max_steps: int, **overrides: Any) -> TrainConfig:
-        """The loop's settings for a job: every field the job's config dataclass shares with
-        this one (lr, clipping, seed, speed flags...) is taken from it, then `overrides`."""
-        shared = {f.name for f in fields(cls)} & {f.name for f in fields(job)}
-        values = {name: getattr(job, name) for name in shared}
-        values.update(max_steps=max_steps, **overrides)
-        values["eval_interval"] = min(values.get("eval_interval", cls.eval_interval), max_steps)
-        return cls(**values)
+    max_steps: int
+    train: TrainArgs = field(default_factory=TrainArgs)
+    speed: SpeedFlags = field(default_factory=SpeedFlags)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
             raise GptlabError(f"training needs at least one step, got {self.max_steps}")
-        if self.lr <= 0:
-            raise GptlabError(f"learning rate must be positive, got {self.lr}")
-        if self.grad_accum < 1 or self.eval_interval < 1 or self.log_interval < 1:
-            raise GptlabError("grad_accum, eval_interval and log_interval must be positive")
+
+    @classmethod
+    def of(cls, max_steps: int, precision: str = "auto", **values: Any) -> TrainConfig:
+        """From the command line's flat names (`lr`, `grad_accum`, `fused_adamw`...)."""
+        groups = {}
+        for name, group in (("train", TrainArgs), ("speed", SpeedFlags)):
+            names = {f.name for f in fields(group)}
+            groups[name] = group(**{k: values.pop(k) for k in list(values) if k in names})
+        if values:
+            raise GptlabError(f"TrainConfig: unknown setting(s): {', '.join(sorted(values))}")
+        return cls(max_steps, precision=precision, **groups)
+
+    @property
+    def eval_interval(self) -> int:
+        """Evaluations (and checkpoints) come at least once, at the last step."""
+        return min(self.train.eval_interval, self.max_steps)
+
+    @property
+    def log_interval(self) -> int:
+        return min(self.train.log_interval, self.max_steps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_steps": self.max_steps,
+            "train": self.train.to_json(),
+            "speed": self.speed.to_json(),
+            "precision": self.precision,
+        }
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of the peak learning rate for optimizer step `step` (0-based)."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    warmup, floor = cfg.train.warmup_steps, cfg.train.min_lr_ratio
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, cfg.max_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -135,11 +137,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     if not params:
         raise GptlabError("the model has no trainable parameters")
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = cfg.fused_adamw and device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
+    fused = cfg.speed.fused_adamw and device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), fused=fused or None)
 
 
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -175,8 +177,8 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10
 
 
 def peak_flops(device: torch.device, cfg: TrainConfig) -> float | None:
-    if cfg.peak_tflops:
-        return cfg.peak_tflops * 1e12
+    if cfg.speed.peak_tflops:
+        return cfg.speed.peak_tflops * 1e12
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -193,9 +195,9 @@ def flops_per_token(model: GPT, seq_len: int) -> float:
 def apply_speed_flags(model: GPT, cfg: TrainConfig, device: torch.device) -> None:
     """Process-wide and model settings for the flags that need no wrapping."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
-    model.gradient_checkpointing = cfg.gradient_checkpointing
+        torch.backends.cuda.matmul.allow_tf32 = cfg.speed.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.speed.tf32
+    model.gradient_checkpointing = cfg.speed.gradient_checkpointing
 
 
 @torch.no_grad()
@@ -273,7 +275,7 @@ def train(
     checkpoint, as an interruption would (used to split a run in two). Under torchrun every
     process calls this; `on_eval` runs on all of them (FSDP needs every rank in a forward)."""
     d = distributed.current()
-    torch.manual_seed(cfg.seed + d.rank)  # ranks draw different dropout masks
+    torch.manual_seed(cfg.train.seed + d.rank)  # ranks draw different dropout masks
     apply_speed_flags(model, cfg, device)
     model.to(device).train()
     # Every weight contiguous while training: fused AdamW copies other layouts at each step
@@ -285,7 +287,7 @@ def train(
     if resume and (ckpt := latest_checkpoint(run.path)) is not None:
         state = load_train_state(ckpt)
         model.load_state_dict(read_safetensors(ckpt / "model.safetensors"), strict=False)
-    wrapped = distributed.wrap(model, device, cfg.fsdp)
+    wrapped = distributed.wrap(model, device, cfg.speed.fsdp)
     optimizer = make_optimizer(model, cfg, device)
     if state is not None:
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
@@ -297,8 +299,8 @@ def train(
         run.truncate_metrics(step)
     if step >= cfg.max_steps:
         return TrainResult(step, tokens_seen, *last_eval, elapsed)
-    if cfg.compile:
-        model.compile(backend=cfg.compile_backend)
+    if cfg.speed.compile:
+        model.compile(backend=cfg.speed.compile_backend)
     log = run.log if d.is_main else lambda record: None
     peak = peak_flops(device, cfg)
 
@@ -313,21 +315,21 @@ def train(
                 "last_eval": list(last_eval),
                 "optimizer": opt_state,
                 "rng": _rng_state(),
-                "train_config": asdict(cfg),
+                "train_config": cfg.to_json(),
             }
             save_checkpoint(run.path, step, model, state, meta, weights=weights)
         distributed.barrier()
 
     def next_batch() -> Any:
-        return to_device(distributed.rows(next(batches), d), device, cfg.pin_memory)
+        return to_device(distributed.rows(next(batches), d), device, cfg.speed.pin_memory)
 
     def evaluate(source: BatchSource) -> float:
         # Every process evaluates the same batches, so all agree without communication.
         return evaluate_loss(
-            wrapped, source.first(cfg.eval_batches), loss_fn, device, cfg.precision
+            wrapped, source.first(cfg.train.eval_batches), loss_fn, device, cfg.precision
         )
 
-    batches = train_batches.iterate(step * cfg.grad_accum)
+    batches = train_batches.iterate(step * cfg.train.grad_accum)
     bar = tqdm(
         total=cfg.max_steps,
         initial=step,
@@ -342,26 +344,26 @@ def train(
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, cfg)
+                group["lr"] = cfg.train.lr * lr_factor(step, cfg)
             step_loss = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
+            for micro in range(cfg.train.grad_accum):
                 batch = pending
-                last = micro == cfg.grad_accum - 1
+                last = micro == cfg.train.grad_accum - 1
                 with (
                     nullcontext() if last else distributed.no_grad_sync(wrapped),
                     autocast(device, cfg.precision),
                 ):
                     loss, _n = loss_fn(wrapped, batch)
-                    (loss / cfg.grad_accum).backward()
+                    (loss / cfg.train.grad_accum).backward()
                 # Read the next batch while the accelerator works through this one.
                 pending = next_batch()
-                step_loss += loss.detach().float() / cfg.grad_accum
+                step_loss += loss.detach().float() / cfg.train.grad_accum
                 # ids (B, T) or hidden states (B, T, D); every process holds B / world rows
                 n_tokens = math.prod(batch[0].shape[:2]) * d.world
                 tokens_seen += n_tokens
                 window_tokens += n_tokens
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -2,53 +2,38 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 
-from gptlab.commands.common import add_command, add_sampling_args, sampling_from_args
 from gptlab.errors import GptlabError
 from gptlab.generation import GenerationStats, TextStream, generate_tokens
 from gptlab.hub import resolve_model
+from gptlab.settings import GenerateConfig
 from gptlab.tokenizer import encode
 from gptlab.training import pick_device
 
 
-def add_parser(sub: Any) -> None:
-    p = add_command(
-        sub,
-        "generate",
-        run,
-        "generate text from a prompt",
-        "Continue --prompt with a trained model (a run folder, a model folder, or a "
-        "pretrained preset such as gpt2-small), printing tokens as they come.",
-    )
-    p.add_argument("--model", required=True, help="run folder, model folder or preset")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--device", default="auto")
-    add_sampling_args(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    sampling = sampling_from_args(args)
-    device = pick_device(args.device)
-    model, _ = resolve_model(args.model, device=str(device))
-    model.to(device)
-    prompt = encode(args.prompt)
+def run(c: GenerateConfig) -> int:
+    prompt = encode(c.prompt)
     if not prompt:
         raise GptlabError("--prompt is empty")
+    device = pick_device(c.device.device)
+    model, _ = resolve_model(c.model, device=str(device))
+    model.to(device)
+    if model.cfg.n_classes is not None:
+        raise GptlabError(f"{c.model}: is a classifier; it cannot generate text")
     stats = GenerationStats()
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
 
-    def tokens() -> Any:
-        for nxt, active in generate_tokens(model, [prompt], sampling, stats=stats):
+    def tokens() -> Iterator[int]:
+        for nxt, active in generate_tokens(model, [prompt], c.sampling, stats=stats):
             if not bool(active[0]):
                 return
             yield int(nxt[0])
 
+    sys.stdout.write(c.prompt)
+    sys.stdout.flush()
     text = TextStream()
     with torch.inference_mode():
         for token in tokens():

@@ -17,7 +17,7 @@ batch, and a seeded request always runs alone with its own random generator, so 
 seeded request gets exactly the text it would get alone.
 
 Modules, each importing only those above it:
-- engine:   the batching worker (ServeLimits, ApiError, Job, Batch, Engine); no web framework
+- engine:   the batching worker (ApiError, Job, Batch, Engine); no web framework
 - schemas:  the pydantic request bodies of both dialects
 - service:  what both dialects share: the model, its name, the engine, the request helpers
 - errors:   each dialect's error shape, validation messages, the request-size guard

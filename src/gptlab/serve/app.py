@@ -12,9 +12,9 @@ from fastapi.responses import PlainTextResponse
 
 from gptlab.model import GPT
 from gptlab.serve import ollama, openai
-from gptlab.serve.engine import ServeLimits
 from gptlab.serve.errors import RequestGuard, add_error_handlers
 from gptlab.serve.service import Service
+from gptlab.settings import ServeLimits
 
 
 async def root() -> str:

@@ -15,20 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptlab.errors import GptlabError
-from gptlab.generation import Sampling, TextStream, generate_tokens
+from gptlab.generation import TextStream, generate_tokens
 from gptlab.model import GPT
+from gptlab.settings import Sampling
 
 log = logging.getLogger("gptlab")
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one request may ask for; anything beyond is refused with a 4xx, never served."""
-
-    max_tokens: int = 1024  # per request, also the default when a request sets no limit
-    max_body_bytes: int = 1 << 20
-    max_queue: int = 64  # requests waiting or running at once; more get 503
-    max_batch: int = 16  # requests generated together in one batch
 
 
 class ApiError(Exception):

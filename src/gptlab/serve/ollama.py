@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from gptlab.generation import Sampling
 from gptlab.model import GPT
 from gptlab.prompts import format_prompt
 from gptlab.serve.engine import ApiError, Job
@@ -27,6 +26,7 @@ from gptlab.serve.service import (
     messages_to_prompt,
     now_iso,
 )
+from gptlab.settings import Sampling
 
 router = APIRouter()
 

@@ -13,10 +13,10 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from gptlab.generation import Sampling
 from gptlab.serve.engine import ApiError, Job
 from gptlab.serve.schemas import OpenAIChat, OpenAICompletion, OpenAISampling
 from gptlab.serve.service import Service, ServiceDep, collect, done_reason, messages_to_prompt
+from gptlab.settings import Sampling
 
 Kind = Literal["chat", "text"]
 

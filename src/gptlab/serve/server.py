@@ -11,7 +11,7 @@ from pathlib import Path
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.serve.app import create_app
-from gptlab.serve.engine import ServeLimits
+from gptlab.settings import ServeLimits
 
 log = logging.getLogger("gptlab")
 

@@ -15,13 +15,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from gptlab.errors import GptlabError
-from gptlab.generation import Sampling
 from gptlab.hub import resolve_model
 from gptlab.instruct import instruct_sampling
 from gptlab.model import GPT
 from gptlab.prompts import format_prompt
-from gptlab.serve.engine import ApiError, Engine, Job, ServeLimits
+from gptlab.serve.engine import ApiError, Engine, Job
 from gptlab.serve.schemas import Stop
+from gptlab.settings import Sampling, ServeLimits
 from gptlab.tokenizer import EOT_ID, encode
 
 

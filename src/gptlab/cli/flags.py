@@ -1,0 +1,141 @@
+"""Command-line flags generated from settings dataclasses (gptlab.settings), and back.
+
+A field `batch_size` becomes `--batch-size`, typed from its annotation, with its help text,
+choices and default (shown in `--help`); every bool gets `--x` and `--no-x`; a nested group
+becomes a section of `--help`, its flags unprefixed unless the group asks for a prefix. The
+range checks are not argparse's: they run when the settings are built (Settings.__post_init__),
+so a library caller gets the same message as the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import MISSING
+from pathlib import Path
+from typing import Any
+
+from gptlab.settings import FlagError, type_hints
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One field as the command line sees it."""
+
+    name: str
+    base: type  # int, float, str, bool, Path, or a settings class for a group
+    many: bool  # a tuple of `base`
+    meta: dict[str, Any]
+
+
+def _spec(cls: type, f: dataclasses.Field) -> Spec:
+    hint = type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = args[0]
+    many = typing.get_origin(hint) is tuple
+    base = typing.get_args(hint)[0] if many else hint
+    if typing.get_origin(base) is typing.Literal:
+        base = str
+    return Spec(f.name, base, many, dict(f.metadata))
+
+
+def specs(cls: type) -> Iterator[Spec]:
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli", True):
+            yield _spec(cls, f)
+
+
+def is_group(spec: Spec) -> bool:
+    return dataclasses.is_dataclass(spec.base)
+
+
+def _flag(spec: Spec, prefix: str) -> str:
+    name = spec.meta.get("flag") or spec.name.replace("_", "-")
+    return f"--{prefix}-{name}" if prefix else f"--{name}"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def add_settings(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    defaults: Any,
+    prefix: str = "",
+    dest: str = "",
+    group: Any = None,
+) -> None:
+    """Add a flag for every field of settings class `cls`, defaults taken from `defaults`."""
+    target = group or parser
+    for spec in specs(cls):
+        default = getattr(defaults, spec.name)
+        key = f"{dest}{spec.name}"
+        if is_group(spec):
+            title = (spec.base.__doc__ or spec.name).strip().splitlines()[0]
+            sub = parser.add_argument_group(title)
+            inner = "-".join(p for p in (prefix, spec.meta.get("prefix") or "") if p)
+            add_settings(parser, spec.base, default, inner, f"{key}.", sub)
+            continue
+        help_text = spec.meta.get("help", "").replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": key, "default": default}
+        if spec.meta.get("choices") is not None:
+            kwargs["choices"] = spec.meta["choices"]
+        if spec.base is not bool:
+            kwargs["metavar"] = spec.meta.get("metavar") or spec.name.upper()
+        if spec.meta.get("positional"):
+            kwargs.pop("dest")
+            nargs = "*" if spec.many else None
+            target.add_argument(key, nargs=nargs, help=help_text, **kwargs)
+            continue
+        if spec.meta.get("const", MISSING) is not MISSING:
+            kwargs.update(action="store_const", const=spec.meta["const"])
+        elif spec.base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = spec.base if spec.base in (int, float, Path) else str
+            if spec.many:
+                kwargs.update(action="extend", nargs="+")
+                kwargs["default"] = None  # extend would add to the default otherwise
+        required = bool(spec.meta.get("required"))
+        if required:
+            kwargs["required"] = True
+        elif spec.base is not bool and not (default is None and "(none:" in help_text):
+            help_text += f" (default: {_show(default)})".replace("%", "%%")
+        target.add_argument(_flag(spec, prefix), help=help_text, **kwargs)
+
+
+def build(
+    cls: type, ns: argparse.Namespace, defaults: Any, prefix: str = "", dest: str = ""
+) -> Any:
+    """The settings object the parsed flags describe (checked on construction)."""
+    values: dict[str, Any] = {}
+    for spec in specs(cls):
+        key = f"{dest}{spec.name}"
+        if is_group(spec):
+            inner = "-".join(p for p in (prefix, spec.meta.get("prefix") or "") if p)
+            default = getattr(defaults, spec.name)
+            values[spec.name] = build(spec.base, ns, default, inner, f"{key}.")
+            continue
+        value = getattr(ns, key)
+        if spec.many:
+            if value is None:
+                value = getattr(defaults, spec.name)
+            elif spec.meta.get("sep"):
+                value = [p.strip() for v in value for p in v.split(spec.meta["sep"]) if p.strip()]
+            value = None if value is None else tuple(value)
+        values[spec.name] = value
+    try:
+        return cls(**values)
+    except FlagError as exc:
+        if not prefix:
+            raise
+        raise FlagError(f"{prefix}-{exc.flag[2:]}", str(exc).split(": ", 1)[1]) from None

@@ -1,0 +1,139 @@
+"""The skeleton every training job runs on, written once.
+
+A job (pretraining, classification, instruction fine-tuning) says only what differs: what it
+checks and loads before its run folder exists (`prepare`), the model and batches it trains
+(`build`), what it does at each evaluation (`on_eval`), its plots, and its final results.
+`TrainingJob.run` does the rest, in this order, for all of them: join torchrun's processes
+and pick the device; check the global batch; `prepare` (a mistake here leaves nothing
+behind); write config.json (rank 0; refused over an existing run unless resuming); `build`;
+`gptlab.training.train`; gather the final weights (a collective under FSDP); then, on rank 0,
+the samples, the plots and, for a finished run only, results.json as the very last file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+
+from gptlab import distributed
+from gptlab.io import atomic_write_json
+from gptlab.model import GPT
+from gptlab.runs import RESULTS, SAMPLES, RunDir
+from gptlab.training import (
+    BatchSource,
+    LossFn,
+    TrainConfig,
+    TrainResult,
+    lm_loss,
+    pick_device,
+    train,
+)
+
+C = TypeVar("C")
+
+
+@dataclass
+class Session:
+    """One invocation of a job: its processes, device and run folder."""
+
+    d: distributed.Dist
+    device: torch.device
+    run: RunDir
+    resume: bool
+
+
+@dataclass
+class Plan:
+    """What a job hands the training loop."""
+
+    model: GPT
+    train_batches: BatchSource
+    val_batches: BatchSource
+    max_steps: int
+    meta: dict[str, Any]  # the model folder's metadata in every checkpoint
+    loss_fn: LossFn = lm_loss
+    samples: list[str] = field(default_factory=list)  # written to RUN/samples.txt
+
+
+class TrainingJob(ABC, Generic[C]):
+    """A training job; `c` is its settings (gptlab.settings), with `out`, `train`, `speed`
+    and `runtime` fields."""
+
+    task: ClassVar[str]
+    loss_title: ClassVar[str]
+
+    def __init__(self, c: C) -> None:
+        self.c = c
+
+    def prepare(self, s: Session) -> dict[str, Any]:
+        """Check and load what the job needs before its run folder exists; returns the
+        sections config.json records beside the settings."""
+        return {}
+
+    @abstractmethod
+    def build(self, s: Session) -> Plan:
+        """The model, batches and step count, once the run folder exists."""
+
+    def on_eval(self, s: Session, plan: Plan, step: int) -> None:
+        """After each evaluation, on every process (FSDP needs all of them in a forward)."""
+
+    def plots(self, s: Session) -> None:
+        s.run.plot(
+            "loss.png",
+            {"train": ("eval", "train_loss"), "validation": ("eval", "val_loss")},
+            "cross-entropy loss",
+            self.loss_title,
+        )
+
+    @abstractmethod
+    def results(
+        self, s: Session, plan: Plan, result: TrainResult, weights: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """results.json of a finished run (rank 0); `weights` is the full final state."""
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+        """Run (or resume) the job in its run folder; returns results.json, or {} on other
+        ranks and when `stop_after` ended the run early, after that step's checkpoint, as an
+        interruption would."""
+        # `prepare` and `build` may resolve settings (self.c), so each step reads them anew.
+        c: Any = self.c
+        with distributed.session(pick_device(c.runtime.device)) as (d, device):
+            s = Session(d, device, RunDir(c.out), resume)
+            distributed.check_global_batch(c.train.batch_size, d)
+            sections = self.prepare(s)
+            if d.is_main:
+                config = {"task": self.task, "settings": self.c.to_json(), **sections}  # type: ignore[attr-defined]
+                s.run.prepare({**config, "device": str(device), "processes": d.world}, resume)
+            distributed.barrier()
+            plan = self.build(s)
+            c = self.c
+            cfg = TrainConfig(plan.max_steps, c.train, c.speed, c.runtime.precision)
+            result = train(
+                plan.model,
+                plan.train_batches,
+                plan.val_batches,
+                cfg,
+                s.run,
+                device,
+                loss_fn=plan.loss_fn,
+                resume=resume,
+                meta=plan.meta,
+                on_eval=lambda step: self.on_eval(s, plan, step),
+                stop_after=stop_after,
+            )
+            finished = result.step >= plan.max_steps
+            weights = distributed.model_state(plan.model) if finished else {}
+            if not d.is_main:
+                return {}
+            if plan.samples:
+                with open(s.run.path / SAMPLES, "a", encoding="utf-8") as f:
+                    f.write("\n".join(plan.samples) + "\n")
+            self.plots(s)
+            if not finished:
+                return {}
+            results = self.results(s, plan, result, weights)
+            atomic_write_json(s.run.path / RESULTS, results)
+            return results
