@@ -96,7 +96,7 @@ def _describe_range(meta: dict[str, Any]) -> str:
 
 
 def _check_value(name: str, value: Any, meta: dict[str, Any]) -> None:
-    if value is None:
+    if value is None or value == "":  # unset; a required flag is argparse's to demand
         return
     choices = meta["choices"]
     values = value if isinstance(value, (tuple, list)) else (value,)

@@ -1,0 +1,120 @@
+"""The command line generated from the settings classes: every verb's help shows its defaults
+and loads no heavy library; every flag mistake is one line with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptlab.cli import VERBS, build_parser
+from gptlab.cli.flags import build, specs
+from gptlab.settings import ClassifierConfig, InstructConfig, PretrainConfig
+
+from .test_cli import SRC, gptlab
+
+HEAVY = ("torch", "fastapi", "matplotlib")
+PROBE = """
+import contextlib, io, json, sys
+from gptlab.cli import VERBS, main
+helps = {}
+for argv in [[]] + [[verb] for verb in VERBS]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main([*argv, "--help"])
+    helps[" ".join(argv)] = out.getvalue()
+print(json.dumps({"loaded": [m for m in %r if m in sys.modules], "helps": helps}))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, object]:
+    env = {"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE % (HEAVY,)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def test_help_loads_no_heavy_library(helps: dict) -> None:
+    assert helps["loaded"] == []
+    assert all(verb in helps["helps"][""] for verb in VERBS)
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_help_shows_every_flag_and_default(helps: dict, verb: str) -> None:
+    text = " ".join(helps["helps"][verb].split())  # argparse wraps lines
+    parser = build_parser([verb])
+    sub = next(a for a in parser._subparsers._group_actions)  # type: ignore[union-attr]
+    for action in sub.choices[verb]._actions:
+        flags = action.option_strings
+        if not flags or flags[0] in ("-h", "--help", "--resume"):
+            continue
+        assert flags[0] in text, flags
+        shows_default = isinstance(action.default, bool) or action.required
+        shows_default = shows_default or action.const is not None
+        if not shows_default:  # the help says it, as "(default: X)" or "(none: ...)"
+            words = " ".join((action.help or "").split())
+            assert "(default:" in words or "(none:" in words, (flags, words)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["pretrain", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+        (["pretrain", "--lr", "-1"], "argument --lr: must be > 0, got -1"),
+        (["pretrain", "--batch-size", "two"], "argument --batch-size: invalid int value"),
+        (["pretrain", "--preset", "gpt5"], "argument --preset: invalid choice: 'gpt5'"),
+        (["pretrain", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["finetune-classifier", "--pretrain-steps", "0"], "argument --pretrain-steps: must"),
+        (["generate", "--prompt", "hi"], "the following arguments are required: --model"),
+        (["serve", "--model", "m", "--port", "70000"], "argument --port: must be >= 0 and <= 65535, got 70000"),
+    ],
+)
+def test_flag_mistakes_are_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
+    proc = gptlab(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "usage:" not in proc.stderr, proc.stderr
+    assert fragment in proc.stderr, proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing left behind
+
+
+def test_flags_round_trip_to_the_same_settings() -> None:
+    for cls in (PretrainConfig, ClassifierConfig, InstructConfig):
+        args = build_parser([VERBS_OF[cls]]).parse_args([VERBS_OF[cls]])
+        assert build(cls, args, cls()) == cls()
+    argv = ["finetune-instruct", "--lr", "1e-3", "--lora-rank", "4", "--lora-targets", "qkv",
+            "fc", "--gradient-checkpointing", "--device", "cpu", "--seed", "7"]  # fmt: skip
+    c = build(InstructConfig, build_parser(argv).parse_args(argv), InstructConfig())
+    assert c == InstructConfig.flat(
+        lr=1e-3,
+        lora_rank=4,
+        lora_targets=("qkv", "fc"),
+        gradient_checkpointing=True,
+        device="cpu",
+        seed=7,
+    )
+    assert c.train.epochs == InstructConfig().train.epochs == 2  # the job's own default
+    assert c.speed.gradient_checkpointing and c.runtime.device == "cpu"
+
+
+def test_no_flag_is_declared_twice() -> None:
+    for verb, spec in VERBS.items():
+        parser = build_parser([verb])  # argparse itself refuses duplicate flags
+        assert parser is not None, verb
+        assert any(True for _ in specs(spec.settings))
+
+
+VERBS_OF = {
+    PretrainConfig: "pretrain",
+    ClassifierConfig: "finetune-classifier",
+    InstructConfig: "finetune-instruct",
+}
