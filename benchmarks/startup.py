@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for name, cmd in COMMANDS.items():  # warm the page cache once
+    for cmd in COMMANDS.values():  # warm the page cache once
         wall(cmd)
     for _ in range(args.reps):
         for name, cmd in COMMANDS.items():

@@ -76,7 +76,7 @@ def test_help_shows_every_flag_and_default(helps: dict, verb: str) -> None:
         (["pretrain", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["finetune-classifier", "--pretrain-steps", "0"], "argument --pretrain-steps: must"),
         (["generate", "--prompt", "hi"], "the following arguments are required: --model"),
-        (["serve", "--model", "m", "--port", "70000"], "argument --port: must be >= 0 and <= 65535, got 70000"),
+        (["serve", "--model", "m", "--port", "70000"], "must be >= 0 and <= 65535, got 70000"),
     ],
 )
 def test_flag_mistakes_are_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
