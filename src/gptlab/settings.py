@@ -113,7 +113,7 @@ def _check_value(name: str, value: Any, meta: dict[str, Any]) -> None:
             or (above is not None and not value > above)
             or (below is not None and not value < below)
         ):
-            raise FlagError(name, f"must be {_describe_range(meta)}, got {value:g}")
+            raise FlagError(name, f"{name} must be {_describe_range(meta)}, got {value:g}")
 
 
 @cache

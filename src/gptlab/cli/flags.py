@@ -94,7 +94,8 @@ def add_settings(
         if spec.meta.get("positional"):
             kwargs.pop("dest")
             nargs = "*" if spec.many else None
-            target.add_argument(key, nargs=nargs, help=help_text, **kwargs)
+            kind = spec.base if spec.base in (int, float, Path) else str
+            target.add_argument(key, nargs=nargs, type=kind, help=help_text, **kwargs)
             continue
         if spec.meta.get("const", MISSING) is not MISSING:
             kwargs.update(action="store_const", const=spec.meta["const"])
