@@ -69,7 +69,10 @@ def test_help_shows_every_flag_and_default(helps: dict, verb: str) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["pretrain", "--batch-size", "0"], "argument --batch-size: batch_size must be >= 1, got 0"),
+        (
+            ["pretrain", "--batch-size", "0"],
+            "argument --batch-size: batch_size must be >= 1, got 0",
+        ),
         (["pretrain", "--lr", "-1"], "argument --lr: lr must be > 0, got -1"),
         (["pretrain", "--batch-size", "two"], "argument --batch-size: invalid int value"),
         (["pretrain", "--preset", "gpt5"], "argument --preset: invalid choice: 'gpt5'"),
