@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.config import get_preset
+from gptlab.cpu import head_loss
 from gptlab.data import ResumableBatches
 from gptlab.instruct import (
     InstructionDataset,
@@ -115,6 +116,7 @@ def main() -> None:
     }
     torch.manual_seed(seed)
     model = GPT(cfg).train()
+    head_loss.install(model)  # as gptlab's train() does
     run_steps(model, *setups["book"], steps=2, start=0)  # warm-up
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rates: dict[str, list[float]] = {name: [] for name in setups}

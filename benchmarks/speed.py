@@ -12,9 +12,11 @@ Measures, in one process with a fixed number of threads, interleaving the implem
 
 Every implementation gets the same random-initialised shape and the same optimizer settings;
 peers are also run with torch's fused AdamW so the optimizer's share is visible. The process
-runs with gptlab's memory settings (gptlab.memory), which every implementation shares; run
-with GPTLAB_MEMORY_TUNING=0 to measure all of them without. gptlab decodes through numpy's
-BLAS (gptlab.cpu_decode); the "gptlab, torch BLAS" row shows it without (GPTLAB_DECODE_BLAS=0).
+runs with gptlab's memory settings (gptlab.cpu.memory, as the CLI applies them), which every
+implementation shares; run with GPTLAB_MEMORY_TUNING=0 to measure all of them without. gptlab
+trains with the chunked head loss that its train() installs (gptlab.cpu.head_loss) and decodes
+through numpy's BLAS (gptlab.cpu.decode); the "gptlab, torch BLAS" row shows decoding without
+it (GPTLAB_DECODE_BLAS=0).
 
     python benchmarks/speed.py                 # full run, about 10 minutes on 2 cores
     python benchmarks/speed.py --reps 2 --skip-train   # generation only
@@ -22,9 +24,11 @@ BLAS (gptlab.cpu_decode); the "gptlab, torch BLAS" row shows it without (GPTLAB_
 
 from __future__ import annotations
 
-# First, so that gptlab's process memory settings (gptlab.memory) precede torch's first
-# allocation; like the thread count, they then hold for every implementation measured here.
-import gptlab  # isort: split
+# First, so that gptlab's process memory settings precede torch's first allocation; like the
+# thread count, they then hold for every implementation measured here.
+from gptlab.cpu.memory import tune_process_memory  # isort: split
+
+memory_tuned = tune_process_memory()
 
 import argparse
 import statistics
@@ -35,8 +39,10 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from gptlab import cpu_decode
+import gptlab
 from gptlab.config import get_preset
+from gptlab.cpu import decode as cpu_decode
+from gptlab.cpu import head_loss
 from gptlab.generation import generate
 from gptlab.model import GPT
 from gptlab.settings import Sampling
@@ -173,7 +179,7 @@ def train_step_fn(name: str, model: torch.nn.Module, fused: bool, batch: int, se
     y = torch.randint(0, 50257, (batch, seq), generator=g)
     tc = TrainConfig.of(max_steps=1, lr=1e-4, weight_decay=0.1)
     if name == "gptlab":
-        model.apply_weight_layout(input_major=False)  # as gptlab's train() does
+        head_loss.install(model)  # as gptlab's train() does
         opt = make_optimizer(model, tc, torch.device("cpu"))  # gptlab's own: fused AdamW
 
         def step() -> None:
@@ -197,7 +203,6 @@ def train_step_fn(name: str, model: torch.nn.Module, fused: bool, batch: int, se
 def generate_fn(name: str, model: torch.nn.Module, prompt: torch.Tensor, n_new: int):
     model.eval()
     if name.startswith("gptlab"):
-        model.apply_weight_layout()  # as a loaded model has it (training changed it)
         s = Sampling(max_new_tokens=n_new, stop_ids=())
         numpy_blas = name == "gptlab"  # "gptlab, torch BLAS": GPTLAB_DECODE_BLAS=0
 
@@ -254,7 +259,7 @@ def main() -> None:
     threadpool_limits(limits=args.threads, user_api="blas")  # numpy's BLAS, the same count
     print(
         f"torch {torch.__version__}, {args.threads} threads, gptlab {gptlab.__version__} "
-        f"memory settings {'on' if gptlab.memory_tuned else 'off'} (for every implementation)"
+        f"memory settings {'on' if memory_tuned else 'off'} (for every implementation)"
     )
     ceilings = Ceilings()
     ceilings.sample()

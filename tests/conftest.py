@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from gptlab.cpu.memory import tune_process_memory
+
+tune_process_memory()  # as the CLI does, before torch allocates: the suite runs faster
+
 import pytest
 import torch
 

@@ -172,8 +172,9 @@ def test_finetune_classifier_two_processes_match_one(tmp_path: Path):
 
 
 def test_contiguous_optimizer_state_resumes_in_the_parameters_layout():
-    """A state written under FSDP is contiguous; fused AdamW would mis-update the model's
-    input-major weights with it unless loading lays it out like the parameters."""
+    """A state written under FSDP is contiguous; fused AdamW would mis-update an input-major
+    weight (a transposed view, as a Hugging Face file gives) with it unless loading lays it
+    out like the parameters."""
     from gptlab.distributed import load_optimizer_state, optimizer_state
     from gptlab.training import TrainConfig, make_optimizer
 
@@ -181,6 +182,9 @@ def test_contiguous_optimizer_state_resumes_in_the_parameters_layout():
     model = GPT(get_preset("gpt-nano"))
     twin = GPT(get_preset("gpt-nano"))
     twin.load_state_dict(model.state_dict())
+    for m in (model, twin):
+        w = m.blocks[0].attn.qkv.weight
+        w.data = w.data.t().contiguous().t()
     tc = TrainConfig.of(max_steps=4, lr=1e-2)
     opt = make_optimizer(model, tc, torch.device("cpu"))
     x = torch.randint(0, 50257, (2, 16))

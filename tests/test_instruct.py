@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from gptlab.checkpoints import latest_checkpoint, read_safetensors, save_model
 from gptlab.cli import main
 from gptlab.config import get_preset
+from gptlab.cpu import head_loss
 from gptlab.data import ResumableBatches
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_model
@@ -183,10 +184,11 @@ def test_collate_truncates_to_max_length() -> None:
 
 
 def test_lm_loss_on_instruction_batches_equals_dense_cross_entropy() -> None:
-    """The model's loss skips positions without a target (and, on CPU, runs the chunked
-    head): it must equal the book's loss over logits at every position."""
+    """The model's loss skips positions without a target (and runs the chunked CPU head that
+    training installs): it must equal the book's loss over logits at every position."""
     torch.manual_seed(0)
     model = GPT(get_preset("gpt-nano"))
+    head_loss.install(model)
     batch = collate([tokenize_entry(e) for e in TINY[:3]], mask_prompt=True)
     x, y = batch
     dense = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)

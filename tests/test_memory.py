@@ -1,5 +1,6 @@
-"""The process memory settings made on import: freed tensors stay with the process and are
-reused without page faults; GPTLAB_MEMORY_TUNING=0 turns that off."""
+"""The process memory settings of gptlab.cpu.memory (which the CLI applies): freed tensors
+stay with the process and are reused without page faults; GPTLAB_MEMORY_TUNING=0 turns that
+off."""
 
 import json
 import os
@@ -11,7 +12,9 @@ import pytest
 
 PROBE = """
 import json, os, resource, sys
-import gptlab, torch
+from gptlab.cpu.memory import tune_process_memory
+tune_process_memory()
+import torch
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

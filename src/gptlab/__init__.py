@@ -1,14 +1,11 @@
 """gptlab: GPT-2 built from scratch, and the whole life of a small LLM on that code.
 
-`GPT`, `GPTConfig` and `PRESETS` are imported on first use, so `import gptlab` (and
-`gptlab --help`) loads no torch.
+Importing gptlab changes nothing in the process and loads no torch: `GPT`, `GPTConfig` and
+`PRESETS` are imported on first use. The CPU memory settings the CLI applies are one call
+for library users: `gptlab.cpu.memory.tune_process_memory()`, before torch is imported.
 """
 
 from typing import Any
-
-from gptlab.memory import tune_process_memory
-
-memory_tuned = tune_process_memory()  # before torch is imported: see gptlab.memory
 
 __all__ = ["GPT", "PRESETS", "GPTConfig"]
 __version__ = "0.1.0"

@@ -110,7 +110,6 @@ def build_model(cfg: GPTConfig, state: dict[str, torch.Tensor], source: str) -> 
     model.load_state_dict(state, strict=False, assign=True)
     if model.tied:
         model.out_head.weight = model.tok_emb.weight
-    model.apply_weight_layout()
     return model.eval()
 
 

@@ -242,8 +242,8 @@ def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
 
     Why: fused AdamW walks a parameter and its moments as flat memory, so a moment stored in
     another order than its parameter is updated wrongly without an error (torch 2.13). Saved
-    states are contiguous (training.train trains contiguous weights), while a GPT outside
-    training keeps some weights input-major (GPT.apply_weight_layout)."""
+    states are contiguous, and so are the weights training.train trains; this keeps a
+    caller's non-contiguous parameter (a transposed view, say) updated correctly too."""
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if (

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from gptlab import cpu_decode
+from gptlab.cpu import decode as cpu_decode
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, KVCache, Linear
+from gptlab.model import GPT, KVCache
 from gptlab.settings import Sampling
 from gptlab.tokenizer import decode, encode, get_tokenizer
 
@@ -74,29 +74,8 @@ def _left_pad(
     return idx.to(device), n_pad.to(device)
 
 
-Head = Callable[[torch.Tensor], torch.Tensor]
-
-
-def decode_head(model: GPT) -> Head:
-    """The output head for decoding, hidden (B, emb) -> logits (B, V).
-
-    Each new token reads the whole head (154 MB for gpt2-small). In a CPU decode step it
-    goes through numpy's BLAS like the blocks (gptlab.cpu_decode). Where that is turned off,
-    torch's CPU matrix-vector product streams an input-major (emb, vocab) matrix about 1.5x
-    faster than nn.Linear's (vocab, emb) layout (benchmarks/speed.py), so each generation
-    makes one input-major copy of a plain head. Elsewhere the model's own head is used."""
-    head = model.out_head
-    if cpu_decode.enabled or type(head) is not Linear or head.weight.device.type != "cpu":
-        return head
-    w_t = head.weight.t().contiguous()
-    if head.bias is None:
-        return lambda h: h @ w_t
-    bias = head.bias
-    return lambda h: torch.addmm(bias, h, w_t)
-
-
 def _prefill(
-    model: GPT, head: Head, tokens: torch.Tensor, n_pad: torch.Tensor
+    model: GPT, head: cpu_decode.Head, tokens: torch.Tensor, n_pad: torch.Tensor
 ) -> tuple[KVCache, torch.Tensor]:
     """A fresh cache filled with `tokens`; returns it and the last position's logits (B, V)."""
     p = next(model.parameters())
@@ -133,7 +112,7 @@ def generate_tokens(
     active = torch.ones(len(prompts), dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in prompts]
     stop_ids = torch.tensor(s.stop_ids or [-1], device=device)
-    head = decode_head(model)
+    head = cpu_decode.head(model.out_head)
     cache, logits = _prefill(model, head, tokens, n_pad)
     for _ in range(s.max_new_tokens):
         nxt = sample_next(logits, s, generator)

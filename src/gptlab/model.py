@@ -9,28 +9,37 @@ checkpoints map onto them one to one (see gptlab.formats).
 Attention has two paths that compute the same thing: `sdpa` (PyTorch's fused
 scaled_dot_product_attention, the fast default) and `reference` (mask, scale by
 1/sqrt(head dim), softmax, matmul, spelled out). A preallocated KVCache lets generation feed
-one token at a time. The linear layers are nn.Linear with one addition: inside a CPU decode
-step they multiply through numpy's BLAS (see gptlab.cpu_decode for why).
+one token at a time.
 
 Given targets, the forward pass returns the summed next-token cross-entropy instead of logits
 (so that DDP and FSDP wrappers, which only see `forward`, cover the loss too). The vocabulary
-projection is the largest matmul of a training step; the loss computes it only at positions
-with a target, and on CPU in vocabulary chunks fused with the cross-entropy (see head_loss).
+projection is the largest matmul of a training step, so it is computed only at positions with
+a target, by `GPT.head_loss`: a plain cross-entropy here, which training replaces on CPU with
+a faster one of the same value (gptlab.cpu.head_loss). Nothing in this file is CPU-specific.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlab import cpu_decode
 from gptlab.config import GPTConfig
 
 AttentionImpl = Literal["sdpa", "reference"]
+
+IGNORE_INDEX = -100
+
+HeadLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_sum(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of head(h) (N, V) against y (N,): the model's head loss."""
+    return F.cross_entropy(head(h).float(), y, reduction="sum")
 
 
 class KVCache:
@@ -87,24 +96,14 @@ class KVCache:
         return mask[:, None], False
 
 
-class Linear(nn.Linear):
-    """nn.Linear whose products, inside a CPU decode step, go through numpy's BLAS
-    (gptlab.cpu_decode says why); everywhere else it is nn.Linear."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_decode.active(x):
-            return cpu_decode.linear(x, self.weight, self.bias)
-        return super().forward(x)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.head_dim
         self.drop_rate = cfg.drop_rate
-        self.qkv = Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
-        self.proj = Linear(cfg.emb_dim, cfg.emb_dim)
+        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
         self.attn_drop = nn.Dropout(cfg.drop_rate)
         self.resid_drop = nn.Dropout(cfg.drop_rate)
         self.impl: AttentionImpl = "sdpa"
@@ -150,8 +149,8 @@ class CausalSelfAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.fc = Linear(cfg.emb_dim, 4 * cfg.emb_dim)
-        self.proj = Linear(4 * cfg.emb_dim, cfg.emb_dim)
+        self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
+        self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
         self.drop = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,8 +189,9 @@ class GPT(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
         n_out = cfg.n_classes or cfg.vocab_size
         # GPT-2's head has no bias; a classifier head does.
-        self.out_head = Linear(cfg.emb_dim, n_out, bias=cfg.n_classes is not None)
+        self.out_head = nn.Linear(cfg.emb_dim, n_out, bias=cfg.n_classes is not None)
         self.gradient_checkpointing = False
+        self.head_loss: HeadLoss = cross_entropy_sum  # training may install a faster twin
         if self.tied:
             self.out_head.weight = self.tok_emb.weight
         if self.tok_emb.weight.is_meta:  # built to receive loaded weights: random init is waste
@@ -201,7 +201,6 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
-        self.apply_weight_layout()
 
     @property
     def tied(self) -> bool:
@@ -213,34 +212,6 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-
-    def apply_weight_layout(self, input_major: bool = True) -> None:
-        """Store the widening layers' weights (attention qkv, feed-forward fc) input-major,
-        the layout for decoding; with `input_major=False`, every weight contiguous, the layout
-        for training (training.train switches to it).
-
-        Why: one new token reads every weight once, through matrix-vector products, and on CPU
-        those stream a matrix fastest along long contiguous rows: qkv (768 -> 2304) and fc
-        (768 -> 3072) about 1.4x faster stored (in, out) than as nn.Linear's (out, in), while
-        the narrowing projections are fastest as they are (benchmarks/speed.py measures the
-        whole effect). Only the memory order changes: names, shapes and saved files do not
-        (checkpoints write contiguous tensors), and the weights keep their identity. Called
-        on construction, after loading and before training, never while an optimizer holds
-        state for the weights (its moments must keep their parameter's layout)."""
-        with torch.no_grad():
-            for block in self.blocks:
-                for layer, widening in (
-                    (block.attn.qkv, True),
-                    (block.attn.proj, False),
-                    (block.ff.fc, True),
-                    (block.ff.proj, False),
-                ):
-                    w = getattr(layer, "base", layer).weight  # a LoRA layer: its base's
-                    if widening and input_major:
-                        if w.stride() != (1, w.shape[0]):
-                            w.data = w.t().contiguous().t()
-                    elif not w.is_contiguous():
-                        w.data = w.contiguous()
 
     def set_attention(self, impl: AttentionImpl) -> None:
         """Switch every layer between the fused (`sdpa`) and the explicit (`reference`) path."""
@@ -291,73 +262,11 @@ class GPT(nn.Module):
         if select is not None:
             return self.out_head(h[torch.arange(len(h), device=h.device), select])
         if targets is not None:
-            return head_loss(self.out_head, h.flatten(0, 1), targets.flatten())
+            h, y = h.flatten(0, 1), targets.flatten()
+            keep = y != IGNORE_INDEX  # in instruction batches most rows: padding, prompts
+            if not bool(keep.all()):
+                h, y = h[keep], y[keep]
+            return self.head_loss(self.out_head, h, y)
         if last_only:
             h = h[:, -1:]
         return self.out_head(h)
-
-
-IGNORE_INDEX = -100
-HEAD_CHUNK = 4096  # vocabulary rows per matmul in _ChunkedHeadLoss
-
-
-def head_loss(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of head(h) (N, V) against y (N,), skipping IGNORE_INDEX targets.
-
-    Rows without a target are dropped first: in instruction batches (padding, masked prompts)
-    they are most rows. On CPU in fp32 a plain bias-free head goes through _ChunkedHeadLoss;
-    elsewhere (GPU, autocast, LoRA-wrapped or biased heads) through F.cross_entropy."""
-    keep = y != IGNORE_INDEX
-    if not bool(keep.all()):
-        h, y = h[keep], y[keep]
-    if (
-        h.device.type == "cpu"
-        and h.dtype == torch.float32
-        and type(head) is Linear
-        and head.bias is None
-        and not torch.is_autocast_enabled("cpu")
-    ):
-        return _ChunkedHeadLoss.apply(h, head.weight, y)
-    return F.cross_entropy(head(h).float(), y, reduction="sum")
-
-
-class _ChunkedHeadLoss(torch.autograd.Function):
-    """sum(cross_entropy(h @ w.T, y)), with the gradient formed during the forward pass.
-
-    Why, on CPU: the logits are computed transposed, (vocab, N), in row chunks written in
-    place, which the CPU matmul runs faster than one (N, emb) x (emb, vocab) product; the
-    softmax becomes the logits' gradient in place (softmax - one-hot), so no second buffer is
-    zero-filled and written as by log_softmax + nll_loss backward; backward is then a matmul
-    for h and chunked matmuls for w. benchmarks/speed.py measures the training step."""
-
-    @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        vocab, cols = w.shape[0], torch.arange(h.shape[0])
-        grad_t = torch.empty(vocab, h.shape[0], dtype=h.dtype)
-        for j in range(0, vocab, HEAD_CHUNK):
-            torch.mm(w[j : j + HEAD_CHUNK], h.t(), out=grad_t[j : j + HEAD_CHUNK])
-        target_logit = grad_t[y, cols]
-        peak = grad_t.amax(dim=0)
-        grad_t.sub_(peak).exp_()
-        total = grad_t.sum(dim=0)
-        loss = (peak + total.log() - target_logit).sum()
-        grad_t.div_(total)
-        grad_t[y, cols] -= 1.0
-        ctx.save_for_backward(grad_t, h, w)
-        return loss
-
-    @staticmethod
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        grad_t, h, w = ctx.saved_tensors
-        # g scales the small (N, emb) operands, not the (vocab, emb) product.
-        dh = (grad_t.t() @ w).mul_(g) if ctx.needs_input_grad[0] else None
-        dw = None
-        if ctx.needs_input_grad[1]:
-            dw, hg = torch.empty_like(w), h * g
-            for j in range(0, w.shape[0], HEAD_CHUNK):
-                torch.mm(grad_t[j : j + HEAD_CHUNK], hg, out=dw[j : j + HEAD_CHUNK])
-        return dh, dw, None

@@ -37,6 +37,7 @@ from gptlab.checkpoints import (
     read_safetensors,
     save_checkpoint,
 )
+from gptlab.cpu import head_loss
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.runs import RunDir
@@ -146,7 +147,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the targets that are not IGNORE_INDEX, and their
-    count. The model computes it in its forward pass (see gptlab.model.head_loss); a batch
+    count. The model computes it in its forward pass (see GPT.head_loss); a batch
     without targets (prompts cut by --max-length and masked) gives 0, not NaN.
 
     Under torchrun each process holds some rows of the global batch, and instruction rows hold
@@ -193,11 +194,13 @@ def flops_per_token(model: GPT, seq_len: int) -> float:
 
 
 def apply_speed_flags(model: GPT, cfg: TrainConfig, device: torch.device) -> None:
-    """Process-wide and model settings for the flags that need no wrapping."""
+    """Process-wide and model settings for the flags that need no wrapping, and the CPU
+    head loss (gptlab.cpu.head_loss: the same loss, computed faster; it steps aside on GPU)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.speed.tf32
         torch.backends.cudnn.allow_tf32 = cfg.speed.tf32
     model.gradient_checkpointing = cfg.speed.gradient_checkpointing
+    head_loss.install(model)
 
 
 @torch.no_grad()
@@ -278,9 +281,11 @@ def train(
     torch.manual_seed(cfg.train.seed + d.rank)  # ranks draw different dropout masks
     apply_speed_flags(model, cfg, device)
     model.to(device).train()
-    # Every weight contiguous while training: fused AdamW copies other layouts at each step
-    # and FSDP refuses them (GPT.apply_weight_layout; loading restores the decoding layout).
-    model.apply_weight_layout(input_major=False)
+    # Every weight contiguous: fused AdamW copies other layouts at each step and FSDP refuses
+    # them (a model read from a Hugging Face file holds transposed views of it).
+    for p in model.parameters():
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
     step, tokens_seen, elapsed = 0, 0, 0.0
     last_eval = (float("nan"), float("nan"))
     state = None

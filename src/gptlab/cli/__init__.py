@@ -196,7 +196,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def _run(name: str, args: argparse.Namespace) -> int:
     verb = VERBS[name]
     config = build(verb.settings, args, verb.settings())
-    from gptlab.memory import tune_process_memory
+    from gptlab.cpu.memory import tune_process_memory
 
     tune_process_memory()  # before the verb's module imports torch
     module = importlib.import_module(f"gptlab.commands.{verb.module}")

@@ -70,8 +70,8 @@ def hf_config(path: Path, tensors: dict[str, torch.Tensor]) -> GPTConfig:
 
 def load_hf_safetensors(path: str | Path, device: str = "cpu") -> GPT:
     """A gptlab GPT from Hugging Face's GPT-2 `model.safetensors`, read memory-mapped: Conv1D
-    weights become transposed views of the file, which is already the input-major layout the
-    model keeps for qkv and fc (GPT.apply_weight_layout); only the two projections are copied."""
+    weights become transposed views of the file, never copies (training makes its weights
+    contiguous; decoding reads either order)."""
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS

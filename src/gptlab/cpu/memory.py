@@ -5,12 +5,13 @@ head's vocabulary-sized buffers, gradients). glibc serves large buffers with mma
 them on free, so each step the kernel faults them in and zero-fills them again: about 165,000
 page faults and a CPU-second of system time per step on a 2-core machine. Generation streams
 every weight once per token, through 4 KB pages that each cost a TLB miss. Two settings, made
-when gptlab is imported:
+by `tune_process_memory()`, which the gptlab CLI calls before a verb imports torch (importing
+gptlab itself changes nothing; library users call it themselves, before importing torch):
 
 - malloc keeps freed memory for reuse (no mmap, no trimming), so a step reuses the last
   step's pages: training about 1.15x faster (benchmarks/speed.py);
 - tensors of 2 MB and more live on transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE,
-  read at torch's first allocation, so this module is imported before torch), which made
+  read at torch's first allocation, so the call must come before torch allocates), which made
   KV-cache generation about 1.1x faster.
 
 The cost: the process's resident memory stays at its peak instead of shrinking after a job,

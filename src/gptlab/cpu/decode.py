@@ -1,0 +1,128 @@
+"""Decoding on CPU: the matrix-vector products of each new token through numpy's BLAS.
+
+Why: each new token reads every weight once through matrix-vector products, so CPU decoding
+is bound by how fast those products stream memory. torch's CPU wheels do them with their
+bundled MKL, numpy's wheels with OpenBLAS; on the 2-core AMD EPYC this project is measured
+on, OpenBLAS streams the model's matrices at 16-24 GB/s where MKL manages 9-15 GB/s
+(benchmarks/speed.py prints both). So inside `decode_step()` every `F.linear` on CPU float32
+tensors (the blocks' layers and the output head, LoRA's base layers included) goes to numpy,
+on zero-copy views of the same tensors, with as many BLAS threads as torch has; torch drops
+to one thread meanwhile. Its remaining work per token is small, and two thread pools
+busy-waiting on the same cores made decoding 2.5x slower when measured.
+
+The model knows nothing of this: generation enters `decode_step()` around each new token (a
+torch function mode catches the products), and `head()` gives it the output head to use.
+Prefill, with its larger attention, keeps torch's threads. GPTLAB_DECODE_BLAS=0 keeps every
+product in torch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+enabled = os.environ.get("GPTLAB_DECODE_BLAS", "1") != "0"
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+_step = threading.local()  # per thread, as a server decodes in its own (so are torch's modes)
+
+
+def _view(t: torch.Tensor) -> np.ndarray:
+    """numpy's view of a CPU float32 tensor's memory, for the span of one product. Unlike
+    Tensor.numpy(), it leaves the storage resizable: FSDP frees the storage of gathered
+    parameters after use, which fails on storage that numpy has been given."""
+    interface = {
+        "shape": tuple(t.shape),
+        "typestr": "<f4",
+        "data": (t.data_ptr(), False),
+        "strides": tuple(stride * 4 for stride in t.stride()),
+        "version": 3,
+    }
+    return np.asarray(SimpleNamespace(__array_interface__=interface))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias, like F.linear, for float32 CPU tensors, computed by numpy's BLAS
+    (no autograd)."""
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        raise TypeError(f"numpy decoding takes float32, got {x.dtype} and {weight.dtype}")
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.empty(rows.shape[0], weight.shape[0], dtype=x.dtype)
+    np.matmul(_view(rows), _view(weight).T, out=_view(out))
+    if bias is not None:
+        out += bias
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _numpy_operands(args: tuple[Any, ...]) -> bool:
+    return all(
+        isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == torch.float32
+        for t in args[:2]
+    )
+
+
+class _NumpyLinear(TorchFunctionMode):
+    """Sends F.linear on CPU float32 tensors to `linear`; every other call passes through."""
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear and not kwargs and _numpy_operands(args):
+            return linear(*args)
+        return func(*args, **kwargs)
+
+
+@cache
+def _blas_threads() -> Any:
+    """threadpoolctl's controller, which finds numpy's BLAS among the loaded libraries.
+    Imported at the first decode step, not with this module: threadpoolctl sets
+    KMP_DUPLICATE_LIB_OK in os.environ on import."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextmanager
+def decode_step(device: torch.device) -> Iterator[None]:
+    """Run one decode step's products through numpy's BLAS (see the module docstring)."""
+    if not enabled or device.type != "cpu" or getattr(_step, "on", False):
+        yield
+        return
+    threads = torch.get_num_threads()
+    with _blas_threads().limit(limits=threads, user_api="blas"), _NumpyLinear():
+        torch.set_num_threads(1)
+        _step.on = True
+        try:
+            yield
+        finally:
+            _step.on = False
+            torch.set_num_threads(threads)
+
+
+def head(layer: nn.Module) -> Head:
+    """The output head to decode with, hidden (B, emb) -> logits (B, V).
+
+    Each new token reads the whole head (154 MB for gpt2-small). In a CPU decode step it goes
+    through numpy's BLAS like the blocks. Where that is turned off, torch's CPU
+    matrix-vector product streams an input-major (emb, vocab) matrix about 1.5x faster than
+    nn.Linear's (vocab, emb) layout (benchmarks/speed.py), so each generation makes one
+    input-major copy of a plain head. Elsewhere (GPU, LoRA) the layer itself is used."""
+    if enabled or type(layer) is not nn.Linear or layer.weight.device.type != "cpu":
+        return layer
+    w_t = layer.weight.t().contiguous()
+    if layer.bias is None:
+        return lambda h: h @ w_t
+    bias = layer.bias
+    return lambda h: torch.addmm(bias, h, w_t)
