@@ -106,3 +106,15 @@ def test_convert_names_a_missing_tf_index(tmp_path: Path) -> None:
     assert_user_error(proc, "model.ckpt.index: checkpoint index not found")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("verb", ["finetune-classifier", "finetune-instruct"])
+def test_a_classifier_is_refused_as_a_base_and_leaves_no_run(tmp_path: Path, verb: str) -> None:
+    from gptlab.checkpoints import save_model
+    from gptlab.config import get_preset
+    from gptlab.model import GPT
+
+    save_model(GPT(get_preset("gpt-nano").replace(n_classes=2)), tmp_path / "clf")
+    proc = gptlab(verb, "--base", "clf", "--out", "run", cwd=tmp_path)
+    assert_user_error(proc, "clf: is a classifier; pass a language model as --base")
+    assert not (tmp_path / "run").exists()

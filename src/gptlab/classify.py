@@ -43,11 +43,10 @@ from tqdm.auto import tqdm
 
 from gptlab import distributed
 from gptlab.checkpoints import build_model, load_model_folder, read_config, save_model
-from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, bundled
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
-from gptlab.hub import resolve_model
+from gptlab.hub import base_language_model
 from gptlab.io import atomic_write, atomic_write_text, read_utf8
 from gptlab.jobs.base import Plan, Session, TrainingJob
 from gptlab.lora import apply_lora, merge_lora
@@ -480,16 +479,6 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
     return model
 
 
-def _base_model(c: ClassifierConfig) -> GPT:
-    if c.base == "random":
-        torch.manual_seed(c.train.seed)
-        return GPT(get_preset(c.preset))
-    model, meta = resolve_model(c.base)
-    if meta.get("task") == "classify":
-        raise GptlabError(f"{c.base}: is already a classifier; pass a language model as --base")
-    return model
-
-
 def _save_classifier(model: GPT, path: Path, meta: dict[str, Any]) -> None:
     """Save as a plain model folder; LoRA adapters are merged into a copy first."""
     if any(name.endswith("lora_a") for name, _ in model.named_parameters()):
@@ -518,7 +507,9 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         self.data = data = load_splits(c)
         # a bad --base fails here, before the run folder exists; rank 0 downloads it first
         with distributed.main_first():
-            self.base = None if c.pretrain_on_texts else _base_model(c)
+            self.base = (
+                None if c.pretrain_on_texts else base_language_model(c.base, c.preset, c.train.seed)
+            )
         counts = Counter(label for _, label in data.train + data.val + data.test)
         return {
             "labels": list(data.labels),

@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gptlab.checkpoints import CONFIG, WEIGHTS, iter_model_folders, load_model_folder, save_model
-from gptlab.config import OPENAI_SIZES, PRESETS
+from gptlab.config import OPENAI_SIZES, PRESETS, get_preset
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
 from gptlab.formats.hf import is_hf_folder, load_hf_safetensors
@@ -70,6 +72,18 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str,
             f"`gptlab pretrain --preset {spec}` and pass the run folder"
         )
     raise GptlabError(f"{spec}: no such model folder, run folder or preset")
+
+
+def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") -> GPT:
+    """The language model a fine-tuning job starts from: "random" (the `preset`, initialised
+    from `seed`) or anything `resolve_model` accepts; a classifier is refused."""
+    if base == "random":
+        torch.manual_seed(seed)
+        return GPT(get_preset(preset)).to(device)
+    model, _ = resolve_model(base, device=device)
+    if model.cfg.n_classes is not None:
+        raise GptlabError(f"{base}: is a classifier; pass a language model as --base")
+    return model
 
 
 # ---- OpenAI's pretrained GPT-2, cached -------------------------------------------------------

@@ -35,11 +35,10 @@ from tqdm.auto import tqdm
 
 from gptlab import distributed
 from gptlab.checkpoints import save_model
-from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, bundled
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.generation import TextStream, generate, generate_tokens, trim_at_stop
-from gptlab.hub import resolve_model
+from gptlab.hub import base_language_model, resolve_model
 from gptlab.io import atomic_write_json, read_utf8
 from gptlab.jobs.base import Plan, Session, TrainingJob
 from gptlab.lora import apply_lora, merge_lora
@@ -223,16 +222,6 @@ def training_texts(c: InstructConfig) -> list[str]:
     return [entry_prompt(e) + e["output"] for e in train_entries]
 
 
-def _base_model(c: InstructConfig, device: torch.device) -> GPT:
-    if c.base == "random":
-        torch.manual_seed(c.train.seed)
-        return GPT(get_preset(c.preset))
-    model, _ = resolve_model(c.base, device=str(device))
-    if model.cfg.n_classes is not None:
-        raise GptlabError(f"{c.base}: is a classifier; instruction tuning needs a language model")
-    return model
-
-
 def finetune_instruct(
     c: InstructConfig, resume: bool = False, stop_after: int | None = None
 ) -> dict[str, Any]:
@@ -256,7 +245,7 @@ class InstructionTuning(TrainingJob[InstructConfig]):
         if not self.val_entries:
             raise GptlabError(f"{self.source}: too few entries to leave any for validation")
         with distributed.main_first():  # rank 0 downloads and converts a pretrained base
-            self.model = _base_model(c, s.device)
+            self.model = base_language_model(c.base, c.preset, c.train.seed, str(s.device))
         context = self.model.cfg.context_length
         self.max_length = c.max_length or context
         if not 2 <= self.max_length <= context:

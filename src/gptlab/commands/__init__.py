@@ -1,1 +1,2 @@
-"""One module per `gptlab` verb: `add_parser(subparsers)` declares it, `run(args)` does it."""
+"""One module per `gptlab` verb, each with `run(config)`: the CLI (gptlab.cli) builds the verb's
+settings from its flags and imports the module only to run it."""
