@@ -35,19 +35,26 @@ def test_linear_equals_torch(bias: bool) -> None:
     w.untyped_storage().resize_(0)  # still resizable, as FSDP needs to free gathered weights
 
 
-def test_decode_step_uses_numpy_then_restores_the_threads() -> None:
+def test_decode_step_uses_numpy_then_restores_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     layer, x = nn.Linear(48, 80), torch.randn(1, 1, 48)
     want = F.linear(x, layer.weight, layer.bias)
-    with torch.inference_mode(), cpu_decode.decode_step(torch.device("cpu")):
-        assert torch.get_num_threads() == 1
-        assert blas_threads() == 2  # torch's count, from the conftest fixture
-        with cpu_decode.decode_step(torch.device("cpu")):  # nested: changes nothing more
-            assert torch.get_num_threads() == 1 and blas_threads() == 2
-        got = layer(x)
-        double = layer.double()(x.double())  # not float32: torch's own product
+    calls = []
+    monkeypatch.setattr(cpu_decode, "linear", lambda *a: calls.append(1) or F.linear(*a))
+    with torch.inference_mode(), cpu_decode.numpy_products(layer):
+        assert type(layer) is not nn.Linear and isinstance(layer, nn.Linear)
+        assert torch.equal(layer(x), want) and not calls  # outside a decode step: torch's
+        with cpu_decode.decode_step(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+            assert blas_threads() == 2  # torch's count, from the conftest fixture
+            with cpu_decode.decode_step(torch.device("cpu")):  # nested: changes nothing more
+                assert torch.get_num_threads() == 1 and blas_threads() == 2
+            got = layer(x)
+            assert len(calls) == 1
+            double = layer.double()(x.double())  # not float32: torch's own product
+            assert len(calls) == 1 and double.dtype == torch.float64
+    assert type(layer) is nn.Linear  # handed back as it was
     torch.testing.assert_close(got, want)
-    assert double.dtype == torch.float64
     assert torch.get_num_threads() == 2
     with pytest.raises(RuntimeError), cpu_decode.decode_step(torch.device("cpu")):
         raise RuntimeError("a failing step")

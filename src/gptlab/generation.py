@@ -112,34 +112,35 @@ def generate_tokens(
     active = torch.ones(len(prompts), dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in prompts]
     stop_ids = torch.tensor(s.stop_ids or [-1], device=device)
-    head = cpu_decode.head(model.out_head)
-    cache, logits = _prefill(model, head, tokens, n_pad)
-    for _ in range(s.max_new_tokens):
-        nxt = sample_next(logits, s, generator)
-        active &= ~torch.isin(nxt, stop_ids)
-        stats.steps += 1
-        yield nxt, active.clone()
-        for row in torch.nonzero(active).flatten().tolist():
-            generated[row].append(int(nxt[row]))
-            if s.stop_strings and _ends_with_stop(generated[row], s.stop_strings):
-                active[row] = False
-        if not active.any():
-            break
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        if tokens.shape[1] > ctx:
-            if s.on_context_full == "stop":
-                stats.hit_context_limit = True
-                log.info("generation reached the context length (%d tokens) and stopped", ctx)
+    with cpu_decode.numpy_products(model):  # the model's products, through numpy (CPU)
+        head = cpu_decode.head(model.out_head)
+        cache, logits = _prefill(model, head, tokens, n_pad)
+        for _ in range(s.max_new_tokens):
+            nxt = sample_next(logits, s, generator)
+            active &= ~torch.isin(nxt, stop_ids)
+            stats.steps += 1
+            yield nxt, active.clone()
+            for row in torch.nonzero(active).flatten().tolist():
+                generated[row].append(int(nxt[row]))
+                if s.stop_strings and _ends_with_stop(generated[row], s.stop_strings):
+                    active[row] = False
+            if not active.any():
                 break
-            drop = tokens.shape[1] - ctx // 2
-            tokens, n_pad = tokens[:, drop:], (n_pad - drop).clamp_min(0)
-            stats.slides += 1
-            cache, logits = _prefill(model, head, tokens, n_pad)
-        elif use_cache:
-            with cpu_decode.decode_step(device):
-                logits = head(model.hidden_states(nxt[:, None], cache)[:, -1])
-        else:
-            cache, logits = _prefill(model, head, tokens, n_pad)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            if tokens.shape[1] > ctx:
+                if s.on_context_full == "stop":
+                    stats.hit_context_limit = True
+                    log.info("generation reached the context length (%d tokens) and stopped", ctx)
+                    break
+                drop = tokens.shape[1] - ctx // 2
+                tokens, n_pad = tokens[:, drop:], (n_pad - drop).clamp_min(0)
+                stats.slides += 1
+                cache, logits = _prefill(model, head, tokens, n_pad)
+            elif use_cache:
+                with cpu_decode.decode_step(device):
+                    logits = head(model.hidden_states(nxt[:, None], cache)[:, -1])
+            else:
+                cache, logits = _prefill(model, head, tokens, n_pad)
     stats.finished = (~active).tolist()
 
 

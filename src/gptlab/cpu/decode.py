@@ -4,16 +4,16 @@ Why: each new token reads every weight once through matrix-vector products, so C
 is bound by how fast those products stream memory. torch's CPU wheels do them with their
 bundled MKL, numpy's wheels with OpenBLAS; on the 2-core AMD EPYC this project is measured
 on, OpenBLAS streams the model's matrices at 16-24 GB/s where MKL manages 9-15 GB/s
-(benchmarks/speed.py prints both). So inside `decode_step()` every `F.linear` on CPU float32
-tensors (the blocks' layers and the output head, LoRA's base layers included) goes to numpy,
-on zero-copy views of the same tensors, with as many BLAS threads as torch has; torch drops
-to one thread meanwhile. Its remaining work per token is small, and two thread pools
-busy-waiting on the same cores made decoding 2.5x slower when measured.
+(benchmarks/speed.py prints both). So inside `decode_step()` the products of the linear
+layers on CPU float32 tensors (the blocks' and the output head) go to numpy, on zero-copy
+views of the same tensors, with as many BLAS threads as torch has; torch drops to one thread
+meanwhile. Its remaining work per token is small, and two thread pools busy-waiting on the
+same cores made decoding 2.5x slower when measured.
 
-The model knows nothing of this: generation enters `decode_step()` around each new token (a
-torch function mode catches the products), and `head()` gives it the output head to use.
-Prefill, with its larger attention, keeps torch's threads. GPTLAB_DECODE_BLAS=0 keeps every
-product in torch.
+The model knows nothing of this. Generation applies it explicitly: `numpy_products(model)`
+around a whole generation, `decode_step()` around each new token, and `head()` for the output
+head to decode with. Prefill, with its larger attention, keeps torch's threads.
+GPTLAB_DECODE_BLAS=0 keeps every product in torch.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 enabled = os.environ.get("GPTLAB_DECODE_BLAS", "1") != "0"
 
@@ -65,23 +63,30 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def _numpy_operands(args: tuple[Any, ...]) -> bool:
-    return all(
-        isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == torch.float32
-        for t in args[:2]
-    )
+class _NumpyLinear(nn.Linear):
+    """nn.Linear whose product, inside a decode step on CPU float32 tensors, goes to numpy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(_step, "on", False) and x.device.type == "cpu" and x.dtype == torch.float32:
+            return linear(x, self.weight, self.bias)
+        return super().forward(x)
 
 
-class _NumpyLinear(TorchFunctionMode):
-    """Sends F.linear on CPU float32 tensors to `linear`; every other call passes through."""
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict | None = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is F.linear and not kwargs and _numpy_operands(args):
-            return linear(*args)
-        return func(*args, **kwargs)
+@contextmanager
+def numpy_products(model: nn.Module) -> Iterator[None]:
+    """For the span of a generation, `model`'s nn.Linear layers (LoRA's base layers included)
+    become _NumpyLinear: the same objects and parameters, nn.Linear everywhere but inside
+    `decode_step()`. Changing the layers' class costs nothing per token; a torch function mode
+    catching F.linear instead made every other operation of the step slower too (8% fewer
+    tokens/s for gpt2-small, measured)."""
+    layers = [m for m in model.modules() if type(m) is nn.Linear] if enabled else []
+    for layer in layers:
+        layer.__class__ = _NumpyLinear
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__class__ = nn.Linear
 
 
 @cache
@@ -101,7 +106,7 @@ def decode_step(device: torch.device) -> Iterator[None]:
         yield
         return
     threads = torch.get_num_threads()
-    with _blas_threads().limit(limits=threads, user_api="blas"), _NumpyLinear():
+    with _blas_threads().limit(limits=threads, user_api="blas"):
         torch.set_num_threads(1)
         _step.on = True
         try:
