@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from gptlab.settings import InstructConfig, Sampling
 from gptlab.tokenizer import EOT_ID, encode
 from gptlab.training import lm_loss
 
+from tests.serve_process import gptlab_command, gptlab_env
 E = EOT_ID
 X = -100
 
@@ -124,6 +126,11 @@ BAD_ENTRIES = [
     ),
     ("a.jsonl", '{"instruction": "a"}\n', "a.jsonl:1: entry 0: field 'output' is missing"),
 ]
+    (
+        "a.json",
+        '{\n  "instruction": "a",\n  "output": "b"\n}\n',
+        "a.json: is one JSON object (keys 'instruction', 'output'), not a list of entries",
+    ),
 
 
 @pytest.mark.parametrize(("name", "text", "message"), BAD_ENTRIES)
@@ -157,6 +164,33 @@ def test_cli_reports_bad_data_in_one_line(tmp_path: Path, capsys: pytest.Capture
 
 
 # ---- batching --------------------------------------------------------------------------------
+def test_cli_names_a_json_object_and_too_few_entries_for_what_they_are(tmp_path: Path) -> None:
+    """A JSON object is not reported as broken JSON Lines, and one entry is not reported as a
+    batch size to lower: each gets the one line that says what is wrong."""
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": [{"instruction": "a", "output": "b"}]}, indent=2))
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    expected = {
+        wrapped: f"{wrapped}: is one JSON object (keys 'data'), not a list of entries; expected "
+        'a JSON list [{"instruction": ..., "output": ...}, ...] or JSON Lines (one object per '
+        "line)",
+        one: f"{one}: too few entries (1): the 85/5/10 split leaves 0 for training and 1 for "
+        "validation (at least one each)",
+    }
+    for path, message in expected.items():
+        done = subprocess.run(
+            gptlab_command("finetune-instruct", "--data", str(path), "--out", str(tmp_path / "r")),
+            capture_output=True,
+            text=True,
+            env=gptlab_env(),
+            timeout=120,
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr == f"gptlab finetune-instruct: error: {message}\n"
+        assert not (tmp_path / "r").exists()
+
+
 
 # (ids, number of prompt tokens) of three hand-made sequences of lengths 5, 2 and 3.
 BATCH = [([1, 2, 3, 4, 5], 2), ([6, 7], 1), ([8, 9, 10], 2)]
