@@ -535,3 +535,23 @@ def respond(
     atomic_write_json(out_path, [{**e, "model_response": done[i]} for i, e in enumerate(entries)])
     progress.unlink(missing_ok=True)
     return out_path
+
+
+def answer_stats(answers: Sequence[str]) -> dict[str, Any]:
+    """How many of a model's answers differ, how long they are (mean words) and how many are
+    empty, and whether that makes them degenerate: at most half distinct, at least half empty,
+    or under two words on average. A model that answers everything with "The sentence." is
+    caught here, where no judge (or none at all) would say so."""
+    n = len(answers)
+    words = [len(a.split()) for a in answers]
+    distinct = len({a.strip() for a in answers})
+    empty = words.count(0)
+    mean = sum(words) / n if n else 0.0
+    degenerate = n > 0 and (2 * distinct <= n or 2 * empty >= n or mean < 2)
+    return {
+        "n": n,
+        "distinct": distinct,
+        "mean_words": mean,
+        "empty": empty,
+        "degenerate": degenerate,
+    }
