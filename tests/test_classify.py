@@ -40,6 +40,7 @@ from gptlab.errors import GptlabError
 from gptlab.hub import resolve_model
 from gptlab.lora import LoRALinear
 from gptlab.model import GPT
+from gptlab.runs import RunDir
 from gptlab.settings import ClassifierConfig
 from gptlab.tokenizer import EOT_ID, encode
 from tests.file_server import serve
@@ -408,7 +409,11 @@ def test_classify_command_text_and_csv(
     assert main(["finetune-classifier", "--base", "random", "--preset", "gpt-nano", "--data",
                  str(toy_tsv), "--no-balance", "--epochs", "4", "--batch-size", "4", "--lr", "3e-3",
                  "--trainable", "all", "--device", "cpu", "--out", str(run)]) == 0  # fmt: skip
-    assert "test accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "val loss" in out
+    assert "ppl" not in out  # a perplexity of a classification loss means nothing
+    evals = [r for r in RunDir(run).metrics() if r["kind"] == "eval"]
+    assert len(evals) == 4 and not any("ppl" in key for r in evals for key in r)
     assert main(["classify", "--model", str(run), "super nice great", "terrible awful"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in out] == ["good", "bad"]

@@ -11,10 +11,13 @@ import pytest
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def gptlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def gptlab(
+    *args: str, cwd: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "2"}
     return subprocess.run(
         [sys.executable, "-m", "gptlab", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         env=env,
@@ -108,13 +111,54 @@ def test_convert_names_a_missing_tf_index(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("verb", ["finetune-classifier", "finetune-instruct"])
-def test_a_classifier_is_refused_as_a_base_and_leaves_no_run(tmp_path: Path, verb: str) -> None:
+def save_random_classifier(folder: Path) -> None:
+    """A 2-way classifier folder with random weights, as finetune-classifier saves one."""
+    import torch
+
     from gptlab.checkpoints import save_model
-    from gptlab.config import get_preset
+    from gptlab.config import GPTConfig
     from gptlab.model import GPT
 
-    save_model(GPT(get_preset("gpt-nano").replace(n_classes=2)), tmp_path / "clf")
+    torch.manual_seed(0)
+    config = GPTConfig(context_length=8, emb_dim=8, n_layers=1, n_heads=1, n_classes=2)
+    save_model(GPT(config), folder, {"task": "classify", "labels": ["ham", "spam"]})
+
+
+def test_generate_with_a_classifier_fails_before_printing_the_prompt(tmp_path: Path) -> None:
+    save_random_classifier(tmp_path / "spam")
+    proc = gptlab("generate", "--model", "spam", "--prompt", "Hello there", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # not "Hello there" and then an error
+    assert proc.stderr == "gptlab generate: error: spam: is a classifier; it cannot generate text\n"
+
+
+def test_classify_input_takes_stdin_and_a_final_blank_line(tmp_path: Path) -> None:
+    save_random_classifier(tmp_path / "spam")
+    (tmp_path / "texts.txt").write_text("win a prize\nsee you at 5\n\n", encoding="utf-8")
+    from_file = gptlab("classify", "--model", "spam", "--input", "texts.txt", cwd=tmp_path)
+    assert from_file.returncode == 0, from_file.stderr
+    rows = from_file.stdout.splitlines()
+    assert rows[0] == "text,label,probability" and len(rows) == 3
+    assert [r.split(",")[0] for r in rows[1:]] == ["win a prize", "see you at 5"]
+    assert all(r.split(",")[1] in ("ham", "spam") for r in rows[1:])
+    from_stdin = gptlab(
+        "classify",
+        "--model",
+        "spam",
+        "--input",
+        "-",
+        cwd=tmp_path,
+        stdin="win a prize\nsee you at 5\n\n",
+    )
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert from_stdin.stdout == from_file.stdout
+    gap = gptlab("classify", "--model", "spam", "--input", "-", cwd=tmp_path, stdin="a\n\nb\n")
+    assert_user_error(gap, "-:2: empty line (expected one text per line)")
+
+
+@pytest.mark.parametrize("verb", ["finetune-classifier", "finetune-instruct"])
+def test_a_classifier_is_refused_as_a_base_and_leaves_no_run(tmp_path: Path, verb: str) -> None:
+    save_random_classifier(tmp_path / "clf")
     proc = gptlab(verb, "--base", "clf", "--out", "run", cwd=tmp_path)
     assert_user_error(proc, "clf: is a classifier; pass a language model as --base")
     assert not (tmp_path / "run").exists()

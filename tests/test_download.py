@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
 from tests.file_server import FileServer, serve
+from tests.serve_process import gptlab_command, gptlab_env
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -99,3 +104,42 @@ def test_stalled_server_times_out(server: FileServer, tmp_path: Path):
         )
     assert len(server.requests) == 2
     assert not (tmp_path / "model.bin").exists()
+
+
+def test_a_host_name_that_does_not_resolve_fails_at_once(tmp_path: Path):
+    """`gptlab download` from a name that cannot resolve (.invalid, RFC 6761): one line saying
+    the host cannot be reached, without the 31 s of back-off (1 + 2 + 4 + 8 + 16) of retries."""
+    args = ["download", "gpt2-small", "--base-url", "http://no-such-host.invalid"]
+    start = time.monotonic()
+    done = subprocess.run(
+        gptlab_command(*args, "--cache-dir", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        env={**gptlab_env(), "TQDM_DISABLE": "1"},
+        timeout=120,
+    )
+    assert time.monotonic() - start < 15
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    url = "http://no-such-host.invalid/124M/checkpoint"
+    assert line.startswith(
+        f"gptlab download: error: {url}: cannot reach no-such-host.invalid: the name does not "
+        "resolve ("
+    )
+    assert line.endswith("); check the address and the network connection")
+    assert "rerun" not in line and "byte" not in line
+
+
+def test_a_refused_connection_is_retried_then_named(tmp_path: Path):
+    with socket.socket() as s:  # a loopback port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/model.bin"
+    with pytest.raises(GptlabError) as err:
+        download_file(url, tmp_path / "model.bin", retries=2, **FAST)
+    assert re.fullmatch(
+        rf"{re.escape(url)}: cannot reach 127\.0\.0\.1 after 2 retries \(ConnectError: .*\); "
+        "rerun to try again",
+        str(err.value),
+    )
+    assert list(tmp_path.iterdir()) == []

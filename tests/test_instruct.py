@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from gptlab.hub import resolve_model
 from gptlab.instruct import (
     InstructionDataset,
     LengthGroupedBatches,
+    answer_stats,
     collate,
     entry_prompt,
     finetune_instruct,
@@ -36,6 +38,7 @@ from gptlab.model import GPT
 from gptlab.settings import InstructConfig, Sampling
 from gptlab.tokenizer import EOT_ID, encode
 from gptlab.training import lm_loss
+from tests.serve_process import gptlab_command, gptlab_env
 
 E = EOT_ID
 X = -100
@@ -123,6 +126,11 @@ BAD_ENTRIES = [
         "a.jsonl:2: entry 1: not valid JSON",
     ),
     ("a.jsonl", '{"instruction": "a"}\n', "a.jsonl:1: entry 0: field 'output' is missing"),
+    (
+        "a.json",
+        '{\n  "instruction": "a",\n  "output": "b"\n}\n',
+        "a.json: is one JSON object (keys 'instruction', 'output'), not a list of entries",
+    ),
 ]
 
 
@@ -154,6 +162,33 @@ def test_cli_reports_bad_data_in_one_line(tmp_path: Path, capsys: pytest.Capture
         f"gptlab finetune-instruct: error: {bad}: entry 1: field 'instruction' is missing"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_names_a_json_object_and_too_few_entries_for_what_they_are(tmp_path: Path) -> None:
+    """A JSON object is not reported as broken JSON Lines, and one entry is not reported as a
+    batch size to lower: each gets the one line that says what is wrong."""
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": [{"instruction": "a", "output": "b"}]}, indent=2))
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    expected = {
+        wrapped: f"{wrapped}: is one JSON object (keys 'data'), not a list of entries; expected "
+        'a JSON list [{"instruction": ..., "output": ...}, ...] or JSON Lines (one object per '
+        "line)",
+        one: f"{one}: too few entries (1): the 85/5/10 split leaves 0 for training and 1 for "
+        "validation (at least one each)",
+    }
+    for path, message in expected.items():
+        done = subprocess.run(
+            gptlab_command("finetune-instruct", "--data", str(path), "--out", str(tmp_path / "r")),
+            capture_output=True,
+            text=True,
+            env=gptlab_env(),
+            timeout=120,
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr == f"gptlab finetune-instruct: error: {message}\n"
+        assert not (tmp_path / "r").exists()
 
 
 # ---- batching --------------------------------------------------------------------------------
@@ -324,6 +359,30 @@ def test_respond_resumes_without_redoing_finished_entries(
     expected[0], expected[3] = "kept 0", "kept 3"
     assert responses == expected
     assert not progress_path(out).exists()
+
+
+def test_answer_stats_counts_distinct_long_and_empty_answers() -> None:
+    def stats(n: int, distinct: int, mean: float, empty: int, degenerate: bool) -> dict:
+        return {"n": n, "distinct": distinct, "mean_words": mean, "empty": empty,
+                "degenerate": degenerate}  # fmt: skip
+
+    cases = [
+        # what the scratch model gives: one phrase, with variants
+        (
+            ["The sentence.", "The sentence", " The sentence.\n", "The sentence."],
+            stats(4, 2, 2.0, 0, True),
+        ),
+        ([".", "."], stats(2, 1, 1.0, 0, True)),  # a base model continuing with "."
+        (["", " ", "Yes, it is."], stats(3, 2, 1.0, 2, True)),  # mostly empty
+        (["Paris.", "Rome is the capital of Italy."], stats(2, 2, 3.5, 0, False)),
+        (
+            ["A cat sat.", "A cat sat.", "Dogs bark loudly.", "", "It rains."],
+            stats(5, 4, 2.2, 1, False),
+        ),
+        ([], stats(0, 0, 0.0, 0, False)),
+    ]
+    for answers, expected in cases:
+        assert answer_stats(answers) == expected, answers
 
 
 def test_respond_refuses_progress_of_other_inputs(tmp_path: Path) -> None:

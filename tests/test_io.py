@@ -1,5 +1,7 @@
 """gptlab.io: atomic writes leave no partial file, and reads fail in one line naming the file."""
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,27 @@ def test_json_reads_fail_in_one_line_naming_the_file(tmp_path: Path) -> None:
         read_json_object(path)
     with pytest.raises(GptlabError, match=r"is a folder, expected a file$"):
         read_json(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_written_files_get_the_permissions_the_umask_gives(tmp_path: Path, umask: int) -> None:
+    """config.json, results.json, model.safetensors and a user's --output CSV all go through
+    atomic_write: each must get what any new file gets (0644 under umask 022), not 0600."""
+    import torch
+
+    from gptlab.checkpoints import save_model
+    from gptlab.config import GPTConfig
+    from gptlab.model import GPT
+
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "out.csv", "text,label\n")
+        atomic_write_text(tmp_path / "out.csv", "text,label,probability\n")  # replaced
+        torch.manual_seed(0)
+        tiny = GPT(GPTConfig(vocab_size=8, context_length=4, emb_dim=4, n_layers=1, n_heads=1))
+        folder = save_model(tiny, tmp_path / "model")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "out.csv", folder / "config.json", folder / "model.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out.csv"]  # no temporaries

@@ -259,6 +259,53 @@ def test_bad_responses_files_are_named_exactly(tmp_path: Path, judge: FakeJudge)
     assert judge.prompts == []
 
 
+def evaluate_cli(*args: str, verbose: bool = False) -> subprocess.CompletedProcess[str]:
+    """`gptlab [-v] evaluate ARGS` with progress bars off, so stderr holds only what is said."""
+    return subprocess.run(
+        gptlab_command(*(["-v"] if verbose else []), "evaluate", *args),
+        capture_output=True,
+        text=True,
+        env={**gptlab_env(), "TQDM_DISABLE": "1"},
+        timeout=120,
+    )
+
+
+def test_cli_logs_each_judge_request_only_with_verbose(tmp_path: Path, judge: FakeJudge) -> None:
+    path = write_responses(tmp_path / "r.json", ["answer-60", "answer-80"])
+    args = ("--responses", str(path), "--url", judge.url)
+    quiet = evaluate_cli(*args)
+    assert quiet.returncode == 0, quiet.stderr
+    assert len(judge.prompts) == 2  # two requests were made, and none was logged
+    assert "HTTP Request" not in quiet.stderr and quiet.stderr == ""
+    assert "average score 70.0 (median 70) over 2 of 2 responses" in quiet.stdout
+    (tmp_path / "r.scores.jsonl").unlink()  # so that the judge is asked again
+    verbose = evaluate_cli(*args, verbose=True)
+    assert verbose.returncode == 0, verbose.stderr
+    assert verbose.stderr.count(f"HTTP Request: POST {judge.url}/api/chat") == 2
+
+
+def test_cli_fails_when_no_judge_reply_is_usable_and_draws_no_plot(tmp_path: Path) -> None:
+    chatty = FakeJudge(lambda prompt: "What a lovely response!")
+    try:
+        path = write_responses(tmp_path / "r.json", ["answer-10", "answer-20", "answer-30"])
+        done = evaluate_cli("--responses", str(path), "--url", chatty.url, "--backoff", "0.01")
+    finally:
+        chatty.close()
+    assert len(chatty.prompts) == 6  # each asked twice: plainly, then with the stricter prompt
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == (
+        f"gptlab evaluate: error: {path}: none of the judge's replies to its 3 responses held a "
+        f"score from 0 to 100 (replies in {tmp_path / 'r.scores.jsonl'}); is 'llama3.1:8b' a "
+        "chat model that follows instructions?\n"
+    )
+    assert "average score n/a (median n/a) over 0 of 3 responses; 3 invalid judge replies" in (
+        done.stdout
+    )
+    results = json.loads((tmp_path / "r-judge" / "results.json").read_text())
+    assert results["scored"] == 0 and results["invalid"] == 3 and results["histogram"] is None
+    assert not (tmp_path / "r-judge" / "scores.png").exists()
+
+
 # ---- end to end: `gptlab evaluate` with `gptlab serve` as the judge ---------------------------
 
 

@@ -574,6 +574,7 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
             c.train.max_steps or c.train.epochs * per_epoch,
             meta=self.meta,
             loss_fn=self.loss_fn,
+            language_model=False,
         )
 
     def on_eval(self, s: Session, plan: Plan, step: int) -> None:

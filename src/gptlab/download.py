@@ -5,6 +5,7 @@ the rest with an HTTP Range request and appends. Only when the size is right (th
 Content-Length / Content-Range, and `expected_size` if given) and the SHA-256 matches (if
 given) is the part file fsynced and renamed to DEST. Network errors and 5xx answers are retried
 with exponential back-off; a read that stalls longer than `timeout` counts as a network error.
+A host name that does not resolve is reported at once: retrying it only makes the user wait.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -36,6 +38,17 @@ def sha256_of(path: Path) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _unresolved_name(exc: BaseException) -> str | None:
+    """The resolver's message when `exc` comes from a host name that does not resolve: no
+    retry will make it resolve within seconds, so it is reported at once."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return cause.strerror or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _total_size(response: httpx.Response, offset: int) -> int | None:
@@ -121,6 +134,7 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     failures = 0
+    host = httpx.URL(url).host
     with httpx.Client(
         timeout=httpx.Timeout(timeout), follow_redirects=True, headers=headers
     ) as client:
@@ -130,13 +144,20 @@ def download_file(
                 _fetch(client, url, part, expected_size, progress)
                 break
             except (_Retry, httpx.TransportError) as exc:
+                if (unresolved := _unresolved_name(exc)) is not None:
+                    raise GptlabError(
+                        f"{url}: cannot reach {host}: the name does not resolve "
+                        f"({unresolved}); check the address and the network connection"
+                    ) from None
                 now = part.stat().st_size if part.exists() else 0
                 failures = 0 if now > before else failures + 1  # progress resets the count
                 reason = exc if isinstance(exc, _Retry) else f"{exc.__class__.__name__}: {exc}"
                 if failures > retries:
+                    unreachable = isinstance(exc, httpx.ConnectError)
+                    what = f"cannot reach {host}" if unreachable else "download failed"
+                    again = f"resume from byte {now}" if now else "try again"
                     raise GptlabError(
-                        f"{url}: download failed after {retries} retries ({reason}); "
-                        f"rerun to resume from byte {now}"
+                        f"{url}: {what} after {retries} retries ({reason}); rerun to {again}"
                     ) from None
                 delay = backoff * 2 ** max(failures - 1, 0)
                 log.info("%s: %s; retrying in %.1f s", url, reason, delay)

@@ -76,6 +76,23 @@ def _check_entry(entry: Any, where: str, require_output: bool) -> None:
             raise GptlabError(f"{where}: field '{name}' is empty")
 
 
+def _refuse_one_object(path: Path, text: str) -> None:
+    """A whole file that is one JSON object over several lines is no JSON Lines (one object per
+    line): say so, instead of reporting its first line as broken JSON."""
+    if "\n" not in text.strip():
+        return  # one line: a JSON Lines file of one entry
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    if isinstance(data, dict):
+        keys = ", ".join(repr(k) for k in list(data)[:3]) or "none"
+        raise GptlabError(
+            f"{path}: is one JSON object (keys {keys}), not a list of entries; expected a JSON "
+            'list [{"instruction": ..., "output": ...}, ...] or JSON Lines (one object per line)'
+        )
+
+
 def load_entries(path: Path | None, require_output: bool = True) -> list[dict[str, Any]]:
     """Validated entries of a JSON list or JSON Lines file (None: the bundled data). Errors name
     the file, the 0-based entry index (and line, for JSON Lines) and the field."""
@@ -92,6 +109,7 @@ def load_entries(path: Path | None, require_output: bool = True) -> list[dict[st
         for i, entry in enumerate(entries):
             _check_entry(entry, f"{path}: entry {i}", require_output)
     else:
+        _refuse_one_object(path, text)
         entries = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -242,8 +260,12 @@ class InstructionTuning(TrainingJob[InstructConfig]):
             entries, c.train.seed
         )
         self.source = str(c.data or f"bundled {BUNDLED_DATA}")
-        if not self.val_entries:
-            raise GptlabError(f"{self.source}: too few entries to leave any for validation")
+        if not self.train_entries or not self.val_entries:  # no batch size would help
+            raise GptlabError(
+                f"{self.source}: too few entries ({len(entries)}): the 85/5/10 split leaves "
+                f"{len(self.train_entries)} for training and {len(self.val_entries)} for "
+                "validation (at least one each)"
+            )
         with distributed.main_first():  # rank 0 downloads and converts a pretrained base
             self.model = base_language_model(c.base, c.preset, c.train.seed, str(s.device))
         context = self.model.cfg.context_length
@@ -502,3 +524,23 @@ def respond(
     atomic_write_json(out_path, [{**e, "model_response": done[i]} for i, e in enumerate(entries)])
     progress.unlink(missing_ok=True)
     return out_path
+
+
+def answer_stats(answers: Sequence[str]) -> dict[str, Any]:
+    """How many of a model's answers differ, how long they are (mean words) and how many are
+    empty, and whether that makes them degenerate: at most half distinct, at least half empty,
+    or under two words on average. A model that answers everything with "The sentence." is
+    caught here, where no judge (or none at all) would say so."""
+    n = len(answers)
+    words = [len(a.split()) for a in answers]
+    distinct = len({a.strip() for a in answers})
+    empty = words.count(0)
+    mean = sum(words) / n if n else 0.0
+    degenerate = n > 0 and (2 * distinct <= n or 2 * empty >= n or mean < 2)
+    return {
+        "n": n,
+        "distinct": distinct,
+        "mean_words": mean,
+        "empty": empty,
+        "degenerate": degenerate,
+    }

@@ -1,9 +1,10 @@
 """Files, safely: atomic writes, and reads that fail in one line naming the file.
 
 Every file gptlab writes goes through `atomic_write` (temporary file, fsync, rename), so a
-reader sees the old file or the complete new one, never a partial one. Every text or JSON file
-it reads goes through `read_utf8` / `read_json`, so a missing file, bad bytes or bad JSON gives
-one `GptlabError` with the path (and line) instead of a traceback.
+reader sees the old file or the complete new one, never a partial one; its permissions are
+those the umask gives a new file. Every text or JSON file it reads goes through `read_utf8` /
+`read_json`, so a missing file, bad bytes or bad JSON gives one `GptlabError` with the path
+(and line) instead of a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,31 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _new_temporary(path: Path) -> tuple[Path, int]:
+    """(a new empty file `.NAME.XXXXXXXX.tmp` beside `path`, its permission bits): created with
+    mode 0666, so the process's umask decides them as for any file the user creates
+    (tempfile.mkstemp would make every written file 0600), without changing the umask."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Write `path` through `write(tmp_path)`, fsync, then rename over the target, so readers
     see either the old file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path, mode = _new_temporary(path)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, mode)  # a writer may replace the file (safetensors makes it 0600)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

@@ -376,7 +376,8 @@ def plot_histogram(path: Path, series: dict[str, list[int]], judge: str) -> None
 
 def evaluate_responses(config: JudgeConfig) -> dict[str, Any]:
     """Score the responses file (and `compare`, if set), write the report folder and return its
-    results: average (the headline), median, n, scored, invalid, lowest, and compare."""
+    results: average (the headline), median, n, scored, invalid, lowest, compare, and histogram
+    (None when no reply held a score)."""
     load_responses(config.responses)  # fail on a bad file before contacting anyone
     if config.compare is not None:
         load_responses(config.compare)
@@ -405,7 +406,13 @@ def evaluate_responses(config: JudgeConfig) -> dict[str, Any]:
         results["compare"] = {**side, "b_summary": summary_b}
         atomic_write_text(run.path / "comparison.md", table)
         series[config.compare.name] = [r["score"] for r in records_b if r["score"] is not None]
-    plot_histogram(run.path / "scores.png", series, config.judge_model)
-    results["histogram"] = "scores.png"
+    drawn = {name: scores for name, scores in series.items() if scores}
+    plot = run.path / "scores.png"
+    if drawn:
+        plot_histogram(plot, drawn, config.judge_model)
+        results["histogram"] = plot.name
+    else:  # nothing to draw: an empty plot says nothing, and an earlier run's would mislead
+        plot.unlink(missing_ok=True)
+        results["histogram"] = None
     atomic_write_json(run.path / "results.json", results)
     return results

@@ -40,7 +40,13 @@ from gptlab.data import bundled
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.generation import generate_text
 from gptlab.hub import ensure_pretrained, resolve_model
-from gptlab.instruct import finetune_instruct, load_entries, respond, training_texts
+from gptlab.instruct import (
+    answer_stats,
+    finetune_instruct,
+    load_entries,
+    respond,
+    training_texts,
+)
 from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json_object, read_utf8
 from gptlab.judge import JudgeUnavailable, evaluate_responses
 from gptlab.pretrain import pretrain
@@ -242,10 +248,12 @@ class BaseStage(Stage):
         path = self.folder / "samples.json"
         if not path.is_file():
             return []
+        samples = read_json(path)
         lines = ["Greedy continuations of the base model:", ""]
-        for s in read_json(path):
+        for s in samples:
             lines += [quote(f"**{s['prompt']}**{s['text']}"), ""]
-        return lines
+        stats = answer_stats([s["text"] for s in samples])
+        return lines + degenerate_remark(stats, "continuations", self.ctx.base()["base"])
 
 
 class ClassifyStage(Stage):
@@ -299,7 +307,13 @@ SAMPLE_RESPONSES = 3  # responses shown in report.md
 class RespondStage(Stage):
     name = "respond"
     needs = "instruct"
-    headline = ("n_responses", "mean_response_words", "empty_responses")
+    headline = (
+        "n_responses",
+        "distinct_responses",
+        "mean_response_words",
+        "empty_responses",
+        "degenerate",
+    )
 
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -312,28 +326,51 @@ class RespondStage(Stage):
             Sampling(max_new_tokens=tokens),
             device=str(ctx.device),
         )
-        entries = json.loads(read_utf8(path))
-        words = [len(e["model_response"].split()) for e in entries]
+        stats = answer_stats([e["model_response"] for e in json.loads(read_utf8(path))])
         return {
             "task": "respond",
             "responses": str(path),
-            "n_responses": len(entries),
+            "n_responses": stats["n"],
+            "distinct_responses": stats["distinct"],
             "max_new_tokens": tokens,
-            "mean_response_words": sum(words) / max(len(words), 1),
-            "empty_responses": words.count(0),
+            "mean_response_words": stats["mean_words"],
+            "empty_responses": stats["empty"],
+            "degenerate": stats["degenerate"],
         }
 
     def report_lines(self) -> list[str]:
         path = self.folder / "responses.json"
         if not path.is_file():
             return []
-        lines = ["First responses on the test split:", ""]
-        for e in read_json(path)[:SAMPLE_RESPONSES]:
+        entries = read_json(path)
+        stats = answer_stats([e["model_response"] for e in entries])
+        lines = degenerate_remark(stats, "answers", self.ctx.base()["base"])
+        lines += ["First responses on the test split:", ""]
+        for e in entries[:SAMPLE_RESPONSES]:
             instruction = e["instruction"] + (f"\n{e['input']}" if e.get("input") else "")
             lines += ["Instruction:", "", quote(instruction), ""]
             lines += ["Expected:", "", quote(e.get("output", "")), ""]
             lines += ["Model:", "", quote(e["model_response"]), ""]
         return lines
+
+
+def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
+    """A plain sentence for report.md when `stats` (gptlab.instruct.answer_stats) show that the
+    model's output says nothing, with what would improve it; nothing otherwise."""
+    if not stats["degenerate"]:
+        return []
+    fix = (
+        "a pretrained base (`--base gpt2-small`, or `gpt2-medium` as in the book's chapter 7) "
+        "gives real text"
+        if base == "scratch"
+        else "a larger pretrained base (`--base gpt2-medium` or larger) does better"
+    )
+    return [
+        f"**These {what} are degenerate:** {stats['distinct']} distinct among {stats['n']}, "
+        f"{stats['mean_words']:.1f} words on average, {stats['empty']} empty. The base model "
+        f"has learned too little language to say anything useful; {fix}.",
+        "",
+    ]
 
 
 def judge_command(c: PipelineConfig) -> str:
@@ -382,8 +419,17 @@ class JudgeStage(Stage):
     def report_lines(self) -> list[str]:
         if not is_complete(self.folder):
             return []
-        lowest = read_json_object(self.folder / RESULTS).get("lowest", [])[:SAMPLE_RESPONSES]
-        lines = ["Lowest-scored responses:", ""] if lowest else []
+        results = read_json_object(self.folder / RESULTS)
+        lines = []
+        if results.get("scored") == 0:
+            lines += [
+                f"None of the judge's replies to the {results.get('n')} answers held a score "
+                "from 0 to 100, so there is no average and no histogram; its replies are in "
+                "judge/scores.jsonl.",
+                "",
+            ]
+        lowest = results.get("lowest", [])[:SAMPLE_RESPONSES]
+        lines += ["Lowest-scored responses:", ""] if lowest else []
         for e in lowest:
             lines += [f"Score {e['score']}: {e['instruction']}", "", quote(e["model_response"]), ""]
         return lines

@@ -470,7 +470,7 @@ class ClassifyConfig(Settings):
 
     model: str = arg("", "classifier run folder or model folder", required=True)
     texts: tuple[str, ...] = arg((), "texts to classify", positional=True, metavar="TEXT")
-    input: Path | None = arg(None, "UTF-8 file, one text per line")
+    input: Path | None = arg(None, "UTF-8 file, one text per line ('-': standard input)")
     output: Path | None = arg(None, "CSV file (none: standard output)")
     batch_size: int = arg(32, "texts per batch", min=1)
     device: Device = arg(factory=Device)

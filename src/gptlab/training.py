@@ -272,11 +272,13 @@ def train(
     meta: dict[str, Any] | None = None,
     on_eval: Callable[[int], None] | None = None,
     stop_after: int | None = None,
+    language_model: bool = True,
 ) -> TrainResult:
     """Train `model` for `cfg.max_steps` optimizer steps, evaluating and checkpointing every
     `cfg.eval_interval` steps. `stop_after` ends the call early at that step, after its
     checkpoint, as an interruption would (used to split a run in two). Under torchrun every
-    process calls this; `on_eval` runs on all of them (FSDP needs every rank in a forward)."""
+    process calls this; `on_eval` runs on all of them (FSDP needs every rank in a forward).
+    Perplexity is logged only for a `language_model`: of a classifier's loss it means nothing."""
     d = distributed.current()
     torch.manual_seed(cfg.train.seed + d.rank)  # ranks draw different dropout masks
     apply_speed_flags(model, cfg, device)
@@ -400,22 +402,20 @@ def train(
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 train_loss, val_loss = evaluate(train_batches), evaluate(val_batches)
                 last_eval = (train_loss, val_loss)
-                log(
-                    {
-                        "kind": "eval",
-                        "step": step,
-                        "train_loss": train_loss,
-                        "val_loss": val_loss,
-                        "train_ppl": perplexity(train_loss),
-                        "val_ppl": perplexity(val_loss),
-                        "tokens": tokens_seen,
-                    }
-                )
+                record = {
+                    "kind": "eval",
+                    "step": step,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                }
+                line = f"step {step}: train loss {train_loss:.3f}, val loss {val_loss:.3f}"
+                if language_model:
+                    record["train_ppl"] = perplexity(train_loss)
+                    record["val_ppl"] = perplexity(val_loss)
+                    line += f" (ppl {perplexity(val_loss):.1f})"
+                log({**record, "tokens": tokens_seen})
                 if d.is_main:
-                    bar.write(
-                        f"step {step}: train loss {train_loss:.3f}, val loss {val_loss:.3f} "
-                        f"(ppl {perplexity(val_loss):.1f})"
-                    )
+                    bar.write(line)
                 if on_eval is not None:
                     on_eval(step)
                 checkpoint()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from gptlab.errors import GptlabError
 from gptlab.judge import evaluate_responses
 from gptlab.settings import JudgeConfig
 
 
 def run(config: JudgeConfig) -> int:
+    """Print the scores; exit status 2 when a file got no usable score at all, since an average
+    over nothing is no result."""
     results = evaluate_responses(config)
     print(summary_line(str(config.responses), results))
     for low in results["lowest"][:3]:
@@ -23,6 +26,16 @@ def run(config: JudgeConfig) -> int:
             + ("" if diff is None else f"; mean difference (second - first) {diff:+.1f}")
         )
     print(f"report: {config.out_path()}")
+    files = [(config.responses, results)]
+    if "compare" in results:
+        files.append((config.compare, results["compare"]["b_summary"]))
+    for path, r in files:
+        if r["scored"] == 0:
+            raise GptlabError(
+                f"{path}: none of the judge's replies to its {r['n']} responses held a score "
+                f"from 0 to 100 (replies in {config.scores_path(path)}); is {config.judge_model!r} "
+                "a chat model that follows instructions?"
+            )
     return 0
 
 

@@ -9,6 +9,7 @@ from gptlab.settings import PipelineConfig
 def run(c: PipelineConfig) -> int:
     summary = run_pipeline(c)
     for stage, info in summary["stages"].items():
-        print(f"{stage:9s} {info['status']}")
+        note = " (the answers are degenerate: see the report)" if info.get("degenerate") else ""
+        print(f"{stage:9s} {info['status']}{note}")
     print(f"report: {c.out / 'report.md'}")
     return 0

@@ -55,6 +55,7 @@ class Plan:
     max_steps: int
     meta: dict[str, Any]  # the model folder's metadata in every checkpoint
     loss_fn: LossFn = lm_loss
+    language_model: bool = True  # its loss is next-token cross-entropy: perplexity means something
     samples: list[str] = field(default_factory=list)  # written to RUN/samples.txt
 
 
@@ -123,6 +124,7 @@ class TrainingJob(ABC, Generic[C]):
                 meta=plan.meta,
                 on_eval=lambda step: self.on_eval(s, plan, step),
                 stop_after=stop_after,
+                language_model=plan.language_model,
             )
             finished = result.step >= plan.max_steps
             weights = distributed.model_state(plan.model) if finished else {}
