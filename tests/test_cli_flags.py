@@ -136,3 +136,19 @@ def test_resume_conflicts_name_each_flag_as_typed() -> None:
         "--lr: 5e-05 in the saved run, 0.001 now",
     ]
     assert resume_conflicts(saved, ClassifierConfig.flat(epochs=9, keep_checkpoints=3)) == []
+
+
+def test_a_moved_run_folder_resumes_with_its_paths_moved() -> None:
+    from gptlab.jobs.base import moved
+
+    saved = {"out": "/a/run/x", "corpus": "/a/run/x/c.txt", "data": "/a/run/data/s.tsv"}
+    saved |= {"base": "gpt2-small", "other": "/b/elsewhere.txt", "n": 3}
+    assert moved(saved, Path("/a/run/x"), Path("/z/q/run/x")) == {
+        "out": "/z/q/run/x",
+        "corpus": "/z/q/run/x/c.txt",
+        "data": "/z/q/run/data/s.tsv",
+        "base": "gpt2-small",
+        "other": "/b/elsewhere.txt",
+        "n": 3,
+    }
+    assert moved(saved, Path("/a/run/x"), Path("/a/run/x")) is saved

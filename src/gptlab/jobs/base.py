@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -137,6 +138,8 @@ class TrainingJob(ABC, Generic[C]):
         """Refuse settings that differ from the saved run's where they change what it trains
         (see gptlab.settings.resume_conflicts)."""
         saved = read_json_object(run.path / CONFIG).get("settings", {})
+        if isinstance(saved.get("out"), str):
+            saved = moved(saved, Path(saved["out"]), run.path)
         conflicts = resume_conflicts(saved, self.c)  # type: ignore[arg-type]
         if conflicts:
             raise GptlabError(
@@ -174,3 +177,27 @@ class TrainingJob(ABC, Generic[C]):
         results = self.results(s, plan, result, weights)
         atomic_write_json(s.run.path / RESULTS, results)
         return results
+
+
+def moved(saved: Any, was: Path, now: Path) -> Any:
+    """The saved settings of a run started in folder `was` that is now in `now`, its paths
+    moved with it: a run folder copied or moved elsewhere (with the folders around it that
+    the paths share, such as a pipeline's data) resumes as if it had stayed."""
+    old, new = was.parts, now.parts
+    tail = 0  # the parts both locations end with
+    while tail < min(len(old), len(new)) and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    old_root, new_root = old[: len(old) - tail], new[: len(new) - tail]
+    if not old_root or old_root == new_root:
+        return saved
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        if isinstance(value, str) and Path(value).parts[: len(old_root)] == old_root:
+            return str(Path(*new_root, *Path(value).parts[len(old_root) :]))
+        return value
+
+    return rewrite(saved)
