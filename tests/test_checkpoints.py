@@ -63,13 +63,15 @@ def test_config_mismatch_names_the_tensor(tiny_model: GPT, tmp_path: Path) -> No
         load_model_folder(tmp_path)
 
 
+def _steps(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+
+
 def test_checkpoints_rotate_and_latest_is_complete(tiny_model: GPT, tmp_path: Path) -> None:
     for step in (1, 2, 3):
-        save_checkpoint(tmp_path, step, tiny_model, {"step": step, "rng": torch.get_rng_state()})
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == [
-        "step-000002",
-        "step-000003",
-    ]
+        state = {"step": step, "rng": torch.get_rng_state()}
+        save_checkpoint(tmp_path, step, tiny_model, state, keep=2)
+    assert _steps(tmp_path) == ["step-000002", "step-000003"]
     latest = latest_checkpoint(tmp_path)
     assert latest is not None and load_train_state(latest)["step"] == 3
     # A crash mid-save leaves only a .partial folder, which LATEST never names.
@@ -78,3 +80,18 @@ def test_checkpoints_rotate_and_latest_is_complete(tiny_model: GPT, tmp_path: Pa
     (latest / "train_state.pt").write_bytes(b"garbage")
     with pytest.raises(GptlabError, match="cannot read training state"):
         load_train_state(latest)
+
+
+def test_keep_one_leaves_only_what_latest_names(tiny_model: GPT, tmp_path: Path) -> None:
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, tiny_model, {"step": step}, keep=3)
+    # A folder of a later step that LATEST never named (killed between rename and LATEST),
+    # then a resume from step 2 that saves step 3: only step 3 is left, and LATEST names it.
+    (tmp_path / "checkpoints" / "step-000004").mkdir()
+    save_checkpoint(tmp_path, 3, tiny_model, {"step": 3}, keep=1)
+    assert _steps(tmp_path) == ["step-000003"]
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and load_train_state(latest)["step"] == 3
+    with pytest.raises(GptlabError, match="keep at least the latest checkpoint"):
+        save_checkpoint(tmp_path, 4, tiny_model, {"step": 4}, keep=0)
+    assert _steps(tmp_path) == ["step-000003"]

@@ -1,5 +1,6 @@
 """The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -162,3 +163,101 @@ def test_a_classifier_is_refused_as_a_base_and_leaves_no_run(tmp_path: Path, ver
     proc = gptlab(verb, "--base", "clf", "--out", "run", cwd=tmp_path)
     assert_user_error(proc, "clf: is a classifier; pass a language model as --base")
     assert not (tmp_path / "run").exists()
+
+
+def _absent_devices() -> list[tuple[str, str]]:
+    """(flag value, name in the message) of the accelerators this machine lacks."""
+    import torch
+
+    absent = [] if torch.cuda.is_available() else [("cuda", "CUDA")]
+    mps = getattr(torch.backends, "mps", None)
+    return absent + ([] if mps and mps.is_available() else [("mps", "MPS")])
+
+
+# Every verb that takes --device, with what it needs to get as far as choosing one.
+DEVICE_VERBS = {
+    "pretrain": ["--out", "run"],
+    "finetune-classifier": ["--out", "run"],
+    "finetune-instruct": ["--out", "run"],
+    "pipeline": ["--out", "run", "--tiny", "--base", "scratch"],
+    "generate": ["--model", "nowhere", "--prompt", "hi"],
+    "respond": ["--model", "nowhere", "--data", "entries.json", "--out", "run/responses.json"],
+    "chat": ["--model", "nowhere"],
+    "classify": ["--model", "nowhere", "some text"],
+    "serve": ["--model", "nowhere", "--port", "0"],
+}
+
+
+@pytest.mark.parametrize("verb", DEVICE_VERBS)
+def test_a_missing_device_is_one_line_and_leaves_nothing(tmp_path: Path, verb: str) -> None:
+    import torch
+
+    (tmp_path / "entries.json").write_text('[{"instruction": "Say hi.", "input": ""}]')
+    for flag, name in _absent_devices():
+        proc = gptlab(verb, *DEVICE_VERBS[verb], "--device", flag, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f"gptlab {verb}: error: --device {flag}: no {name} device is available here "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        ]
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_start_does_not_block_the_next_try(tmp_path: Path) -> None:
+    """A start that fails before its first checkpoint (here: a learning rate that makes the
+    loss overflow at once) leaves no run behind: the corrected command needs no --resume, and
+    its metrics hold none of the failed attempt's records."""
+    tiny = ["--preset", "gpt-nano", "--context", "16", "--out", "run", "--device", "cpu"]
+    failed = gptlab("pretrain", *tiny, "--max-steps", "5", "--lr", "1e30", cwd=tmp_path)
+    assert_user_error(failed, "training loss became", "lower --lr")
+    proc = gptlab("pretrain", *tiny, "--max-steps", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2, 2]  # train 1, 2; eval 2
+
+
+def test_resume_says_what_it_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 30, encoding="utf-8")
+    common = ["--corpus", str(corpus), "--preset", "gpt-nano", "--context", "16"]
+    common += ["--out", "run", "--device", "cpu", "--eval-interval", "1"]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    # Nothing to resume: said plainly, and a new run starts.
+    first = gptlab(
+        "pretrain", *common, "--max-steps", "3", "--keep-checkpoints", "2", "--resume", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    assert "--resume: no run in run yet; starting a new one" in first.stderr
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["LATEST", "step-000002", "step-000003"]
+    config = (tmp_path / "run" / "config.json").read_text()
+    # Settings that change what is trained: refused, each named with both values.
+    changed = gptlab(
+        "pretrain",
+        *common,
+        "--max-steps",
+        "3",
+        "--lr",
+        "0.01",
+        "--seed",
+        "7",
+        "--resume",
+        cwd=tmp_path,
+    )
+    assert_user_error(
+        changed,
+        "run/config.json: --resume keeps the saved run's settings: ",
+        "--lr: 0.0004 in the saved run, 0.01 now; --seed: 123 in the saved run, 7 now",
+    )
+    assert len(changed.stderr.strip().splitlines()) == 1, changed.stderr
+    assert (tmp_path / "run" / "config.json").read_text() == config
+    # A finished run: where it stands.
+    again = gptlab("pretrain", *common, "--max-steps", "3", "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "continuing from checkpoint step-000003: step 3 of 3" in again.stderr
+    assert "the run is already finished" in again.stderr
+    # Extending it (and keeping fewer checkpoints) is allowed.
+    longer = gptlab("pretrain", *common, "--max-steps", "6", "--resume", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert "continuing from checkpoint step-000003: step 3 of 6" in longer.stderr
+    assert "done: 6 steps" in longer.stdout
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["LATEST", "step-000006"]

@@ -12,7 +12,7 @@ import pytest
 
 from gptlab.cli import VERBS, build_parser
 from gptlab.cli.flags import build, specs
-from gptlab.settings import ClassifierConfig, InstructConfig, PretrainConfig
+from gptlab.settings import ClassifierConfig, InstructConfig, PretrainConfig, resume_conflicts
 
 from .test_cli import SRC, gptlab
 
@@ -121,3 +121,34 @@ VERBS_OF = {
     ClassifierConfig: "finetune-classifier",
     InstructConfig: "finetune-instruct",
 }
+
+
+def test_resume_conflicts_name_each_flag_as_typed() -> None:
+    """What --resume refuses, by flag (a group's prefix included); the run's length, speed
+    flags and device may change."""
+    saved = ClassifierConfig().to_json()
+    new = ClassifierConfig.flat(
+        labels=("ham", "spam"), pretrain_lr=0.5, lr=1e-3, epochs=9, compile=True, device="cpu"
+    )
+    assert resume_conflicts(saved, new) == [
+        "--labels: none in the saved run, ham spam now",
+        "--pretrain-lr: 0.001 in the saved run, 0.5 now",
+        "--lr: 5e-05 in the saved run, 0.001 now",
+    ]
+    assert resume_conflicts(saved, ClassifierConfig.flat(epochs=9, keep_checkpoints=3)) == []
+
+
+def test_a_moved_run_folder_resumes_with_its_paths_moved() -> None:
+    from gptlab.jobs.base import moved
+
+    saved = {"out": "/a/run/x", "corpus": "/a/run/x/c.txt", "data": "/a/run/data/s.tsv"}
+    saved |= {"base": "gpt2-small", "other": "/b/elsewhere.txt", "n": 3}
+    assert moved(saved, Path("/a/run/x"), Path("/z/q/run/x")) == {
+        "out": "/z/q/run/x",
+        "corpus": "/z/q/run/x/c.txt",
+        "data": "/z/q/run/data/s.tsv",
+        "base": "gpt2-small",
+        "other": "/b/elsewhere.txt",
+        "n": 3,
+    }
+    assert moved(saved, Path("/a/run/x"), Path("/a/run/x")) is saved

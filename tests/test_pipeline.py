@@ -138,8 +138,6 @@ def fingerprint(run: Path, copied_from: Path | None = None) -> dict[str, Any]:
         rel = path.relative_to(run).as_posix()
         if not path.is_file() or rel.endswith(("report.md", ".png")) or "checkpoints/" in rel:
             continue  # checkpoints are where a run stopped, not what it produced
-        if path.name == "samples.txt":
-            continue  # pretrain/instruct keep only the samples of their last attempt
         if path.suffix == ".json":
             fp[rel] = normalized(load_json(path), runs)
         elif path.name == "metrics.jsonl":
@@ -206,6 +204,12 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
     assert judge["judge"] == "judge" and judge["n"] == len(test_entries)
     assert judge["scored"] + judge["invalid"] == judge["n"]
     assert not (run / "judge" / "skipped.json").exists()
+
+    for job in ("base/pretrain", "classify", "instruct"):  # --keep-checkpoints 1: the last
+        steps = [p.name for p in (run / job / "checkpoints").glob("step-*")]
+        assert steps == [(run / job / "checkpoints" / "LATEST").read_text().strip()]
+    samples = (run / "base" / "pretrain" / "samples.txt").read_text(encoding="utf-8")
+    assert [line.split("]")[0] for line in samples.splitlines()] == ["[step 4", "[step 8"]
 
     pngs = ("base/pretrain/loss.png", "classify/accuracy.png", "instruct/loss.png")
     # The tiny judge seldom answers with a number; with no score there is no histogram to draw.

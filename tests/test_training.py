@@ -8,7 +8,7 @@ from gptlab.config import GPTConfig
 from gptlab.data import ResumableBatches, SlidingWindowDataset
 from gptlab.model import GPT
 from gptlab.pretrain import pretrain
-from gptlab.runs import RunDir
+from gptlab.runs import SAMPLE_STEP, RunDir
 from gptlab.settings import PretrainConfig
 from gptlab.training import TrainConfig, lr_factor, train
 
@@ -104,3 +104,35 @@ def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
         "results.json",
     } <= files
     assert "Every effort moves you forward" in (tmp_path / "run" / "samples.txt").read_text()
+
+
+def _pretrain_samples(out: Path, corpus: Path, stop_after: int | None = None) -> str:
+    config = PretrainConfig.flat(
+        out=out,
+        corpus=corpus,
+        preset="gpt-nano",
+        context=16,
+        max_steps=6,
+        eval_interval=2,
+        sample_prompt="One\ntwo",  # a newline: the sample must still be one line
+        sample_tokens=4,
+        device="cpu",
+    )
+    pretrain(config, resume=(out / "config.json").exists(), stop_after=stop_after)
+    return (out / "samples.txt").read_text(encoding="utf-8")
+
+
+def test_samples_are_kept_as_made_and_cut_at_the_resumed_checkpoint(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 30, encoding="utf-8")
+    straight = _pretrain_samples(tmp_path / "a", corpus)
+    lines = straight.splitlines()
+    assert [SAMPLE_STEP.match(line)[1] for line in lines] == ["2", "4", "6"]  # type: ignore[index]
+    assert all(line.split("] ", 1)[1].startswith("One\\ntwo") for line in lines)
+    # Stopped after step 5: the samples of steps 2 and 4 are on disk already.
+    interrupted = _pretrain_samples(tmp_path / "b", corpus, stop_after=5)
+    assert interrupted == "".join(line + "\n" for line in lines[:2])
+    # As if killed after step 6's sample, before its checkpoint, mid-way through another.
+    with open(tmp_path / "b" / "samples.txt", "a", encoding="utf-8") as f:
+        f.write("[step 6] lost with its checkpoint\n[step 8] cut sho")
+    assert _pretrain_samples(tmp_path / "b", corpus) == straight

@@ -135,11 +135,16 @@ def save_checkpoint(
     model: GPT,
     train_state: dict[str, Any],
     meta: dict[str, Any] | None = None,
-    keep: int = 2,
+    *,
+    keep: int,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `checkpoints/step-NNNNNN/` completely under a temporary name, rename it into
-    place, then point LATEST at it; older checkpoints beyond `keep` are removed afterwards."""
+    place, then point LATEST at it; only then are older checkpoints beyond the newest `keep`
+    removed (each holds the optimizer state, twice the weights: they are most of a run
+    folder), and any of later steps, left by an attempt that LATEST never named."""
+    if keep < 1:
+        raise GptlabError(f"keep at least the latest checkpoint, not {keep}")
     root = checkpoint_dir(run_dir)
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.partial"
@@ -152,10 +157,17 @@ def save_checkpoint(
     os.replace(tmp, final)
     fsync_dir(root)
     atomic_write_text(root / "LATEST", final.name + "\n")
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    numbers = {p: p.name.removeprefix("step-") for p in root.glob("step-*")}
+    steps = {int(n): p for p, n in numbers.items() if n.isdigit()}
+    older = sorted((k for k in steps if k < step), reverse=True)
+    for stale in older[keep - 1 :] + [k for k in steps if k > step]:
+        shutil.rmtree(steps[stale], ignore_errors=True)
     return final
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run has saved any checkpoint (LATEST is written after the first)."""
+    return (checkpoint_dir(run_dir) / "LATEST").is_file()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -468,6 +468,7 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
                 warmup_steps=min(100, p.steps // 10),
                 # one evaluation, at the end: each pass over all windows costs ~1/3 epoch
                 eval_interval=p.steps,
+                keep_checkpoints=c.train.keep_checkpoints,
                 seed=c.train.seed,
             ),
             speed=c.speed,

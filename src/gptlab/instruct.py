@@ -334,7 +334,8 @@ class InstructionTuning(TrainingJob[InstructConfig]):
         entry = self.val_entries[0]
         sampling = Sampling(max_new_tokens=self.c.sample_tokens)
         answer = generate_responses(plan.model, [entry_prompt(entry)], sampling)[0]
-        plan.samples.append(f"[step {step}] {entry['instruction']!r} -> {answer!r}")
+        if s.d.is_main:
+            s.run.add_sample(step, f"{entry['instruction']!r} -> {answer!r}")
         plan.model.train()
 
     def plots(self, s: Session) -> None:

@@ -144,6 +144,10 @@ class Context:
     def runtime(self) -> Runtime:
         return Runtime(device=str(self.device))
 
+    def train_args(self, recipe: TrainArgs) -> TrainArgs:
+        """A stage's training settings: its recipe with this run's seed and checkpoints."""
+        return recipe.replace(seed=self.c.seed, keep_checkpoints=self.c.keep_checkpoints)
+
 
 class Stage(ABC):
     """One step of the pipeline, in its own folder RUN/<name>/."""
@@ -218,7 +222,7 @@ class BaseStage(Stage):
                 preset=recipe.scratch_preset,
                 context=recipe.pretrain_context,
                 sample_tokens=recipe.sample_tokens,
-                train=recipe.pretrain.replace(seed=self.ctx.c.seed),
+                train=self.ctx.train_args(recipe.pretrain),
                 runtime=self.ctx.runtime(),
             )
             pretrain(config, resume=has_run(pre))
@@ -269,7 +273,7 @@ class ClassifyStage(Stage):
             base=ctx.base()["model"],
             data=ctx.spam,
             trainable=recipe.classify_trainable,
-            train=recipe.classify.replace(seed=ctx.c.seed),
+            train=ctx.train_args(recipe.classify),
             runtime=ctx.runtime(),
         )
         return finetune_classifier(config, resume=has_run(self.folder))
@@ -288,7 +292,7 @@ class InstructStage(Stage):
             base=ctx.base()["model"],
             data=ctx.instructions,
             sample_tokens=recipe.sample_tokens,
-            train=recipe.instruct.replace(seed=ctx.c.seed),
+            train=ctx.train_args(recipe.instruct),
             runtime=ctx.runtime(),
         )
         return finetune_instruct(config, resume=has_run(self.folder))
@@ -500,6 +504,7 @@ def prepare(c: PipelineConfig) -> RunDir:
 
 def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
     """Run every stage that is not complete yet, then write report.md and results.json."""
+    device = pick_device(c.device.device)  # a missing GPU: one line, and no run folder yet
     run = prepare(c)
     remove_leftovers(c.out)
     for stage in with_dependents(c.force):
@@ -511,7 +516,7 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
     spam, instructions = (None, None)
     if c.tiny:
         spam, instructions = write_tiny_data(c.out, TINY.spam_per_class, TINY.instructions)
-    ctx = Context(c, run, pick_device(c.device.device), spam, instructions)
+    ctx = Context(c, run, device, spam, instructions)
     stages = [cls(ctx) for cls in PIPELINE]
     for stage in stages:
         if is_complete(stage.folder):

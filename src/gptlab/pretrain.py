@@ -99,7 +99,8 @@ class Pretraining(TrainingJob[PretrainConfig]):
         c = self.c
         sampling = Sampling(max_new_tokens=c.sample_tokens)
         text = c.sample_prompt + generate_text(plan.model, [c.sample_prompt], sampling)[0]
-        plan.samples.append(f"[step {step}] {text}")
+        if s.d.is_main:
+            s.run.add_sample(step, text)
         plan.model.train()
 
     def results(

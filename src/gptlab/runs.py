@@ -3,7 +3,7 @@
 RUN/config.json        the resolved configuration of the job
 RUN/metrics.jsonl      one JSON object per logged event (training and evaluation)
 RUN/*.png              plots drawn from metrics.jsonl
-RUN/samples.txt        sample generations
+RUN/samples.txt        sample generations, one line each ("[step N] ..."), appended as made
 RUN/checkpoints/       resumable training checkpoints (see gptlab.checkpoints)
 RUN/model/             the final model folder
 RUN/results.json       the final results, written last: its presence means the job finished
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ METRICS = "metrics.jsonl"
 SAMPLES = "samples.txt"
 RESULTS = "results.json"
 MODEL = "model"
+SAMPLE_STEP = re.compile(r"\[step (\d+)\] ")
 
 
 def is_complete(folder: Path) -> bool:
@@ -64,10 +66,13 @@ class RunDir:
             raise GptlabError(f"{self.path}: not writable") from None
 
     def log(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append_line(self.metrics_path, json.dumps(record))
+
+    def add_sample(self, step: int, text: str) -> None:
+        """Append a sample to samples.txt as soon as it is made, on one line (newlines shown
+        as \\n), so that an interruption loses none and a resume can cut the file at a step."""
+        flat = text.replace("\r", "\\r").replace("\n", "\\n")
+        _append_line(self.path / SAMPLES, f"[step {step}] {flat}")
 
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -81,10 +86,28 @@ class RunDir:
         return records
 
     def truncate_metrics(self, step: int) -> None:
-        """On resume, forget records logged after the checkpoint being resumed."""
+        """Forget records logged after `step`: that of the checkpoint being resumed, or 0 in a
+        new run (an attempt that failed before its first checkpoint may have logged some)."""
+        if not self.metrics_path.exists():
+            return
         kept = [r for r in self.metrics() if r.get("step", 0) <= step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         atomic_write(self.metrics_path, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def truncate_samples(self, step: int) -> None:
+        """Forget samples made after `step`, as `truncate_metrics` (and a line cut by a kill,
+        which is always of a later step: a sample is written before its checkpoint), so a
+        resumed run's samples.txt is an uninterrupted run's."""
+
+        def kept(line: str) -> bool:
+            match = SAMPLE_STEP.match(line)
+            return line.endswith("\n") and match is not None and int(match[1]) <= step
+
+        path = self.path / SAMPLES
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            text = "".join(filter(kept, lines))
+            atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
     def plot(
         self, filename: str, series: dict[str, tuple[str, str]], ylabel: str, title: str
@@ -112,3 +135,19 @@ class RunDir:
         atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=110))
         plt.close(fig)
         return out
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line in a single write and make it durable: a kill leaves the file with or
+    without it (at worst a last line cut short, which readers skip as unreadable)."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.fstat(fd).st_size
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            data = b"\n" + data  # end the cut line, so that it cannot swallow this one
+        while data:  # one write unless the disk is nearly full
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

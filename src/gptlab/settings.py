@@ -53,6 +53,7 @@ def arg(
     sep: str | None = None,
     prefix: str | None = None,
     cli: bool = True,
+    resumable: bool = False,
 ) -> Any:
     """A settings field: its default (or `factory` for a nested group), help text and check.
 
@@ -60,7 +61,9 @@ def arg(
     allowed values. For the command line (every bool gets `--x` and `--no-x`): `flag` renames
     the flag, `const` makes the flag a switch that sets this value, `sep` also splits a list
     flag's values at that character, `prefix` puts a group's flags under `--PREFIX-...`,
-    `cli=False` keeps a field off the command line, `required` makes a flag mandatory."""
+    `cli=False` keeps a field off the command line, `required` makes a flag mandatory.
+    `resumable` marks a field (or a whole group) that --resume may change (see
+    `resume_conflicts`)."""
     meta = {
         "help": help,
         "choices": choices,
@@ -76,6 +79,7 @@ def arg(
         "sep": sep,
         "prefix": prefix,
         "cli": cli,
+        "resumable": resumable,
     }
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
@@ -181,15 +185,62 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def show_value(value: Any) -> str:
+    """A setting's value as the command line spells it."""
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def resume_conflicts(saved: dict[str, Any], new: Settings, prefix: str = "") -> list[str]:
+    """The settings of `new` that differ from `saved` (the "settings" its run's config.json
+    recorded), one 'FLAG: SAVED in the saved run, NEW now' each.
+
+    The rule --resume follows: a setting that changes what the run trains (learning rate,
+    batch, seed, data, model, precision...) must keep its saved value, or the resumed run
+    would be neither the old run nor a new one; fields declared `resumable` may change: the
+    length of the run (--epochs, --max-steps, to extend it), the evaluation, logging and
+    checkpoint intervals and counts, the samples, the speed flags (same arithmetic) and the
+    device. A field the saved run did not record (an older gptlab) is not compared."""
+    conflicts = []
+    for f in dataclasses.fields(new):  # type: ignore[arg-type]
+        if f.metadata.get("resumable") or f.name not in saved:
+            continue
+        value, old = getattr(new, f.name), saved[f.name]
+        if dataclasses.is_dataclass(value):
+            inner = "-".join(p for p in (prefix, f.metadata.get("prefix") or "") if p)
+            conflicts += resume_conflicts(old, value, inner)  # type: ignore[arg-type]
+            continue
+        if _jsonable(value) != old:
+            name = f.metadata.get("flag") or f.name.replace("_", "-")
+            flag = f"--{prefix}-{name}" if prefix else f"--{name}"
+            conflicts.append(f"{flag}: {show_value(old)} in the saved run, {show_value(value)} now")
+    return conflicts
+
+
 # ---- reusable groups -------------------------------------------------------------------------
+
+
+def keep_checkpoints() -> Any:
+    """--keep-checkpoints, of the training jobs and the pipeline: each checkpoint holds the
+    optimizer state, twice the weights, so they are most of a run folder; --resume needs the
+    newest alone."""
+    return arg(
+        1,
+        "checkpoints kept in RUN/checkpoints, newest first (--resume needs one)",
+        min=1,
+        resumable=True,
+    )
 
 
 @dataclass
 class TrainArgs(Settings):
     """training: optimizer, schedule, batches, evaluation and checkpoints"""
 
-    epochs: int = arg(1, "passes over the training data", min=1)
-    max_steps: int | None = arg(None, "optimizer steps; overrides --epochs", min=1)
+    epochs: int = arg(1, "passes over the training data", min=1, resumable=True)
+    max_steps: int | None = arg(None, "optimizer steps; overrides --epochs", min=1, resumable=True)
     batch_size: int = arg(8, "examples per optimizer step (the global batch under torchrun)", min=1)
     lr: float = arg(4e-4, "peak learning rate (AdamW)", above=0)
     min_lr_ratio: float = arg(0.1, "cosine decay ends at lr x this (1: constant)", min=0, max=1)
@@ -199,9 +250,12 @@ class TrainArgs(Settings):
     grad_clip: float | None = arg(
         1.0, "clip the gradient norm to this (none: no clipping)", above=0
     )
-    eval_interval: int = arg(10, "evaluate and checkpoint every N steps", min=1)
-    eval_batches: int | None = arg(None, "batches per evaluation (none: all)", min=1)
-    log_interval: int = arg(1, "log the training loss every N steps", min=1)
+    eval_interval: int = arg(10, "evaluate and checkpoint every N steps", min=1, resumable=True)
+    eval_batches: int | None = arg(
+        None, "batches per evaluation (none: all)", min=1, resumable=True
+    )
+    log_interval: int = arg(1, "log the training loss every N steps", min=1, resumable=True)
+    keep_checkpoints: int = keep_checkpoints()
     seed: int = arg(123, "seed of the data order, initialisation and dropout")
 
 
@@ -234,7 +288,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 class Device(Settings):
     """device"""
 
-    device: str = arg("auto", "cpu, cuda, cuda:N, mps, or auto (the best available)")
+    device: str = arg(
+        "auto", "cpu, cuda, cuda:N, mps, or auto (the best available)", resumable=True
+    )
 
     def check(self) -> None:
         if self.device.split(":")[0] not in DEVICES:
@@ -286,7 +342,7 @@ def sampling(max_new_tokens: int) -> Any:
 class PretrainConfig(Settings):
     """Pretraining from scratch. Defaults follow the book's chapter 5 on the bundled story."""
 
-    out: Path = arg(Path("runs/pretrain"), "run folder")
+    out: Path = arg(Path("runs/pretrain"), "run folder", resumable=True)
     corpus: Path | None = arg(None, "text file or folder of .txt files (none: the bundled story)")
     data_dir: Path | None = arg(None, "token shards made by `gptlab prepare-data`")
     preset: str = arg("gpt-mini", "model shape", choices=tuple(PRESETS))
@@ -296,12 +352,14 @@ class PretrainConfig(Settings):
     stride: int | None = arg(None, "window stride (none: the window length)", min=1)
     val_fraction: float = arg(0.1, "share of the tokens that validates", above=0, below=1)
     dropout: float = arg(0.1, "dropout rate", min=0, below=1)
-    sample_prompt: str = arg("Every effort moves you", "prompt of the samples at evaluations")
-    sample_tokens: int = arg(40, "tokens per sample", min=0)
+    sample_prompt: str = arg(
+        "Every effort moves you", "prompt of the samples at evaluations", resumable=True
+    )
+    sample_tokens: int = arg(40, "tokens per sample", min=0, resumable=True)
     train: TrainArgs = arg(
         factory=lambda: TrainArgs(epochs=10, batch_size=2, lr=4e-4, eval_interval=10)
     )
-    speed: SpeedFlags = arg(factory=SpeedFlags)
+    speed: SpeedFlags = arg(factory=SpeedFlags, resumable=True)
     runtime: Runtime = arg(factory=Runtime)
 
     def check(self) -> None:
@@ -329,7 +387,7 @@ class TextPretraining(Settings):
 class ClassifierConfig(Settings):
     """Classification fine-tuning (the book's chapter 6 recipe on SMS spam by default)."""
 
-    out: Path = arg(Path("runs/classify"), "run folder")
+    out: Path = arg(Path("runs/classify"), "run folder", resumable=True)
     base: str = arg("gpt2-small", "pretrained name, run or model folder, or 'random'")
     preset: str = arg("gpt-micro", "model shape for --base random", choices=tuple(PRESETS))
     data: Path | None = arg(None, "TSV/CSV with label and text columns (none: SMS spam)")
@@ -357,7 +415,7 @@ class ClassifierConfig(Settings):
             epochs=5, batch_size=8, lr=5e-5, min_lr_ratio=1.0, grad_clip=None, log_interval=10
         )
     )
-    speed: SpeedFlags = arg(factory=SpeedFlags)
+    speed: SpeedFlags = arg(factory=SpeedFlags, resumable=True)
     runtime: Runtime = arg(factory=Runtime)
 
     def check(self) -> None:
@@ -371,7 +429,7 @@ class ClassifierConfig(Settings):
 class InstructConfig(Settings):
     """Instruction fine-tuning (the book's chapter 7 recipe by default)."""
 
-    out: Path = arg(Path("runs/instruct"), "run folder")
+    out: Path = arg(Path("runs/instruct"), "run folder", resumable=True)
     base: str = arg("gpt2-medium", "pretrained name, run or model folder, or 'random'")
     preset: str = arg("gpt-micro", "model shape for --base random", choices=tuple(PRESETS))
     data: Path | None = arg(None, "JSON or JSON Lines file (none: the bundled 1,100 entries)")
@@ -383,13 +441,15 @@ class InstructConfig(Settings):
     lora_targets: tuple[str, ...] = arg(
         LORA_TARGETS, "block layers that get adapters", choices=LORA_TARGETS
     )
-    sample_tokens: int = arg(64, "tokens of the sample answer at each evaluation", min=0)
+    sample_tokens: int = arg(
+        64, "tokens of the sample answer at each evaluation", min=0, resumable=True
+    )
     train: TrainArgs = arg(
         factory=lambda: TrainArgs(
             epochs=2, batch_size=8, lr=5e-5, eval_interval=50, eval_batches=10
         )
     )
-    speed: SpeedFlags = arg(factory=SpeedFlags)
+    speed: SpeedFlags = arg(factory=SpeedFlags, resumable=True)
     runtime: Runtime = arg(factory=Runtime)
 
 
@@ -565,6 +625,7 @@ class PipelineConfig(Settings):
     judge_api: str = arg("ollama", "the judge server's API", choices=("ollama", "openai"))
     weights_cache: Path | None = arg(None, "pretrained weights cache (none: the user cache)")
     weights_url: str | None = arg(None, "mirror of OpenAI's GPT-2 files")
+    keep_checkpoints: int = keep_checkpoints()  # of every training stage
     device: Device = arg(factory=Device)
 
     def identity(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ peak is known, model FLOPs utilisation (MFU).
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import threading
@@ -45,6 +46,8 @@ from gptlab.settings import SpeedFlags, TrainArgs
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]
 
+log = logging.getLogger("gptlab")
+
 
 class BatchSource(Protocol):
     """What `train` reads batches from: gptlab.data.ResumableBatches or
@@ -58,16 +61,44 @@ class BatchSource(Protocol):
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device `name` names, checked to exist here, so that a missing GPU is one line
+    before a job creates anything (torch itself only fails at the first tensor moved there);
+    `auto` is the best available one."""
     if name != "auto":
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError:
             raise GptlabError(f"unknown device {name!r}") from None
+        _check_available(name, device)
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_available(name: str, device: torch.device) -> None:
+    fallback = "use --device cpu or auto"
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise GptlabError(
+                f"--device {name}: no CUDA device is available here (torch "
+                f"{torch.__version__}); {fallback}"
+            )
+        if device.index is not None and device.index >= count:
+            raise GptlabError(
+                f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}; {fallback}"
+            )
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if not (mps and mps.is_available()):
+            raise GptlabError(
+                f"--device {name}: no MPS device is available here (torch "
+                f"{torch.__version__}); {fallback}"
+            )
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
@@ -260,6 +291,24 @@ class TrainResult:
     seconds: float
 
 
+def say_resumed(run: RunDir, step: int, cfg: TrainConfig, per_epoch: int, found: bool) -> None:
+    """Where --resume picks up: the checkpoint's step and epoch, or that there was none."""
+    if not found:
+        log.warning("--resume: no checkpoint in %s yet; training from step 0", run.path)
+        return
+    epochs = cfg.train.grad_accum / max(per_epoch, 1)  # epochs per optimizer step
+    log.info(
+        "--resume: continuing from checkpoint step-%06d: step %d of %d, epoch %.2f of %.2f",
+        step,
+        step,
+        cfg.max_steps,
+        step * epochs,
+        cfg.max_steps * epochs,
+    )
+    if step >= cfg.max_steps:
+        log.info("--resume: the run is already finished (raise --epochs or --max-steps to go on)")
+
+
 def train(
     model: GPT,
     train_batches: BatchSource,
@@ -302,13 +351,16 @@ def train(
             _set_rng_state(state["rng"])
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
         last_eval = tuple(state["last_eval"])  # type: ignore[assignment]
-    if resume and d.is_main:  # also forgets an attempt killed before its first checkpoint
+    if d.is_main:  # forget what an attempt logged after its last checkpoint (or its first)
         run.truncate_metrics(step)
+        run.truncate_samples(step)
+        if resume:
+            say_resumed(run, step, cfg, train_batches.per_epoch, state is not None)
     if step >= cfg.max_steps:
         return TrainResult(step, tokens_seen, *last_eval, elapsed)
     if cfg.speed.compile:
         model.compile(backend=cfg.speed.compile_backend)
-    log = run.log if d.is_main else lambda record: None
+    record_metric = run.log if d.is_main else lambda record: None
     peak = peak_flops(device, cfg)
 
     def checkpoint() -> None:
@@ -324,7 +376,9 @@ def train(
                 "rng": _rng_state(),
                 "train_config": cfg.to_json(),
             }
-            save_checkpoint(run.path, step, model, state, meta, weights=weights)
+            save_checkpoint(
+                run.path, step, model, state, meta, keep=cfg.train.keep_checkpoints, weights=weights
+            )
         distributed.barrier()
 
     def next_batch() -> Any:
@@ -394,7 +448,7 @@ def train(
                     seq = batch[0].shape[1]
                     mfu = tps * flops_per_token(model, seq) / (peak * d.world)
                     record["mfu"] = float(f"{mfu:.4g}")
-                log(record)
+                record_metric(record)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
             # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
@@ -413,7 +467,7 @@ def train(
                     record["train_ppl"] = perplexity(train_loss)
                     record["val_ppl"] = perplexity(val_loss)
                     line += f" (ppl {perplexity(val_loss):.1f})"
-                log({**record, "tokens": tokens_seen})
+                record_metric({**record, "tokens": tokens_seen})
                 if d.is_main:
                     bar.write(line)
                 if on_eval is not None:

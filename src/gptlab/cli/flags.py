@@ -18,7 +18,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
-from gptlab.settings import FlagError, type_hints
+from gptlab.settings import FlagError, show_value, type_hints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +56,6 @@ def is_group(spec: Spec) -> bool:
 def _flag(spec: Spec, prefix: str) -> str:
     name = spec.meta.get("flag") or spec.name.replace("_", "-")
     return f"--{prefix}-{name}" if prefix else f"--{name}"
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, (tuple, list)):
-        return " ".join(map(str, value)) or "none"
-    return str(value)
 
 
 def add_settings(
@@ -110,7 +102,7 @@ def add_settings(
         if required:
             kwargs["required"] = True
         elif spec.base is not bool and not (default is None and "(none:" in help_text):
-            help_text += f" (default: {_show(default)})".replace("%", "%%")
+            help_text += f" (default: {show_value(default)})".replace("%", "%%")
         target.add_argument(_flag(spec, prefix), help=help_text, **kwargs)
 
 

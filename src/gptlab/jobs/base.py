@@ -7,21 +7,32 @@ checks and loads before its run folder exists (`prepare`), the model and batches
 and pick the device; check the global batch; `prepare` (a mistake here leaves nothing
 behind); write config.json (rank 0; refused over an existing run unless resuming); `build`;
 `gptlab.training.train`; gather the final weights (a collective under FSDP); then, on rank 0,
-the samples, the plots and, for a finished run only, results.json as the very last file.
+the plots and, for a finished run only, results.json as the very last file.
+
+--resume continues the run in the folder only with the settings it was started with, apart
+from those declared resumable (gptlab.settings.resume_conflicts): any other difference is
+refused before anything is written, naming each setting. With no run there, it says so and
+starts one. A new run that fails before its first checkpoint removes its config.json again,
+so the next try, with or without --resume, is not refused.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
 from gptlab import distributed
-from gptlab.io import atomic_write_json
+from gptlab.checkpoints import has_checkpoint
+from gptlab.errors import GptlabError
+from gptlab.io import atomic_write_json, read_json_object
 from gptlab.model import GPT
-from gptlab.runs import RESULTS, SAMPLES, RunDir
+from gptlab.runs import CONFIG, RESULTS, RunDir, has_run
+from gptlab.settings import resume_conflicts
 from gptlab.training import (
     BatchSource,
     LossFn,
@@ -33,6 +44,8 @@ from gptlab.training import (
 )
 
 C = TypeVar("C")
+
+log = logging.getLogger("gptlab")
 
 
 @dataclass
@@ -56,7 +69,6 @@ class Plan:
     meta: dict[str, Any]  # the model folder's metadata in every checkpoint
     loss_fn: LossFn = lm_loss
     language_model: bool = True  # its loss is next-token cross-entropy: perplexity means something
-    samples: list[str] = field(default_factory=list)  # written to RUN/samples.txt
 
 
 class TrainingJob(ABC, Generic[C]):
@@ -102,40 +114,92 @@ class TrainingJob(ABC, Generic[C]):
         # `prepare` and `build` may resolve settings (self.c), so each step reads them anew.
         c: Any = self.c
         with distributed.session(pick_device(c.runtime.device)) as (d, device):
-            s = Session(d, device, RunDir(c.out), resume)
+            run = RunDir(c.out)
+            fresh = not has_run(run.path)
+            if resume and fresh and d.is_main:
+                log.warning("--resume: no run in %s yet; starting a new one", run.path)
+            s = Session(d, device, run, resume and not fresh)
             distributed.check_global_batch(c.train.batch_size, d)
             sections = self.prepare(s)
+            if s.resume:
+                self.check_resume(run)
+            distributed.barrier()  # every rank has read the old config.json before it changes
             if d.is_main:
                 config = {"task": self.task, "settings": self.c.to_json(), **sections}  # type: ignore[attr-defined]
-                s.run.prepare({**config, "device": str(device), "processes": d.world}, resume)
+                run.prepare({**config, "device": str(device), "processes": d.world}, s.resume)
             distributed.barrier()
-            plan = self.build(s)
-            c = self.c
-            cfg = TrainConfig(plan.max_steps, c.train, c.speed, c.runtime.precision)
-            result = train(
-                plan.model,
-                plan.train_batches,
-                plan.val_batches,
-                cfg,
-                s.run,
-                device,
-                loss_fn=plan.loss_fn,
-                resume=resume,
-                meta=plan.meta,
-                on_eval=lambda step: self.on_eval(s, plan, step),
-                stop_after=stop_after,
-                language_model=plan.language_model,
+            try:
+                return self.fit(s, stop_after)
+            except BaseException:
+                if fresh and d.is_main and not has_checkpoint(run.path):
+                    (run.path / CONFIG).unlink(missing_ok=True)  # nothing to resume yet
+                raise
+
+    def check_resume(self, run: RunDir) -> None:
+        """Refuse settings that differ from the saved run's where they change what it trains
+        (see gptlab.settings.resume_conflicts)."""
+        saved = read_json_object(run.path / CONFIG).get("settings", {})
+        if isinstance(saved.get("out"), str):
+            saved = moved(saved, Path(saved["out"]), run.path)
+        conflicts = resume_conflicts(saved, self.c)  # type: ignore[arg-type]
+        if conflicts:
+            raise GptlabError(
+                f"{run.path / CONFIG}: --resume keeps the saved run's settings: "
+                f"{'; '.join(conflicts)} (drop these flags, or choose another --out for a "
+                "new run)"
             )
-            finished = result.step >= plan.max_steps
-            weights = distributed.model_state(plan.model) if finished else {}
-            if not d.is_main:
-                return {}
-            if plan.samples:
-                with open(s.run.path / SAMPLES, "a", encoding="utf-8") as f:
-                    f.write("\n".join(plan.samples) + "\n")
-            self.plots(s)
-            if not finished:
-                return {}
-            results = self.results(s, plan, result, weights)
-            atomic_write_json(s.run.path / RESULTS, results)
-            return results
+
+    def fit(self, s: Session, stop_after: int | None) -> dict[str, Any]:
+        """`build`, train, and on rank 0 the plots and the results of a finished run."""
+        d = s.d
+        plan = self.build(s)
+        c: Any = self.c
+        cfg = TrainConfig(plan.max_steps, c.train, c.speed, c.runtime.precision)
+        result = train(
+            plan.model,
+            plan.train_batches,
+            plan.val_batches,
+            cfg,
+            s.run,
+            s.device,
+            loss_fn=plan.loss_fn,
+            resume=s.resume,
+            meta=plan.meta,
+            on_eval=lambda step: self.on_eval(s, plan, step),
+            stop_after=stop_after,
+            language_model=plan.language_model,
+        )
+        finished = result.step >= plan.max_steps
+        weights = distributed.model_state(plan.model) if finished else {}
+        if not d.is_main:
+            return {}
+        self.plots(s)
+        if not finished:
+            return {}
+        results = self.results(s, plan, result, weights)
+        atomic_write_json(s.run.path / RESULTS, results)
+        return results
+
+
+def moved(saved: Any, was: Path, now: Path) -> Any:
+    """The saved settings of a run started in folder `was` that is now in `now`, its paths
+    moved with it: a run folder copied or moved elsewhere (with the folders around it that
+    the paths share, such as a pipeline's data) resumes as if it had stayed."""
+    old, new = was.parts, now.parts
+    tail = 0  # the parts both locations end with
+    while tail < min(len(old), len(new)) and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    old_root, new_root = old[: len(old) - tail], new[: len(new) - tail]
+    if not old_root or old_root == new_root:
+        return saved
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        if isinstance(value, str) and Path(value).parts[: len(old_root)] == old_root:
+            return str(Path(*new_root, *Path(value).parts[len(old_root) :]))
+        return value
+
+    return rewrite(saved)
