@@ -76,11 +76,16 @@ def hf_model(cfg: LlamaConfig) -> torch.nn.Module:
             "high_freq_factor": s.high_freq_factor,
             "original_max_position_embeddings": s.original_context_length,
         }
+    if not hasattr(transformers.LlamaConfig(), "rope_parameters"):  # transformers 4.x
+        theta = rope.pop("rope_theta")
+        rope = {"rope_theta": theta, "rope_scaling": rope if len(rope) > 1 else None}
+    else:
+        rope = {"rope_parameters": rope}
     if cfg.qk_norm:
-        config = transformers.Qwen3Config(**common, rope_parameters=rope)
+        config = transformers.Qwen3Config(**common, **rope)
         model = transformers.Qwen3ForCausalLM(config)
     else:
-        config = transformers.LlamaConfig(**common, rope_parameters=rope)
+        config = transformers.LlamaConfig(**common, **rope)
         model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
