@@ -52,7 +52,7 @@ class KVCache:
 
     def __init__(
         self,
-        cfg: GPTConfig,
+        cfg: GPTConfig,  # or a gptlab.llama.LlamaConfig
         batch_size: int,
         max_len: int,
         device: torch.device | str,
@@ -61,7 +61,10 @@ class KVCache:
     ) -> None:
         if max_len > cfg.context_length:
             raise ValueError(f"cache length {max_len} exceeds context {cfg.context_length}")
-        shape = (cfg.n_layers, batch_size, cfg.n_heads, max_len, cfg.head_dim)
+        # Key/value heads: GPT-2 has one per query head; grouped-query models (gptlab.llama)
+        # fewer, and a head size that need not be emb_dim / n_heads.
+        n_kv_heads = getattr(cfg, "n_kv_heads", cfg.n_heads)
+        shape = (cfg.n_layers, batch_size, n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.max_len = max_len

@@ -1,0 +1,227 @@
+"""GGUF files (llama.cpp's format) of Llama-family models, read into gptlab.llama.
+
+`read_gguf` reads a file with the `gguf` package (llama.cpp's own Python library): the
+metadata of the `llama` or `qwen3` architecture becomes a LlamaConfig and every tensor is
+dequantized to float32 (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q2_K to
+Q6_K) under gptlab's parameter names. `load_gguf` builds the model from that (`build_llama`).
+
+The file is memory-mapped by gguf.GGUFReader and each tensor is dequantized from the map
+once, so a model costs its float32 size in memory plus the mapped pages, never two copies.
+
+One layout change besides renaming: for the `llama` architecture llama.cpp's converter
+(convert_hf_to_gguf.py) reorders the rows of each head of attn_q and attn_k, because ggml's
+"normal" rotary mode rotates adjacent pairs (x[2i], x[2i+1]) where Hugging Face (and
+gptlab.llama) rotate the two halves (x[i], x[i + head_dim/2]). Within a head the converter
+moved row i of the first half to row 2i and row i of the second half to row 2i + 1; reading
+undoes that (`unpermute_rotary`). Qwen3 files use ggml's "neox" mode, the halves layout, and
+are stored unpermuted.
+
+Llama 3.1's rotary scaling is stored by llama.cpp as a tensor, `rope_freqs.weight`, one
+divisor per frequency, instead of metadata; it is read back into a RopeScaling (the published
+low/high frequency factors 1 and 4 on an original context of 8192, checked against every
+divisor in the file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.formats.llama_names import expected_shapes, parameter_names
+from gptlab.llama import Llama, LlamaConfig, RopeScaling, rope_frequencies
+
+ARCHITECTURES = ("llama", "qwen3")
+QUANT_TYPES = (
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+)  # fmt: skip
+
+
+class GGUFModel(NamedTuple):
+    cfg: LlamaConfig
+    tensors: dict[str, torch.Tensor]  # gptlab names, float32; a tied head left out
+    metadata: dict[str, Any]  # the file's scalar key/values (arrays left out)
+
+
+def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """llama.cpp's adjacent-pairs row order of a q or k projection (rows: n_heads heads of
+    head_dim) back to the halves order: row 2i + s of a head -> row s * head_dim/2 + i."""
+    half = w.shape[0] // n_heads // 2
+    rest = w.shape[1:]
+    return w.reshape(n_heads, half, 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+def _reader(path: Path) -> Any:
+    import gguf
+
+    if not path.is_file():
+        raise GptlabError(f"{path}: no such file")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise GptlabError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, KeyError, IndexError, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GptlabError(
+            f"{path}: cannot read GGUF ({detail}); the file may be truncated"
+        ) from None
+
+
+def _metadata(reader: Any) -> dict[str, Any]:
+    from gguf import GGUFValueType
+
+    out = {}
+    for key, field in reader.fields.items():
+        if field.types and field.types[0] == GGUFValueType.ARRAY:
+            continue
+        value = field.contents()
+        if field.types and field.types[0] in (GGUFValueType.FLOAT32,):
+            value = float(str(np.float32(value)))  # 9.999999747e-06 -> 1e-05, as written
+        out[key] = value
+    return out
+
+
+def _config(path: Path, reader: Any, meta: dict[str, Any], names: set[str]) -> LlamaConfig:
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise GptlabError(
+            f"{path}: unsupported architecture {arch!r}; gptlab reads {', '.join(ARCHITECTURES)}"
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise GptlabError(f"{path}: metadata {arch}.{key} missing")
+        return value
+
+    if "tokenizer.ggml.tokens" in reader.fields:
+        vocab_size = len(reader.fields["tokenizer.ggml.tokens"].data)
+    else:
+        vocab_size = get("vocab_size")
+    emb_dim, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
+    scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling_type not in ("none", "llama3"):
+        raise GptlabError(f"{path}: unsupported rope scaling {scaling_type!r}")
+    try:
+        cfg = LlamaConfig(
+            vocab_size=vocab_size,
+            context_length=int(get("context_length")),
+            emb_dim=emb_dim,
+            n_layers=int(get("block_count")),
+            n_heads=n_heads,
+            n_kv_heads=int(get("attention.head_count_kv", n_heads)),
+            head_dim=int(get("attention.key_length", emb_dim // n_heads)),
+            hidden_dim=int(get("feed_forward_length")),
+            rope_base=float(get("rope.freq_base", 10000.0)),
+            rms_eps=float(get("attention.layer_norm_rms_epsilon")),
+            tie_weights="output.weight" not in names,
+            qk_norm=arch == "qwen3",
+            attention_bias="blk.0.attn_q.bias" in names,
+        )
+    except GptlabError as exc:
+        raise GptlabError(f"{path}: {exc}") from None
+    rotated = int(meta.get(f"{arch}.rope.dimension_count", cfg.head_dim))
+    if rotated != cfg.head_dim:
+        raise GptlabError(
+            f"{path}: rotary embeddings on {rotated} of {cfg.head_dim} head dimensions "
+            "(partial rotary) are not supported"
+        )
+    return cfg
+
+
+def _rope_scaling(path: Path, cfg: LlamaConfig, divisors: torch.Tensor) -> RopeScaling | None:
+    """The Llama 3 scaling behind llama.cpp's per-frequency divisors (rope_freqs.weight)."""
+    if bool((divisors == 1.0).all()):
+        return None
+    scaling = RopeScaling(
+        factor=float(str(np.float32(divisors.max().item()))),
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_context_length=8192,
+    )
+    want = rope_frequencies(cfg) / rope_frequencies(cfg.replace(rope_scaling=scaling))
+    if divisors.shape != want.shape or not torch.allclose(divisors, want, rtol=1e-4):
+        raise GptlabError(
+            f"{path}: rope_freqs.weight is not Llama 3 scaling with low_freq_factor 1, "
+            "high_freq_factor 4 and original context 8192"
+        )
+    return scaling
+
+
+def _dequantize(path: Path, t: Any) -> torch.Tensor:
+    from gguf import quants
+
+    kind = t.tensor_type.name
+    if kind not in QUANT_TYPES:
+        raise GptlabError(
+            f"{path}: tensor {t.name} has quant type {kind}, which gptlab does not read "
+            f"(it reads {', '.join(QUANT_TYPES)})"
+        )
+    shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first
+    if t.data.nbytes != int(t.n_bytes):
+        raise GptlabError(f"{path}: tensor {t.name} is cut short; the file is truncated")
+    if kind == "F32":
+        array = np.array(t.data, dtype=np.float32)  # the one copy, out of the memory map
+    else:
+        array = quants.dequantize(t.data, t.tensor_type)
+    return torch.from_numpy(array.reshape(shape))
+
+
+def read_gguf(path: str | Path) -> GGUFModel:
+    """The config, float32 tensors (gptlab names) and scalar metadata of a GGUF file."""
+    path = Path(path)
+    reader = _reader(path)
+    meta = _metadata(reader)
+    by_name = {t.name: t for t in reader.tensors}
+    cfg = _config(path, reader, meta, set(by_name))
+    if "rope_freqs.weight" in by_name:
+        divisors = _dequantize(path, by_name.pop("rope_freqs.weight"))
+        cfg = cfg.replace(rope_scaling=_rope_scaling(path, cfg, divisors))
+    names = parameter_names(cfg)
+    ours = {n.gguf: n.gptlab for n in names}
+    unexpected = sorted(set(by_name) - set(ours))
+    if unexpected:
+        arch = meta["general.architecture"]
+        raise GptlabError(f"{path}: unexpected tensor {unexpected[0]} for a {arch} model")
+    missing = [n.gguf for n in names if n.gguf not in by_name]
+    if missing:
+        raise GptlabError(f"{path}: tensor {missing[0]} missing ({len(missing)} missing in all)")
+    permuted = meta["general.architecture"] == "llama"
+    shapes = expected_shapes(cfg)
+    tensors = {}
+    for n in names:
+        w = _dequantize(path, by_name[n.gguf])
+        if tuple(w.shape) != shapes[n.gptlab]:
+            raise GptlabError(
+                f"{path}: tensor {n.gguf} has shape {tuple(w.shape)}, "
+                f"the metadata implies {shapes[n.gptlab]}"
+            )
+        if permuted and n.gptlab.endswith(("attn.q.weight", "attn.q.bias")):
+            w = unpermute_rotary(w, cfg.n_heads)
+        elif permuted and n.gptlab.endswith(("attn.k.weight", "attn.k.bias")):
+            w = unpermute_rotary(w, cfg.n_kv_heads)
+        tensors[n.gptlab] = w
+    return GGUFModel(cfg, tensors, meta)
+
+
+def load_gguf(path: str | Path) -> Llama:
+    """A gptlab.llama model holding the file's weights (float32, eval mode)."""
+    cfg, tensors, _ = read_gguf(path)
+    return build_llama(cfg, tensors)
+
+
+def build_llama(cfg: LlamaConfig, tensors: dict[str, torch.Tensor]) -> Llama:
+    """A model holding exactly `tensors` (as read_gguf returns them, shapes checked there),
+    built without allocating a random copy first."""
+    with torch.device("meta"):
+        model = Llama(cfg)
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if model.tied:
+        model.out_head.weight = model.tok_emb.weight
+    return model.eval()
