@@ -5,14 +5,40 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gptlab.errors import GptlabError
 from gptlab.io import read_json_object
 
+C = TypeVar("C", bound="ModelConfig")
+
+
+class ModelConfig:
+    """What every architecture's frozen config dataclass shares: copies with changes, and
+    the dict form that model folders store in config.json, read back with clear errors."""
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GptlabError(f"{source}: unknown model config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        return cls.from_dict(read_json_object(path, "model config"), source=str(path))
+
 
 @dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(ModelConfig):
     """Everything that fixes the shape and behaviour of a GPT model.
 
     `n_classes` is None for a language model (the head predicts the vocabulary) and the
@@ -47,25 +73,6 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
-
-    def replace(self, **changes: Any) -> GPTConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise GptlabError(f"{source}: unknown model config field(s): {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> GPTConfig:
-        path = Path(path)
-        return cls.from_dict(read_json_object(path, "model config"), source=str(path))
 
 
 # OpenAI's four GPT-2 sizes, plus small shapes for CPU experiments and tests.

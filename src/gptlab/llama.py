@@ -37,16 +37,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
-from gptlab.io import read_json_object
-from gptlab.model import IGNORE_INDEX, AttentionImpl, HeadLoss, KVCache, cross_entropy_sum
+from gptlab.model import AttentionImpl, Decoder, KVCache
 
 # scaled_dot_product_attention shares key/value heads itself from torch 2.5 on (enable_gqa);
 # before that the keys and values are repeated per query head.
@@ -78,7 +77,7 @@ class RopeScaling:
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(ModelConfig):
     """Everything that fixes the shape and behaviour of a Llama-family model.
 
     `head_dim` defaults to emb_dim // n_heads (Llama, SmolLM2); Qwen3 sets it explicitly
@@ -144,25 +143,6 @@ class LlamaConfig:
             raise GptlabError(
                 f"model config: rope_scaling must be a mapping or None, got {self.rope_scaling!r}"
             )
-
-    def replace(self, **changes: Any) -> LlamaConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> LlamaConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise GptlabError(f"{source}: unknown model config field(s): {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> LlamaConfig:
-        path = Path(path)
-        return cls.from_dict(read_json_object(path, "model config"), source=str(path))
 
 
 def _rope_scaling(data: dict[str, Any]) -> RopeScaling:
@@ -497,7 +477,10 @@ class Block(nn.Module):
         return x + self.ff(self.norm2(x))
 
 
-class Llama(nn.Module):
+class Llama(Decoder):
+    """The Llama-family decoder; everything around its layers (head, initialisation, loss
+    seam, forward) is gptlab.model.Decoder's, shared with GPT-2."""
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -509,85 +492,10 @@ class Llama(nn.Module):
         # The language-model head has no bias; a classifier head does (as in gptlab.model).
         self.out_head = nn.Linear(cfg.emb_dim, n_out, bias=cfg.n_classes is not None)
         self.rotary = Rotary(cfg)
-        self.gradient_checkpointing = False
-        self.head_loss: HeadLoss = cross_entropy_sum  # training may install a faster twin
-        if self.tied:
-            self.out_head.weight = self.tok_emb.weight
-        if self.tok_emb.weight.is_meta:  # built to receive loaded weights: random init is waste
-            return
-        self.apply(self._init_weights)
-        # As gptlab's GPT-2: residual projections start smaller, by 1/sqrt(2 * n_layers).
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.o.weight", "ff.down.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
-
-    @property
-    def tied(self) -> bool:
-        return self.cfg.tie_weights and self.cfg.n_classes is None
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def set_attention(self, impl: AttentionImpl) -> None:
-        """Switch every layer between the fused (`sdpa`) and the explicit (`reference`) path."""
-        if impl not in ("sdpa", "reference"):
-            raise GptlabError(f"unknown attention {impl!r}; choose sdpa or reference")
-        for block in self.blocks:
-            block.attn.impl = impl
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        """Unique parameters (a tied head counts once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+        self._init_parameters(residual=("attn.o.weight", "ff.down.weight"))
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final-normed hidden states (B, T, emb_dim), before the output head."""
-        t = idx.shape[1]
-        if cache is not None:
-            if cache.length + t > cache.max_len:
-                raise ValueError(f"KV cache full: {cache.length} + {t} > {cache.max_len}")
-            pos = cache.positions(t)
-            mask, causal = cache.attention_mask(t)
-        else:
-            if t > self.cfg.context_length:
-                raise ValueError(f"sequence length {t} exceeds context {self.cfg.context_length}")
-            pos = torch.arange(t, device=idx.device)[None, :]
-            mask, causal = None, True
+        pos, mask, causal = self._positions(idx, cache)
         x = self.drop_emb(self.tok_emb(idx))
-        rope = self.rotary(pos, x.dtype)
-        for i, block in enumerate(self.blocks):
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
-            else:
-                x = block(x, rope, cache, i, mask, causal)
-        if cache is not None:
-            cache.length += t
-        return self.final_norm(x)
-
-    def forward(
-        self,
-        idx: torch.Tensor,
-        cache: KVCache | None = None,
-        last_only: bool = False,
-        targets: torch.Tensor | None = None,
-        select: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, T, n_out); with `last_only`, only the last position's (B, 1, n_out).
-        With `targets` (B, T; IGNORE_INDEX where nothing is learned), the summed
-        cross-entropy. With `select` (B,), the logits (B, n_out) at that position of each row.
-        The same contract as gptlab.model.GPT.forward."""
-        h = self.hidden_states(idx, cache)
-        if select is not None:
-            return self.out_head(h[torch.arange(len(h), device=h.device), select])
-        if targets is not None:
-            h, y = h.flatten(0, 1), targets.flatten()
-            keep = y != IGNORE_INDEX
-            if not bool(keep.all()):
-                h, y = h[keep], y[keep]
-            return self.head_loss(self.out_head, h, y)
-        if last_only:
-            h = h[:, -1:]
-        return self.out_head(h)
+        return self._stack(x, cache, mask, causal, self.rotary(pos, x.dtype))

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gptlab.config import GPTConfig
+from gptlab.errors import GptlabError
 
 AttentionImpl = Literal["sdpa", "reference"]
 
@@ -181,29 +182,28 @@ class Block(nn.Module):
         return x + self.ff(self.norm2(x))
 
 
-class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
-        self.drop_emb = nn.Dropout(cfg.drop_rate)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
-        n_out = cfg.n_classes or cfg.vocab_size
-        # GPT-2's head has no bias; a classifier head does.
-        self.out_head = nn.Linear(cfg.emb_dim, n_out, bias=cfg.n_classes is not None)
+class Decoder(nn.Module):
+    """What gptlab's decoders share around their own layers (GPT-2 here, the Llama family in
+    gptlab.llama): the tied head, the initialisation, the loss seam and the forward contract
+    that generation, training and LoRA rely on. A subclass builds `tok_emb`, `blocks`,
+    `final_norm` and `out_head`, then calls `_init_parameters`, and defines `hidden_states`."""
+
+    cfg: Any
+
+    def _init_parameters(self, residual: tuple[str, ...]) -> None:
+        """Tie the head, then initialise (unless built on the meta device to receive loaded
+        weights: random init is waste) with GPT-2's scheme, the residual projections named by
+        `residual` scaled by 1/sqrt(2 * n_layers)."""
         self.gradient_checkpointing = False
         self.head_loss: HeadLoss = cross_entropy_sum  # training may install a faster twin
         if self.tied:
             self.out_head.weight = self.tok_emb.weight
-        if self.tok_emb.weight.is_meta:  # built to receive loaded weights: random init is waste
+        if self.tok_emb.weight.is_meta:
             return
         self.apply(self._init_weights)
-        # GPT-2: scale the init of residual projections by 1/sqrt(2 * n_layers).
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+            if name.endswith(residual):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
 
     @property
     def tied(self) -> bool:
@@ -218,6 +218,8 @@ class GPT(nn.Module):
 
     def set_attention(self, impl: AttentionImpl) -> None:
         """Switch every layer between the fused (`sdpa`) and the explicit (`reference`) path."""
+        if impl not in ("sdpa", "reference"):
+            raise GptlabError(f"unknown attention {impl!r}; choose sdpa or reference")
         for block in self.blocks:
             block.attn.impl = impl
 
@@ -227,26 +229,7 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final-normed hidden states (B, T, emb_dim), before the output head."""
-        t = idx.shape[1]
-        if cache is not None:
-            if cache.length + t > cache.max_len:
-                raise ValueError(f"KV cache full: {cache.length} + {t} > {cache.max_len}")
-            pos = cache.positions(t)
-            mask, causal = cache.attention_mask(t)
-        else:
-            if t > self.cfg.context_length:
-                raise ValueError(f"sequence length {t} exceeds context {self.cfg.context_length}")
-            pos = torch.arange(t, device=idx.device)[None, :]
-            mask, causal = None, True
-        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))
-        for i, block in enumerate(self.blocks):
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, cache, i, mask, causal)
-        if cache is not None:
-            cache.length += t
-        return self.final_norm(x)
+        raise NotImplementedError
 
     def forward(
         self,
@@ -273,3 +256,56 @@ class GPT(nn.Module):
         if last_only:
             h = h[:, -1:]
         return self.out_head(h)
+
+    def _positions(
+        self, idx: torch.Tensor, cache: KVCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """(position ids (B or 1, T), attention mask, is_causal) for the tokens `idx`."""
+        t = idx.shape[1]
+        if cache is not None:
+            if cache.length + t > cache.max_len:
+                raise ValueError(f"KV cache full: {cache.length} + {t} > {cache.max_len}")
+            return cache.positions(t), *cache.attention_mask(t)
+        if t > self.cfg.context_length:
+            raise ValueError(f"sequence length {t} exceeds context {self.cfg.context_length}")
+        return torch.arange(t, device=idx.device)[None, :], None, True
+
+    def _stack(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None,
+        mask: torch.Tensor | None,
+        causal: bool,
+        *extra: Any,
+    ) -> torch.Tensor:
+        """Run the blocks (each called as block(x, *extra, cache, layer, mask, causal)) and the
+        final norm; with gradient checkpointing, a training step recomputes each block."""
+        for i, block in enumerate(self.blocks):
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = torch.utils.checkpoint.checkpoint(block, x, *extra, use_reentrant=False)
+            else:
+                x = block(x, *extra, cache, i, mask, causal)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return self.final_norm(x)
+
+
+class GPT(Decoder):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        n_out = cfg.n_classes or cfg.vocab_size
+        # GPT-2's head has no bias; a classifier head does.
+        self.out_head = nn.Linear(cfg.emb_dim, n_out, bias=cfg.n_classes is not None)
+        self._init_parameters(residual=("proj.weight",))
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final-normed hidden states (B, T, emb_dim), before the output head."""
+        pos, mask, causal = self._positions(idx, cache)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))
+        return self._stack(x, cache, mask, causal)
