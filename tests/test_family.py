@@ -64,6 +64,17 @@ def tiny(cfg: LlamaConfig, seed: int = 0) -> Llama:
     return model
 
 
+def mapped_file(t: torch.Tensor) -> str | None:
+    """The file whose memory mapping holds `t`'s data (Linux's /proc/self/maps), if any."""
+    ptr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(a, 16) for a in fields[0].split("-"))
+        if lo <= ptr < hi:
+            return fields[5] if len(fields) == 6 else None
+    return None
+
+
 def one_line(call, *args, **kwargs) -> str:
     with pytest.raises(GptlabError) as info:
         call(*args, **kwargs)
@@ -191,6 +202,10 @@ def test_hf_folder_reads_to_transformers_logits(tmp_path: Path, name: str, shard
         assert not shards and (folder / "model.safetensors").is_file()
     model, meta = resolve_model(folder)
     assert isinstance(model, Llama) and model.cfg == cfg
+    # read memory-mapped: the weights lie in mappings of the weight files themselves
+    files = {str(p.resolve()) for p in folder.glob("*.safetensors")}
+    assert mapped_file(model.tok_emb.weight) in files
+    assert mapped_file(model.blocks[-1].ff.down.weight) in files
     assert meta["model"]["family"] == "llama" and meta["source"] == str(folder)
     x = ids(cfg, (3, 30))
     diff = (model(x) - hf(x).logits).abs().max().item()
@@ -238,6 +253,11 @@ def test_hf_config_reads_both_rope_spellings() -> None:
     v4 = {**base, "rope_theta": 500000.0, "rope_scaling": scaling}
     v5 = {**base, "rope_parameters": {**scaling, "rope_theta": 500000.0}}
     assert hf_llama_config(v4, "c") == hf_llama_config(v5, "c") == LLAMA
+    # both spellings, disagreeing: rope_scaling wins, as in transformers 5
+    both = {**v4, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}
+    assert hf_llama_config(both, "c") == LLAMA
+    plain = {**base, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    assert hf_llama_config(plain, "c") == LLAMA.replace(rope_base=1e6, rope_scaling=None)
 
 
 # ---- export to Hugging Face -------------------------------------------------------------------

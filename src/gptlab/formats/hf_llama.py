@@ -50,15 +50,13 @@ def is_hf_llama_folder(folder: Path) -> bool:
 
 
 def _rope(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
-    params = hf.get("rope_parameters")
-    if isinstance(params, dict):  # transformers 5.x
-        theta, scaling = params.get("rope_theta", hf.get("rope_theta", 10000.0)), params
-    else:  # transformers 4.x
-        theta, scaling = hf.get("rope_theta", 10000.0), hf.get("rope_scaling")
-    if scaling is None:
-        return float(theta), None
+    # As transformers 5 reads it (PreTrainedConfig.convert_rope_params_to_dict): a non-empty
+    # rope_scaling (4.x) wins over rope_parameters (5.x); rope_theta inside the chosen one
+    # wins over the top-level rope_theta (4.x).
+    scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
     if not isinstance(scaling, dict):
-        raise GptlabError(f"{source}: rope_scaling must be an object or null")
+        raise GptlabError(f"{source}: rope_scaling / rope_parameters must be an object or null")
+    theta = scaling.get("rope_theta", hf.get("rope_theta", 10000.0))
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return float(theta), None
