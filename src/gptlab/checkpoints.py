@@ -1,7 +1,9 @@
 """gptlab's own files: model folders and training checkpoints, no unpickling of foreign files.
 
 A *model folder* holds `model.safetensors` and `config.json` ({"format": "gptlab", "model":
-{...GPTConfig...}, plus task metadata such as label names}). A training checkpoint is a model
+{...GPTConfig or LlamaConfig...}, plus task metadata such as label names}); the model section
+of a Llama-family model says `"family": "llama"`, one without a family is GPT-2 (see
+gptlab.families). A training checkpoint is a model
 folder plus `train_state.pt` (optimizer, RNG states, step), read back with
 `torch.load(weights_only=True)`. Checkpoints live in `RUN/checkpoints/step-NNNNNN/`, and
 `RUN/checkpoints/LATEST` names the newest complete one: it is only updated after the folder is
@@ -20,8 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
+from gptlab.families import Model, ModelConfig, config_from_dict, config_to_dict, new_model
 from gptlab.io import (
     atomic_write,
     atomic_write_json,
@@ -29,7 +31,6 @@ from gptlab.io import (
     fsync_dir,
     read_json_object,
 )
-from gptlab.model import GPT
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -37,7 +38,7 @@ TRAIN_STATE = "train_state.pt"
 
 
 def _state_to_save(
-    model: GPT, state: dict[str, torch.Tensor] | None = None
+    model: Model, state: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
     state = dict(model.state_dict() if state is None else state)
     if model.tied:
@@ -46,7 +47,7 @@ def _state_to_save(
 
 
 def save_model(
-    model: GPT,
+    model: Model,
     directory: str | Path,
     meta: dict[str, Any] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
@@ -61,7 +62,7 @@ def save_model(
         )
     except SafetensorError as exc:  # the Rust writer's I/O errors, such as a full disk
         raise GptlabError(f"{directory / WEIGHTS}: cannot write ({exc})") from None
-    config = {"format": "gptlab", "model": model.cfg.to_dict(), **(meta or {})}
+    config = {"format": "gptlab", "model": config_to_dict(model.cfg), **(meta or {})}
     atomic_write_json(directory / CONFIG, config)
     return directory
 
@@ -88,10 +89,11 @@ def read_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.T
         ) from None
 
 
-def build_model(cfg: GPTConfig, state: dict[str, torch.Tensor], source: str) -> GPT:
-    """A GPT holding exactly `state`, built without allocating a second, random copy first."""
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> Model:
+    """A model of `cfg`'s family (GPT or Llama) holding exactly `state`, built without
+    allocating a second, random copy first: every key and shape is checked."""
     with torch.device("meta"):
-        model = GPT(cfg)
+        model = new_model(cfg)
     expected = model.state_dict()
     if model.tied:
         expected.pop("out_head.weight")
@@ -113,11 +115,11 @@ def build_model(cfg: GPTConfig, state: dict[str, torch.Tensor], source: str) -> 
     return model.eval()
 
 
-def load_model_folder(directory: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
+def load_model_folder(directory: str | Path, device: str = "cpu") -> tuple[Model, dict[str, Any]]:
     """Load a model folder; returns the model (in eval mode) and its config.json."""
     directory = Path(directory)
     meta = read_config(directory)
-    cfg = GPTConfig.from_dict(meta["model"], source=str(directory / CONFIG))
+    cfg = config_from_dict(meta["model"], source=str(directory / CONFIG))
     state = read_safetensors(directory / WEIGHTS, device=device)
     return build_model(cfg, state, str(directory / WEIGHTS)), meta
 
@@ -132,7 +134,7 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    model: GPT,
+    model: Model,
     train_state: dict[str, Any],
     meta: dict[str, Any] | None = None,
     *,

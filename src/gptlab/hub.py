@@ -1,10 +1,13 @@
 """Where models come from: everything `--model` / `--base` accepts, resolved in one place.
 
 A spec is, in this order: an OpenAI TensorFlow checkpoint (a folder with model.ckpt.index and
-hparams.json, or the checkpoint prefix); a Hugging Face GPT-2 `.safetensors` file; a folder,
-which is a Hugging Face GPT-2 folder (its config.json says model_type gpt2), a gptlab model
-folder, or a run folder (its final model, else its latest checkpoint); or the name of one of
-OpenAI's pretrained GPT-2 sizes, downloaded and converted into a cache on first use.
+hparams.json, or the checkpoint prefix); a Hugging Face GPT-2 `.safetensors` file; a `.gguf`
+file of a Llama-family model (llama.cpp's format, gptlab.formats.gguf); a folder, which is a
+Hugging Face GPT-2 folder (its config.json says model_type gpt2), a Hugging Face Llama or
+Qwen3 folder (model_type llama / qwen3; single or sharded safetensors,
+gptlab.formats.hf_llama), a gptlab model folder of either family, or a run folder (its final
+model, else its latest checkpoint); or the name of one of OpenAI's pretrained GPT-2 sizes,
+downloaded and converted into a cache on first use.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import CONFIG, WEIGHTS, iter_model_folders, load_model_folder, save_model
-from gptlab.config import OPENAI_SIZES, PRESETS, get_preset
+from gptlab.config import OPENAI_SIZES
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
+from gptlab.families import PRESET_FAMILIES, Model, config_to_dict, get_preset, new_model
+from gptlab.formats.gguf import load_gguf
 from gptlab.formats.hf import is_hf_folder, load_hf_safetensors
+from gptlab.formats.hf_llama import INDEX, is_hf_llama_folder, load_hf_llama
 from gptlab.formats.openai_tf import has_tf_files, is_tf_checkpoint, load_tf_checkpoint
-from gptlab.model import GPT
 
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 OPENAI_FILES = (
@@ -42,12 +47,12 @@ HF_REPOS = {
 }
 
 
-def _foreign(model: GPT, path: Path) -> tuple[GPT, dict[str, Any]]:
+def _foreign(model: Model, path: Path) -> tuple[Model, dict[str, Any]]:
     """A model read from another program's files, with the config.json gptlab would write."""
-    return model, {"format": "gptlab", "model": model.cfg.to_dict(), "source": str(path)}
+    return model, {"format": "gptlab", "model": config_to_dict(model.cfg), "source": str(path)}
 
 
-def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
+def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Model, dict[str, Any]]:
     """The model (in eval mode) and its gptlab config for anything `--model` accepts (see the
     module docstring); a spec that is none of them is one GptlabError saying why."""
     path = Path(spec)
@@ -55,6 +60,12 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str,
         return _foreign(load_tf_checkpoint(path), path)  # a missing index is reported there
     if path.is_file() and path.suffix == ".safetensors":
         return _foreign(load_hf_safetensors(path, device), path)
+    if path.suffix.lower() == ".gguf" and not path.is_dir():  # a missing file is said there
+        return _foreign(load_gguf(path).to(device), path)
+    if path.is_dir() and is_hf_llama_folder(path):
+        return _foreign(load_hf_llama(path, device), path)
+    if path.is_dir() and (path / INDEX).is_file() and not (path / CONFIG).is_file():
+        raise GptlabError(f"{path}: sharded weights without a config.json")
     if path.exists():
         for folder in iter_model_folders(path):
             if is_hf_folder(folder):
@@ -66,7 +77,7 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str,
         )
     if str(spec) in OPENAI_SIZES:
         return load_model_folder(ensure_pretrained(str(spec)), device)
-    if str(spec) in PRESETS:
+    if str(spec) in PRESET_FAMILIES:
         raise GptlabError(
             f"{spec}: preset {spec!r} has no pretrained weights; train it with "
             f"`gptlab pretrain --preset {spec}` and pass the run folder"
@@ -74,12 +85,13 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[GPT, dict[str,
     raise GptlabError(f"{spec}: no such model folder, run folder or preset")
 
 
-def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") -> GPT:
-    """The language model a fine-tuning job starts from: "random" (the `preset`, initialised
-    from `seed`) or anything `resolve_model` accepts; a classifier is refused."""
+def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") -> Model:
+    """The language model a fine-tuning job starts from: "random" (the `preset` of either
+    family, initialised from `seed`) or anything `resolve_model` accepts; a classifier is
+    refused."""
     if base == "random":
         torch.manual_seed(seed)
-        return GPT(get_preset(preset)).to(device)
+        return new_model(get_preset(preset)).to(device)
     model, _ = resolve_model(base, device=device)
     if model.cfg.n_classes is not None:
         raise GptlabError(f"{base}: is a classifier; pass a language model as --base")

@@ -4,6 +4,19 @@
 y = W x + b + (alpha / rank) * B(A(x)), with B initialised to zero (the adapted model starts
 equal to the base). `merge_lora` folds B A into W and restores plain nn.Linear layers, giving a
 model with the original parameter names and the same outputs.
+
+Targets are named per family; the command line's four names (gptlab.settings.LORA_TARGETS)
+mean the same roles in both:
+
+    name        GPT-2 (gptlab.model)   Llama / Qwen3 (gptlab.llama)
+    qkv         attn.qkv               attn.q, attn.k, attn.v  (the three input projections)
+    attn_proj   attn.proj              attn.o                  (attention output)
+    fc          ff.fc                  ff.gate, ff.up          (feed-forward input side)
+    ff_proj     ff.proj                ff.down                 (feed-forward output)
+
+Besides those, a target may name one layer of its family directly (`attn.q`, `ff.gate`,
+`attn.qkv`, ...), so that for instance only queries and values get adapters
+(`("attn.q", "attn.v")`). A layer named twice gets one adapter.
 """
 
 from __future__ import annotations
@@ -14,11 +27,44 @@ import torch
 from torch import nn
 
 from gptlab.errors import GptlabError
+from gptlab.llama import LlamaConfig
 from gptlab.settings import LORA_TARGETS
 
 # Short names of the block's linear layers: attention qkv and output, feed-forward in and out.
-# The modules behind gptlab.settings.LORA_TARGETS, the names the command line offers.
+# The modules behind gptlab.settings.LORA_TARGETS, the names the command line offers (GPT-2).
 TARGETS = dict(zip(LORA_TARGETS, ("attn.qkv", "attn.proj", "ff.fc", "ff.proj"), strict=True))
+# The same roles in a Llama-family block (see the module docstring).
+LLAMA_TARGETS: dict[str, tuple[str, ...]] = dict(
+    zip(
+        LORA_TARGETS,
+        (("attn.q", "attn.k", "attn.v"), ("attn.o",), ("ff.gate", "ff.up"), ("ff.down",)),
+        strict=True,
+    )
+)
+LLAMA_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "ff.gate", "ff.up", "ff.down")
+
+
+def family_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Every target name `model` accepts, each with the block layers it stands for."""
+    if _is_llama(model):
+        return {**LLAMA_TARGETS, **{layer: (layer,) for layer in LLAMA_LAYERS}}
+    return {
+        **{name: (layer,) for name, layer in TARGETS.items()},
+        **{layer: (layer,) for layer in TARGETS.values()},
+    }
+
+
+def _is_llama(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "cfg", None), LlamaConfig)
+
+
+def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """The block layers (`attn.q`, ...) behind `targets` for `model`'s family, each once."""
+    known = family_targets(model)
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise GptlabError(f"unknown LoRA target {unknown[0]!r}; choose from {', '.join(known)}")
+    return tuple(dict.fromkeys(layer for t in targets for layer in known[t]))
 
 
 class LoRALinear(nn.Module):
@@ -48,17 +94,16 @@ class LoRALinear(nn.Module):
 def apply_lora(
     model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = tuple(TARGETS)
 ) -> int:
-    """Freeze every parameter, then add trainable adapters to `targets` in every block.
-    Returns the number of adapter parameters."""
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise GptlabError(f"unknown LoRA target {unknown[0]!r}; choose from {', '.join(TARGETS)}")
+    """Freeze every parameter, then add trainable adapters to `targets` (names of the module
+    docstring, for `model`'s family) in every block. Returns the number of adapter
+    parameters."""
+    layers = resolve_targets(model, targets)
     for p in model.parameters():
         p.requires_grad_(False)
     added = 0
     for block in model.blocks:  # type: ignore[attr-defined]
-        for target in targets:
-            parent_name, attr = TARGETS[target].split(".")
+        for target in layers:
+            parent_name, attr = target.split(".")
             parent = getattr(block, parent_name)
             layer = LoRALinear(getattr(parent, attr), rank, alpha)
             setattr(parent, attr, layer)

@@ -1,4 +1,5 @@
-"""`gptlab convert`: between OpenAI's TF checkpoints, HF GPT-2 safetensors and gptlab."""
+"""`gptlab convert`: between OpenAI's TF checkpoints, HF GPT-2 safetensors, HF Llama / Qwen3
+folders, GGUF files (read only) and gptlab; `--to hf` writes GPT-2 or Llama / Qwen3."""
 
 from __future__ import annotations
 

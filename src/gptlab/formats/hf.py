@@ -14,8 +14,10 @@ from safetensors.torch import save_file
 from gptlab.checkpoints import CONFIG, WEIGHTS, build_model, read_safetensors
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
+from gptlab.formats.hf_llama import export_hf_llama
 from gptlab.formats.names import parameter_names
 from gptlab.io import atomic_write, atomic_write_json, read_json, read_json_object
+from gptlab.llama import Llama
 from gptlab.model import GPT
 from gptlab.tokenizer import EOT_ID
 
@@ -98,9 +100,12 @@ def load_hf_safetensors(path: str | Path, device: str = "cpu") -> GPT:
     return build_model(cfg, state, str(path))
 
 
-def export_hf(model: GPT, directory: str | Path) -> Path:
+def export_hf(model: GPT | Llama, directory: str | Path) -> Path:
     """Write `model` as Hugging Face GPT-2 (config.json + model.safetensors), loadable by
-    `transformers.GPT2LMHeadModel.from_pretrained(directory)` with the same logits."""
+    `transformers.GPT2LMHeadModel.from_pretrained(directory)` with the same logits; a
+    Llama-family model as Hugging Face Llama / Qwen3 (gptlab.formats.hf_llama)."""
+    if isinstance(model, Llama):
+        return export_hf_llama(model, directory)
     cfg = model.cfg
     if cfg.n_classes is not None or not cfg.qkv_bias:
         raise GptlabError(
