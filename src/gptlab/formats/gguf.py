@@ -4,6 +4,9 @@
 metadata of the `llama` or `qwen3` architecture becomes a LlamaConfig and every tensor is
 dequantized to float32 (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q2_K to
 Q6_K) under gptlab's parameter names. `load_gguf` builds the model from that (`build_llama`).
+The metadata handed back holds the scalar keys and the tokenizer's arrays
+(`tokenizer.ggml.tokens`, `.merges`, `.token_type`), from which gptlab.text builds the file's
+tokenizer; `read_gguf_metadata` reads only that.
 
 The file is memory-mapped by gguf.GGUFReader and each tensor is dequantized from the map
 once, so a model costs its float32 size in memory plus the mapped pages, never two copies.
@@ -44,7 +47,7 @@ QUANT_TYPES = (
 class GGUFModel(NamedTuple):
     cfg: LlamaConfig
     tensors: dict[str, torch.Tensor]  # gptlab names, float32; a tied head left out
-    metadata: dict[str, Any]  # the file's scalar key/values (arrays left out)
+    metadata: dict[str, Any]  # scalar key/values, plus the tokenizer.ggml.* arrays as lists
 
 
 def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -73,12 +76,19 @@ def _reader(path: Path) -> Any:
         ) from None
 
 
+# Array-valued keys handed over (a tokenizer's vocabulary, merges, token types, scores); other
+# arrays are left out.
+ARRAY_PREFIXES = ("tokenizer.ggml.",)
+
+
 def _metadata(reader: Any) -> dict[str, Any]:
     from gguf import GGUFValueType
 
     out = {}
     for key, field in reader.fields.items():
         if field.types and field.types[0] == GGUFValueType.ARRAY:
+            if key.startswith(ARRAY_PREFIXES):
+                out[key] = list(field.contents())
             continue
         value = field.contents()
         if field.types and field.types[0] in (GGUFValueType.FLOAT32,):
@@ -171,6 +181,12 @@ def _dequantize(path: Path, t: Any) -> torch.Tensor:
     else:
         array = quants.dequantize(t.data, t.tensor_type)
     return torch.from_numpy(array.reshape(shape))
+
+
+def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
+    """The file's metadata as read_gguf gives it, without reading any tensor (for a tokenizer:
+    gptlab.text.from_gguf_metadata)."""
+    return _metadata(_reader(Path(path)))
 
 
 def read_gguf(path: str | Path) -> GGUFModel:
