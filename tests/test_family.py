@@ -38,7 +38,7 @@ from gptlab.lora import LoRALinear, apply_lora, merge_lora
 from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.settings import ConvertConfig, Sampling
 from tests.test_gguf import QWEN3 as GGUF_QWEN3
-from tests.test_gguf import smollm2_file, write_file  # noqa: F401 (a fixture)
+from tests.test_gguf import write_file
 from tests.test_llama import CONFIGS, hf_model
 
 # A Llama 3 (scaled rope, separate head, GQA 4:2) and a tied Qwen3 (q/k norm, head_dim 32).
@@ -321,7 +321,7 @@ def test_gguf_file_resolves_like_any_model(tmp_path: Path) -> None:
     assert "no such file" in one_line(resolve_model, tmp_path / "missing.gguf")
 
 
-def test_real_smollm2_gguf_through_resolve_model(smollm2_file: Path) -> None:  # noqa: F811
+def test_real_smollm2_gguf_through_resolve_model(smollm2_file: Path) -> None:
     model, meta = resolve_model(smollm2_file)
     assert model.cfg == families.get_preset("smollm2-135m")
     assert meta["model"] == families.config_to_dict(model.cfg)
