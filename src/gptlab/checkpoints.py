@@ -8,6 +8,11 @@ folder plus `train_state.pt` (optimizer, RNG states, step), read back with
 `torch.load(weights_only=True)`. Checkpoints live in `RUN/checkpoints/step-NNNNNN/`, and
 `RUN/checkpoints/LATEST` names the newest complete one: it is only updated after the folder is
 fully written and renamed into place, so a crash mid-save never leaves a broken latest.
+
+A model folder may also hold its tokenizer, as Hugging Face writes one: `tokenizer.json`,
+`tokenizer_config.json` (special tokens, chat template) and `generation_config.json` (stop
+ids). GPT-2 folders have none (GPT-2's tokenizer is gptlab's own); `save_model(...,
+tokenizer=...)` writes them for any other (a converted GGUF or Hugging Face model).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from gptlab.io import (
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAIN_STATE = "train_state.pt"
+TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+GENERATION_CONFIG = "generation_config.json"
 
 
 def _state_to_save(
@@ -51,10 +59,14 @@ def save_model(
     directory: str | Path,
     meta: dict[str, Any] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Write a model folder (weights + config), each file atomically. `weights` replaces the
-    model's own state, e.g. full weights gathered from FSDP shards."""
+    model's own state, e.g. full weights gathered from FSDP shards. A `tokenizer` other than
+    GPT-2's (a gptlab.text.HFTokenizer) is saved beside them (see `save_tokenizer`)."""
     directory = Path(directory)
+    if tokenizer is not None and getattr(tokenizer, "backend", None) is not None:
+        save_tokenizer(tokenizer, directory)
     state = _state_to_save(model, weights)
     try:
         atomic_write(
@@ -65,6 +77,24 @@ def save_model(
     config = {"format": "gptlab", "model": config_to_dict(model.cfg), **(meta or {})}
     atomic_write_json(directory / CONFIG, config)
     return directory
+
+
+def save_tokenizer(tokenizer: Any, directory: str | Path) -> None:
+    """Write a gptlab.text.HFTokenizer as tokenizer.json + tokenizer_config.json (its special
+    tokens, chat template and add_bos) + generation_config.json (its stop ids), files that
+    gptlab.text.from_tokenizer_json (and transformers) read back to the same tokenizer."""
+    directory = Path(directory)
+    text = tokenizer.backend.to_str()
+    atomic_write_text(directory / TOKENIZER, text)
+    config: dict[str, Any] = {
+        **tokenizer.special_tokens,
+        "add_bos_token": bool(tokenizer.add_bos),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    if tokenizer.chat_template is not None:
+        config["chat_template"] = tokenizer.chat_template
+    atomic_write_json(directory / TOKENIZER_CONFIG, config)
+    atomic_write_json(directory / GENERATION_CONFIG, {"eos_token_id": list(tokenizer.stop_ids)})
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

@@ -102,3 +102,23 @@ def get_preset(name: str) -> GPTConfig:
         return PRESETS[name]
     except KeyError:
         raise GptlabError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+# The Llama family's preset names (gptlab.llama.PRESETS holds the shapes; llama.py imports
+# torch, so the names are kept here for settings.py and `--help`; a test keeps them equal).
+LLAMA_PRESET_NAMES = (
+    "smollm2-135m",
+    "smollm2-360m",
+    "smollm2-1.7b",
+    "llama-3.2-1b",
+    "llama-3.2-3b",
+    "llama-3.1-8b",
+    "qwen3-0.6b",
+    "qwen3-1.7b",
+    "qwen3-4b",
+    "qwen3-8b",
+    "llama-micro",
+    "qwen3-micro",
+)
+# Every preset of both families, as `--preset` offers them.
+PRESET_NAMES = (*PRESETS, *LLAMA_PRESET_NAMES)

@@ -5,6 +5,11 @@ and counts positions from each row's first real token, so a row generates exactl
 would alone). A row stops at a stop token (not included in its output) or once its text
 contains a stop string (trimmed by `generate_text`).
 
+Text goes through the model's tokenizer (a gptlab.text.Tokenizer; GPT-2's when none is given,
+so every GPT-2 caller is unchanged). Sampling's default stop ids are GPT-2's <|endoftext|>;
+with another tokenizer they become that tokenizer's `stop_ids` (eos and end-of-turn tokens),
+while `--no-stop` (no stop ids) stays no stop ids.
+
 When a row would pass the model's context length, `on_context_full` decides:
 - "slide" (default): keep the most recent half of the context, rebuild the cache from it and
   go on; each new token then sees at least half a context of history.
@@ -20,13 +25,30 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gptlab import text as text_tokenizers
 from gptlab.cpu import decode as cpu_decode
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, KVCache
-from gptlab.settings import Sampling
-from gptlab.tokenizer import decode, encode, get_tokenizer
+from gptlab.settings import EOT_ID, Sampling
+from gptlab.tokenizer import get_tokenizer
 
 log = logging.getLogger("gptlab")
+
+
+def _tokenizer(tokenizer: text_tokenizers.Tokenizer | None) -> text_tokenizers.Tokenizer:
+    return tokenizer if tokenizer is not None else text_tokenizers.gpt2()
+
+
+def _is_gpt2(tokenizer: text_tokenizers.Tokenizer) -> bool:
+    return isinstance(tokenizer, text_tokenizers.GPT2Tokenizer)
+
+
+def tokenizer_sampling(s: Sampling, tokenizer: text_tokenizers.Tokenizer | None) -> Sampling:
+    """`s` with the tokenizer's stop ids in place of the default (GPT-2's <|endoftext|>);
+    explicit choices (no stop ids) and GPT-2's tokenizer leave it as it is."""
+    if tokenizer is None or _is_gpt2(tokenizer) or tuple(s.stop_ids) != (EOT_ID,):
+        return s
+    return s.replace(stop_ids=tuple(tokenizer.stop_ids))
 
 
 @dataclass
@@ -92,10 +114,14 @@ def generate_tokens(
     s: Sampling,
     use_cache: bool = True,
     stats: GenerationStats | None = None,
+    tokenizer: text_tokenizers.Tokenizer | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens (B,), active (B,) bool) once per step; `active[b]` is False for rows that
     have already stopped, whose token is then meaningless. Without `use_cache`, every step
-    recomputes the whole window from scratch (the slow reference the cache is tested against)."""
+    recomputes the whole window from scratch (the slow reference the cache is tested against).
+    `tokenizer` (default GPT-2's) decodes for stop strings and gives the default stop ids."""
+    s = tokenizer_sampling(s, tokenizer)
+    tok = _tokenizer(tokenizer)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GptlabError("every prompt needs at least one token")
     if model.cfg.n_classes is not None:
@@ -122,7 +148,7 @@ def generate_tokens(
             yield nxt, active.clone()
             for row in torch.nonzero(active).flatten().tolist():
                 generated[row].append(int(nxt[row]))
-                if s.stop_strings and _ends_with_stop(generated[row], s.stop_strings):
+                if s.stop_strings and _ends_with_stop(tok, generated[row], s.stop_strings):
                     active[row] = False
             if not active.any():
                 break
@@ -144,18 +170,25 @@ def generate_tokens(
     stats.finished = (~active).tolist()
 
 
-def _ends_with_stop(ids: list[int], stops: tuple[str, ...]) -> bool:
+def _ends_with_stop(
+    tokenizer: text_tokenizers.Tokenizer, ids: list[int], stops: tuple[str, ...]
+) -> bool:
     # Stop strings are short: the last few tokens' text is enough to find one just completed.
-    tail = decode(ids[-16:])
+    tail = tokenizer.decode(ids[-16:])
     return any(stop in tail for stop in stops)
 
 
 def generate(
-    model: GPT, prompts: Sequence[Sequence[int]], s: Sampling, use_cache: bool = True
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    s: Sampling,
+    use_cache: bool = True,
+    tokenizer: text_tokenizers.Tokenizer | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt (stop tokens excluded)."""
     out: list[list[int]] = [[] for _ in prompts]
-    for nxt, active in generate_tokens(model, prompts, s, use_cache=use_cache):
+    steps = generate_tokens(model, prompts, s, use_cache=use_cache, tokenizer=tokenizer)
+    for nxt, active in steps:
         for row in torch.nonzero(active).flatten().tolist():
             out[row].append(int(nxt[row]))
     return out
@@ -166,10 +199,17 @@ def trim_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-def generate_text(model: GPT, prompts: Sequence[str], s: Sampling) -> list[str]:
-    """Generated continuations of each prompt, cut before any stop string."""
-    ids = generate(model, [encode(p) for p in prompts], s)
-    return [trim_at_stop(decode(row), s.stop_strings) for row in ids]
+def generate_text(
+    model: GPT,
+    prompts: Sequence[str],
+    s: Sampling,
+    tokenizer: text_tokenizers.Tokenizer | None = None,
+) -> list[str]:
+    """Generated continuations of each prompt, cut before any stop string; prompts are
+    encoded and outputs decoded by `tokenizer` (default GPT-2's)."""
+    tok = _tokenizer(tokenizer)
+    ids = generate(model, [tok.encode(p) for p in prompts], s, tokenizer=tok)
+    return [trim_at_stop(tok.decode(row), s.stop_strings) for row in ids]
 
 
 # ---- streaming text --------------------------------------------------------------------------
@@ -179,10 +219,18 @@ class TextStream:
     """Token ids in, text safe to show out, for every streamed output (server, chat, generate):
     whole UTF-8 characters only (a character split over byte-level tokens waits for its last
     byte), ending before the first stop string and holding back any tail that could be the start
-    of one, so a reader never sees part of a stop string or of a character."""
+    of one, so a reader never sees part of a stop string or of a character. GPT-2's tokens
+    (the default `tokenizer`) are decoded byte by byte; another tokenizer's by decoding a short
+    window of recent ids and taking what is new once it ends in a whole character."""
 
-    def __init__(self, stops: Sequence[str] = ()) -> None:
+    def __init__(
+        self, stops: Sequence[str] = (), tokenizer: text_tokenizers.Tokenizer | None = None
+    ) -> None:
         self.stops = tuple(stop for stop in stops if stop)
+        self.tokenizer = None if tokenizer is None or _is_gpt2(tokenizer) else tokenizer
+        self.ids: list[int] = []  # another tokenizer's ids, from `start`
+        self.start = 0  # the window's first id
+        self.done = 0  # ids[start:done] are already shown
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending = ""  # decoded, but possibly the start of a stop string
         self.stopped = False  # a stop string was seen: nothing more comes out
@@ -191,7 +239,7 @@ class TextStream:
         """The text that `token` makes safe to show ("" while it is held back)."""
         if self.stopped:
             return ""
-        self.pending += self.decoder.decode(get_tokenizer().decode_single_token_bytes(token))
+        self.pending += self._decode(token)
         if any(stop in self.pending for stop in self.stops):
             self.stopped = True
             text, self.pending = trim_at_stop(self.pending, self.stops), ""
@@ -209,12 +257,35 @@ class TextStream:
         self.pending = self.pending[len(text) :]
         return text
 
+    def _decode(self, token: int) -> str:
+        if self.tokenizer is None:
+            return self.decoder.decode(get_tokenizer().decode_single_token_bytes(token))
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        shown = decode(self.ids[self.start : self.done])
+        now = decode(self.ids[self.start :])
+        if now.endswith("\ufffd") or not now.startswith(shown):
+            return ""  # a character still split over byte-level tokens
+        new = now[len(shown) :]
+        # The next window starts a few ids back, so decoding keeps its context (spaces).
+        self.start, self.done = max(self.start, len(self.ids) - 4), len(self.ids)
+        return new
+
+    def _rest(self) -> str:
+        if self.tokenizer is None:
+            return self.decoder.decode(b"", final=True)
+        decode = self.tokenizer.decode
+        shown = decode(self.ids[self.start : self.done])
+        now = decode(self.ids[self.start :])
+        self.done = len(self.ids)
+        return now[len(shown) :] if now.startswith(shown) else now
+
     def flush(self) -> str:
         """The held-back rest once the tokens have ended (a dangling partial character becomes
         U+FFFD), cut at a stop string; "" after a stop."""
         if self.stopped:
             return ""
-        text = self.pending + self.decoder.decode(b"", final=True)
+        text = self.pending + self._rest()
         self.pending = ""
         self.stopped = any(stop in text for stop in self.stops)
         return trim_at_stop(text, self.stops)

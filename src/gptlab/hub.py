@@ -8,6 +8,11 @@ Qwen3 folder (model_type llama / qwen3; single or sharded safetensors,
 gptlab.formats.hf_llama), a gptlab model folder of either family, or a run folder (its final
 model, else its latest checkpoint); or the name of one of OpenAI's pretrained GPT-2 sizes,
 downloaded and converted into a cache on first use.
+
+`load_tokenizer(spec)` gives the tokenizer of the same spec (gptlab.text): a `.gguf` file's
+own vocabulary; a folder's tokenizer.json (a Hugging Face folder, or a gptlab model or run
+folder that was saved with one); GPT-2's for everything else of GPT-2's (TF checkpoints, HF
+GPT-2 files, gptlab folders without a tokenizer.json, the pretrained names).
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from typing import Any
 
 import torch
 
-from gptlab.checkpoints import CONFIG, WEIGHTS, iter_model_folders, load_model_folder, save_model
+from gptlab import text
+from gptlab.checkpoints import (
+    CONFIG,
+    TOKENIZER,
+    WEIGHTS,
+    iter_model_folders,
+    load_model_folder,
+    save_model,
+)
 from gptlab.config import OPENAI_SIZES
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
@@ -83,6 +96,33 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Model, dict[st
             f"`gptlab pretrain --preset {spec}` and pass the run folder"
         )
     raise GptlabError(f"{spec}: no such model folder, run folder or preset")
+
+
+def load_tokenizer(spec: str | Path) -> text.Tokenizer:
+    """The tokenizer of the model `spec` names (anything `resolve_model` accepts; see the module
+    docstring). A Hugging Face Llama / Qwen3 folder without a tokenizer.json is one GptlabError:
+    GPT-2's ids would not be its vocabulary."""
+    path = Path(spec)
+    if path.suffix.lower() == ".gguf" and not path.is_dir():
+        return text.from_gguf(path)
+    if path.is_dir():
+        if (path / TOKENIZER).is_file():
+            return text.from_tokenizer_json(path)
+        if is_hf_llama_folder(path):
+            raise GptlabError(f"{path}: no {TOKENIZER} beside the model; its tokenizer is unknown")
+        for folder in iter_model_folders(path):
+            if (folder / TOKENIZER).is_file():
+                return text.from_tokenizer_json(folder)
+            break  # the folder resolve_model loads
+    return text.gpt2()
+
+
+def resolve_with_tokenizer(
+    spec: str | Path, device: str = "cpu"
+) -> tuple[Model, dict[str, Any], text.Tokenizer]:
+    """`resolve_model(spec)` and `load_tokenizer(spec)` together, as generation needs them."""
+    model, meta = resolve_model(spec, device)
+    return model, meta, load_tokenizer(spec)
 
 
 def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") -> Model:

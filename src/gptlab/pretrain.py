@@ -1,4 +1,6 @@
-"""Pretraining a GPT from scratch on a text corpus (next-token prediction).
+"""Pretraining a decoder from scratch on a text corpus (next-token prediction): a GPT-2
+preset, or a Llama-family one such as llama-micro / qwen3-micro (built by families.new_model;
+the corpus is GPT-2's tokens either way, so the preset needs GPT-2's 50,257 ids).
 
 Defaults follow the book's chapter 5 on the bundled short story: context 256, stride 256,
 batch 2, 10 epochs, AdamW 4e-4 with weight decay 0.1, dropout 0.1; the model is the
@@ -17,16 +19,17 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import save_model
-from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, pretraining_datasets, read_corpus, tokenize_corpus
+from gptlab.errors import GptlabError
+from gptlab.families import config_to_dict, get_preset, new_model
 from gptlab.generation import generate_text
 from gptlab.jobs.base import Plan, Session, TrainingJob
-from gptlab.model import GPT
 from gptlab.runs import MODEL
 from gptlab.settings import PretrainConfig, Sampling
 from gptlab.shards import RandomWindows, ShardStream
 from gptlab.training import BatchSource, TrainResult, perplexity
 
+GPT2_VOCAB = 50257  # the ids gptlab.tokenizer gives a corpus
 # Evaluation batches when reading shards (their validation part may be huge).
 SHARD_EVAL_BATCHES = 20
 
@@ -49,10 +52,16 @@ class Pretraining(TrainingJob[PretrainConfig]):
         self.model_cfg = preset.replace(
             context_length=c.context or preset.context_length, drop_rate=c.dropout
         )
+        if self.model_cfg.vocab_size < GPT2_VOCAB:  # the corpus is GPT-2's tokens
+            raise GptlabError(
+                f"preset {c.preset!r} has {self.model_cfg.vocab_size:,} token ids, fewer than "
+                f"GPT-2's {GPT2_VOCAB:,} that pretraining tokenizes with; pick a preset with "
+                "vocab_size 50257 (gpt-*, llama-micro, qwen3-micro)"
+            )
         if c.data_dir is not None and c.train.eval_batches is None:
             self.c = c = c.replace(train=c.train.replace(eval_batches=SHARD_EVAL_BATCHES))
         self.batches = self._datasets(s.device)
-        return {"model": self.model_cfg.to_dict(), "data": self.data}
+        return {"model": config_to_dict(self.model_cfg), "data": self.data}
 
     def _datasets(self, device: torch.device) -> tuple[BatchSource, BatchSource]:
         """Training and validation batches from shards (`data_dir`) or a corpus."""
@@ -92,7 +101,7 @@ class Pretraining(TrainingJob[PretrainConfig]):
         t = self.c.train
         torch.manual_seed(t.seed)
         max_steps = t.max_steps or t.epochs * self.steps_per_epoch
-        return Plan(GPT(self.model_cfg), *self.batches, max_steps, meta={"task": "lm"})
+        return Plan(new_model(self.model_cfg), *self.batches, max_steps, meta={"task": "lm"})
 
     def on_eval(self, s: Session, plan: Plan, step: int) -> None:
         # Every process generates: under FSDP a forward pass needs all of them.

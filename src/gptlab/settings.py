@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from gptlab.config import OPENAI_SIZES, PRESETS
+from gptlab.config import OPENAI_SIZES, PRESET_NAMES
 from gptlab.errors import GptlabError
 
 EOT_ID = 50256  # GPT-2's <|endoftext|>: the default stop token and padding id
@@ -345,7 +345,7 @@ class PretrainConfig(Settings):
     out: Path = arg(Path("runs/pretrain"), "run folder", resumable=True)
     corpus: Path | None = arg(None, "text file or folder of .txt files (none: the bundled story)")
     data_dir: Path | None = arg(None, "token shards made by `gptlab prepare-data`")
-    preset: str = arg("gpt-mini", "model shape", choices=tuple(PRESETS))
+    preset: str = arg("gpt-mini", "model shape", choices=PRESET_NAMES)
     context: int | None = arg(
         None, "window length in tokens (none: the preset's context)", min=2, max=100_000
     )
@@ -389,7 +389,7 @@ class ClassifierConfig(Settings):
 
     out: Path = arg(Path("runs/classify"), "run folder", resumable=True)
     base: str = arg("gpt2-small", "pretrained name, run or model folder, or 'random'")
-    preset: str = arg("gpt-micro", "model shape for --base random", choices=tuple(PRESETS))
+    preset: str = arg("gpt-micro", "model shape for --base random", choices=PRESET_NAMES)
     data: Path | None = arg(None, "TSV/CSV with label and text columns (none: SMS spam)")
     download: bool = arg(False, "fetch the SMS Spam Collection from UCI")
     labels: tuple[str, ...] | None = arg(
@@ -431,7 +431,7 @@ class InstructConfig(Settings):
 
     out: Path = arg(Path("runs/instruct"), "run folder", resumable=True)
     base: str = arg("gpt2-medium", "pretrained name, run or model folder, or 'random'")
-    preset: str = arg("gpt-micro", "model shape for --base random", choices=tuple(PRESETS))
+    preset: str = arg("gpt-micro", "model shape for --base random", choices=PRESET_NAMES)
     data: Path | None = arg(None, "JSON or JSON Lines file (none: the bundled 1,100 entries)")
     max_length: int | None = arg(None, "truncate sequences (none: the model's context)", min=2)
     mask_prompt: bool = arg(False, "learn the response tokens only")

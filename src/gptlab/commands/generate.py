@@ -1,4 +1,5 @@
-"""`gptlab generate`: continue a prompt, streamed to the terminal."""
+"""`gptlab generate`: continue a prompt, streamed to the terminal, in the model's own tokenizer
+(a GGUF file's or a folder's tokenizer.json; GPT-2's otherwise)."""
 
 from __future__ import annotations
 
@@ -8,33 +9,36 @@ from collections.abc import Iterator
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.generation import GenerationStats, TextStream, generate_tokens
-from gptlab.hub import resolve_model
+from gptlab.generation import GenerationStats, TextStream, generate_tokens, tokenizer_sampling
+from gptlab.hub import resolve_with_tokenizer
 from gptlab.settings import GenerateConfig
-from gptlab.tokenizer import encode
 from gptlab.training import pick_device
 
 
 def run(c: GenerateConfig) -> int:
-    prompt = encode(c.prompt)
-    if not prompt:
+    if not c.prompt:
         raise GptlabError("--prompt is empty")
     device = pick_device(c.device.device)
-    model, _ = resolve_model(c.model, device=str(device))
+    model, _, tokenizer = resolve_with_tokenizer(c.model, device=str(device))
+    prompt = tokenizer.encode(c.prompt)
+    if not prompt:
+        raise GptlabError("--prompt is empty")
     model.to(device)
     if model.cfg.n_classes is not None:
         raise GptlabError(f"{c.model}: is a classifier; it cannot generate text")
     stats = GenerationStats()
+    sampling = tokenizer_sampling(c.sampling, tokenizer)
 
     def tokens() -> Iterator[int]:
-        for nxt, active in generate_tokens(model, [prompt], c.sampling, stats=stats):
+        steps = generate_tokens(model, [prompt], sampling, stats=stats, tokenizer=tokenizer)
+        for nxt, active in steps:
             if not bool(active[0]):
                 return
             yield int(nxt[0])
 
     sys.stdout.write(c.prompt)
     sys.stdout.flush()
-    text = TextStream()
+    text = TextStream(tokenizer=tokenizer)
     with torch.inference_mode():
         for token in tokens():
             sys.stdout.write(text.push(token))
