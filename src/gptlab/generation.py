@@ -289,3 +289,34 @@ class TextStream:
         self.pending = ""
         self.stopped = any(stop in text for stop in self.stops)
         return trim_at_stop(text, self.stops)
+
+
+def stream_text(
+    model: GPT,
+    prompt: Sequence[int],
+    sampling: Sampling,
+    tokenizer: text_tokenizers.Tokenizer | None = None,
+) -> Iterator[str]:
+    """The continuation of `prompt` (token ids) piece by piece, as chat shows a reply: never a
+    stop string (TextStream holds back what might start one) nor the whitespace it ends with
+    (held until more text follows), so the pieces join to the text cut at its stop and
+    right-stripped."""
+    s = tokenizer_sampling(sampling, tokenizer)
+    stream = TextStream(s.stop_strings, tokenizer=tokenizer)
+
+    def pieces() -> Iterator[str]:
+        for nxt, active in generate_tokens(model, [list(prompt)], s, tokenizer=tokenizer):
+            if not bool(active[0]):
+                break
+            yield stream.push(int(nxt[0]))
+            if stream.stopped:
+                break
+        yield stream.flush()
+
+    spaces = ""
+    for piece in pieces():
+        text = spaces + piece
+        shown = text.rstrip()
+        if shown:
+            yield shown
+        spaces = text[len(shown) :]

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -37,7 +37,7 @@ from gptlab import distributed
 from gptlab.checkpoints import save_model
 from gptlab.data import ResumableBatches, bundled
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.generation import TextStream, generate, generate_tokens, trim_at_stop
+from gptlab.generation import generate, trim_at_stop
 from gptlab.hub import base_language_model, resolve_model
 from gptlab.io import atomic_write_json, read_utf8
 from gptlab.jobs.base import Plan, Session, TrainingJob
@@ -400,34 +400,6 @@ def generate_responses(model: GPT, prompts: Sequence[str], sampling: Sampling) -
     s = instruct_sampling(sampling)
     ids = generate(model, [encode(p, allow_eot=False) for p in prompts], s)
     return [trim_at_stop(decode(row), s.stop_strings).strip() for row in ids]
-
-
-def stream_response(
-    model: GPT, instruction: str, sampling: Sampling, input_text: str = ""
-) -> Iterator[str]:
-    """The response to one instruction, piece by piece, never showing a stop string (TextStream
-    holds back what might start one) nor the whitespace the response ends with (held until more
-    text follows): the pieces join to the response cut at its stop and right-stripped."""
-    s = instruct_sampling(sampling)
-    prompt = encode(format_prompt(instruction, input_text), allow_eot=False)
-    stream = TextStream(s.stop_strings)
-
-    def pieces() -> Iterator[str]:
-        for nxt, active in generate_tokens(model, [prompt], s):
-            if not bool(active[0]):
-                break
-            yield stream.push(int(nxt[0]))
-            if stream.stopped:
-                break
-        yield stream.flush()
-
-    spaces = ""
-    for piece in pieces():
-        text = spaces + piece
-        shown = text.rstrip()
-        if shown:
-            yield shown
-        spaces = text[len(shown) :]
 
 
 def progress_path(out_path: Path) -> Path:

@@ -45,7 +45,7 @@ from torch import nn
 
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
-from gptlab.model import AttentionImpl, Decoder, KVCache
+from gptlab.model import AttentionImpl, Decoder, KVCache, reference_attention
 
 # scaled_dot_product_attention shares key/value heads itself from torch 2.5 on (enable_gqa);
 # before that the keys and values are repeated per query head.
@@ -426,22 +426,13 @@ class GroupedQueryAttention(nn.Module):
         else:
             if mask is None and causal:
                 mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            y = self._reference(q, self._repeat_kv(k), self._repeat_kv(v), mask)
+            y = reference_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask, self.attn_drop)
         y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return self.resid_drop(self.o(y))
 
     def _repeat_kv(self, z: torch.Tensor) -> torch.Tensor:
         """(B, n_kv_heads, S, hd) -> (B, n_heads, S, hd): query head h reads kv head h // groups."""
         return z.repeat_interleave(self.groups, dim=1) if self.groups > 1 else z
-
-    def _reference(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = self.attn_drop(torch.softmax(scores, dim=-1))
-        return weights @ v
 
 
 class SwiGLU(nn.Module):

@@ -43,6 +43,17 @@ def cross_entropy_sum(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torc
     return F.cross_entropy(head(h).float(), y, reduction="sum")
 
 
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, drop: nn.Module
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head dim)) v with `mask` (True: may attend) applied, spelled out:
+    the path the fused scaled_dot_product_attention is tested against."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return drop(torch.softmax(scores, dim=-1)) @ v
+
+
 class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated to `max_len`.
 
@@ -136,18 +147,9 @@ class CausalSelfAttention(nn.Module):
         else:
             if mask is None and causal:
                 mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            y = self._reference(q, k, v, mask)
+            y = reference_attention(q, k, v, mask, self.attn_drop)
         y = y.transpose(1, 2).reshape(b, t, d)
         return self.resid_drop(self.proj(y))
-
-    def _reference(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = self.attn_drop(torch.softmax(scores, dim=-1))
-        return weights @ v
 
 
 class FeedForward(nn.Module):
