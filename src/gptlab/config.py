@@ -17,6 +17,22 @@ class ModelConfig:
     """What every architecture's frozen config dataclass shares: copies with changes, and
     the dict form that model folders store in config.json, read back with clear errors."""
 
+    drop_rate: float  # fields every architecture's dataclass declares (not fields here)
+    n_classes: int | None
+
+    def _check_shared(self, sizes: tuple[str, ...]) -> None:
+        """The checks every architecture's config makes: the `sizes` fields positive, dropout
+        in [0, 1), a classifier of at least two classes."""
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise GptlabError(
+                    f"model config: {name} must be positive, got {getattr(self, name)}"
+                )
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise GptlabError(f"model config: drop_rate must be in [0, 1), got {self.drop_rate}")
+        if self.n_classes is not None and self.n_classes < 2:
+            raise GptlabError(f"model config: n_classes must be at least 2, got {self.n_classes}")
+
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
@@ -56,19 +72,11 @@ class GPTConfig(ModelConfig):
     n_classes: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
-            if getattr(self, name) < 1:
-                raise GptlabError(
-                    f"model config: {name} must be positive, got {getattr(self, name)}"
-                )
+        self._check_shared(("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"))
         if self.emb_dim % self.n_heads:
             raise GptlabError(
                 f"model config: emb_dim {self.emb_dim} is not divisible by n_heads {self.n_heads}"
             )
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise GptlabError(f"model config: drop_rate must be in [0, 1), got {self.drop_rate}")
-        if self.n_classes is not None and self.n_classes < 2:
-            raise GptlabError(f"model config: n_classes must be at least 2, got {self.n_classes}")
 
     @property
     def head_dim(self) -> int:

@@ -36,7 +36,7 @@ from gptlab.config import OPENAI_SIZES
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
 from gptlab.families import PRESET_FAMILIES, Model, config_to_dict, get_preset, new_model
-from gptlab.formats.gguf import load_gguf
+from gptlab.formats.gguf import build_llama, load_gguf, read_gguf
 from gptlab.formats.hf import is_hf_folder, load_hf_safetensors
 from gptlab.formats.hf_llama import INDEX, is_hf_llama_folder, load_hf_llama
 from gptlab.formats.openai_tf import has_tf_files, is_tf_checkpoint, load_tf_checkpoint
@@ -73,7 +73,7 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Model, dict[st
         return _foreign(load_tf_checkpoint(path), path)  # a missing index is reported there
     if path.is_file() and path.suffix == ".safetensors":
         return _foreign(load_hf_safetensors(path, device), path)
-    if path.suffix.lower() == ".gguf" and not path.is_dir():  # a missing file is said there
+    if _is_gguf(path):  # a missing file is said there
         return _foreign(load_gguf(path).to(device), path)
     if path.is_dir() and is_hf_llama_folder(path):
         return _foreign(load_hf_llama(path, device), path)
@@ -103,7 +103,7 @@ def load_tokenizer(spec: str | Path) -> text.Tokenizer:
     docstring). A Hugging Face Llama / Qwen3 folder without a tokenizer.json is one GptlabError:
     GPT-2's ids would not be its vocabulary."""
     path = Path(spec)
-    if path.suffix.lower() == ".gguf" and not path.is_dir():
+    if _is_gguf(path):
         return text.from_gguf(path)
     if path.is_dir():
         if (path / TOKENIZER).is_file():
@@ -120,9 +120,19 @@ def load_tokenizer(spec: str | Path) -> text.Tokenizer:
 def resolve_with_tokenizer(
     spec: str | Path, device: str = "cpu"
 ) -> tuple[Model, dict[str, Any], text.Tokenizer]:
-    """`resolve_model(spec)` and `load_tokenizer(spec)` together, as generation needs them."""
+    """`resolve_model(spec)` and `load_tokenizer(spec)` together, as generation needs them; a
+    GGUF file is read once for both (its header alone takes seconds to parse)."""
+    path = Path(spec)
+    if _is_gguf(path):
+        cfg, tensors, metadata = read_gguf(path)
+        model, meta = _foreign(build_llama(cfg, tensors).to(device), path)
+        return model, meta, text.from_gguf_metadata(metadata, source=path)
     model, meta = resolve_model(spec, device)
     return model, meta, load_tokenizer(spec)
+
+
+def _is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == ".gguf" and not path.is_dir()
 
 
 def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") -> Model:

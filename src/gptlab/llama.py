@@ -108,20 +108,18 @@ class LlamaConfig(ModelConfig):
             object.__setattr__(self, "rope_scaling", _rope_scaling(self.rope_scaling))
         if self.head_dim is None and self.n_heads > 0:
             object.__setattr__(self, "head_dim", self.emb_dim // self.n_heads)
-        for name in (
-            "vocab_size",
-            "context_length",
-            "emb_dim",
-            "n_layers",
-            "n_heads",
-            "n_kv_heads",
-            "head_dim",
-            "hidden_dim",
-        ):
-            if getattr(self, name) < 1:
-                raise GptlabError(
-                    f"model config: {name} must be positive, got {getattr(self, name)}"
-                )
+        self._check_shared(
+            (
+                "vocab_size",
+                "context_length",
+                "emb_dim",
+                "n_layers",
+                "n_heads",
+                "n_kv_heads",
+                "head_dim",
+                "hidden_dim",
+            )
+        )
         if self.n_heads % self.n_kv_heads:
             raise GptlabError(
                 f"model config: n_heads {self.n_heads} is not a multiple of "
@@ -135,10 +133,6 @@ class LlamaConfig(ModelConfig):
             raise GptlabError(f"model config: rope_base must be > 1, got {self.rope_base}")
         if self.rms_eps <= 0.0:
             raise GptlabError(f"model config: rms_eps must be positive, got {self.rms_eps}")
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise GptlabError(f"model config: drop_rate must be in [0, 1), got {self.drop_rate}")
-        if self.n_classes is not None and self.n_classes < 2:
-            raise GptlabError(f"model config: n_classes must be at least 2, got {self.n_classes}")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
             raise GptlabError(
                 f"model config: rope_scaling must be a mapping or None, got {self.rope_scaling!r}"

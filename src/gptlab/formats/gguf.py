@@ -190,7 +190,8 @@ def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def read_gguf(path: str | Path) -> GGUFModel:
-    """The config, float32 tensors (gptlab names) and scalar metadata of a GGUF file."""
+    """The config, float32 tensors (gptlab names) and metadata (scalars, and the tokenizer's
+    arrays) of a GGUF file."""
     path = Path(path)
     reader = _reader(path)
     meta = _metadata(reader)
