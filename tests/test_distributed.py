@@ -118,6 +118,22 @@ def test_fsdp_matches_one_process(shards: Path, reference: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_fsdp_trains_a_llama_as_one_process_does(shards: Path, tmp_path: Path):
+    """FSDP shards a Llama-family model block by block, as it does GPT-2 (the same `blocks`)."""
+    args = {**ARGS, "preset": "llama-micro"}
+    one = tmp_path / "one"
+    pretrain(PretrainConfig.flat(out=one, data_dir=shards, **args))
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in args.items() if k != "sample_tokens"]
+    proc = torchrun(2, ["pretrain", f"--data-dir={shards}", f"--out={tmp_path / 'two'}", *flags,
+                        "--fsdp"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "blocks.0.attn.q.weight" in weights(one)
+    # Summation order differs across processes; after 4 Adam steps the largest difference was
+    # 9.4e-6 (blocks.1.ff.down), the same under DDP as under FSDP (the two agree within 1e-8).
+    assert max_diff(weights(tmp_path / "two"), weights(one)) < 5e-5
+
+
+@pytest.mark.slow
 def test_batch_must_split_across_processes(tmp_path: Path):
     proc = torchrun(2, ["pretrain", "--preset=gpt-nano", "--batch-size=3", f"--out={tmp_path}"])
     assert proc.returncode != 0
