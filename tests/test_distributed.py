@@ -2,6 +2,7 @@
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,13 @@ def torchrun(n: int, args: list[str]) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += [f"--nproc-per-node={n}", "-m", "gptlab", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def tail(proc: subprocess.CompletedProcess[str]) -> str:
+    """The end of a failed run's stderr without its progress bars."""
+    lines = re.split(r"[\r\n]+", proc.stderr)
+    kept = [line for line in lines if "step/s" not in line and "s/step" not in line]
+    return "\n".join(kept)[-3000:]
 
 
 def weights(run: Path, sub: str = "model") -> dict[str, torch.Tensor]:
@@ -81,7 +89,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(
 ):
     two = tmp_path / "two"
     proc = torchrun(2, cli_args(shards, two))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, tail(proc)
     assert proc.stdout.count("done: 4 steps") == 1  # rank 0 alone reports
     assert max_diff(weights(two), weights(reference)) < 1e-6
     records = RunDir(two).metrics()
@@ -106,7 +114,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(
 def test_fsdp_matches_one_process(shards: Path, reference: Path, tmp_path: Path):
     out = tmp_path / "fsdp"
     proc = torchrun(2, [*cli_args(shards, out), "--fsdp"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, tail(proc)
     assert max_diff(weights(out), weights(reference)) < 1e-6
     # Its checkpoint (full weights, name-keyed optimizer state) resumes in one process.
     shutil.rmtree(out / "model")
@@ -126,7 +134,7 @@ def test_fsdp_trains_a_llama_as_one_process_does(shards: Path, tmp_path: Path):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in args.items() if k != "sample_tokens"]
     proc = torchrun(2, ["pretrain", f"--data-dir={shards}", f"--out={tmp_path / 'two'}", *flags,
                         "--fsdp"])  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, tail(proc)
     assert "blocks.0.attn.q.weight" in weights(one)
     # Summation order differs across processes; after 4 Adam steps the largest difference was
     # 9.4e-6 (blocks.1.ff.down), the same under DDP as under FSDP (the two agree within 1e-8).
@@ -154,7 +162,7 @@ def test_finetune_instruct_two_processes_match_one(tmp_path: Path):
     flags += ["--max-length=64", "--mask-prompt", "--group-by-length"]
     assert main(["finetune-instruct", *flags, f"--out={tmp_path / 'one'}"]) == 0
     proc = torchrun(2, ["finetune-instruct", *flags, f"--out={tmp_path / 'two'}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, tail(proc)
     assert proc.stdout.count("done: 3 steps") == 1  # rank 0 alone reports
     # Summation order differs across processes (about 1e-6 after Adam); averaging the two
     # processes' per-row-mean losses instead would be off by about 4e-3 here.
@@ -175,7 +183,7 @@ def test_finetune_classifier_two_processes_match_one(tmp_path: Path):
     flags += ["--batch-size=4", "--lr=3e-3", "--trainable=all", "--dropout=0", "--device=cpu"]
     assert main(["finetune-classifier", *flags, f"--out={tmp_path / 'one'}"]) == 0
     proc = torchrun(2, ["finetune-classifier", *flags, f"--out={tmp_path / 'two'}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, tail(proc)
     assert proc.stdout.count("test accuracy") == 1  # rank 0 alone reports
     one, two = RunDir(tmp_path / "one").metrics(), RunDir(tmp_path / "two").metrics()
     for kind, key in (("train", "loss"), ("eval", "val_loss")):
