@@ -107,6 +107,9 @@ def test_flags_round_trip_to_the_same_settings() -> None:
     )
     assert c.train.epochs == InstructConfig().train.epochs == 2  # the job's own default
     assert c.speed.gradient_checkpointing and c.runtime.device == "cpu"
+    argv = ["finetune-instruct", "--lora-rank", "4", "--lora-targets", "attn.q", "attn.v"]
+    layers = build(InstructConfig, build_parser(argv).parse_args(argv), InstructConfig())
+    assert layers.lora_targets == ("attn.q", "attn.v")  # one family's layers, by name
 
 
 def test_no_flag_is_declared_twice() -> None:

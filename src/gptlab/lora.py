@@ -28,11 +28,11 @@ from torch import nn
 
 from gptlab.errors import GptlabError
 from gptlab.llama import LlamaConfig
-from gptlab.settings import LORA_TARGETS
+from gptlab.settings import GPT2_LORA_LAYERS, LLAMA_LORA_LAYERS, LORA_TARGETS
 
-# Short names of the block's linear layers: attention qkv and output, feed-forward in and out.
-# The modules behind gptlab.settings.LORA_TARGETS, the names the command line offers (GPT-2).
-TARGETS = dict(zip(LORA_TARGETS, ("attn.qkv", "attn.proj", "ff.fc", "ff.proj"), strict=True))
+# The GPT-2 modules behind gptlab.settings.LORA_TARGETS: attention qkv and output, feed-forward
+# in and out.
+TARGETS = dict(zip(LORA_TARGETS, GPT2_LORA_LAYERS, strict=True))
 # The same roles in a Llama-family block (see the module docstring).
 LLAMA_TARGETS: dict[str, tuple[str, ...]] = dict(
     zip(
@@ -41,13 +41,12 @@ LLAMA_TARGETS: dict[str, tuple[str, ...]] = dict(
         strict=True,
     )
 )
-LLAMA_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "ff.gate", "ff.up", "ff.down")
 
 
 def family_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """Every target name `model` accepts, each with the block layers it stands for."""
     if _is_llama(model):
-        return {**LLAMA_TARGETS, **{layer: (layer,) for layer in LLAMA_LAYERS}}
+        return {**LLAMA_TARGETS, **{layer: (layer,) for layer in LLAMA_LORA_LAYERS}}
     return {
         **{name: (layer,) for name, layer in TARGETS.items()},
         **{layer: (layer,) for layer in TARGETS.values()},

@@ -368,8 +368,11 @@ class PretrainConfig(Settings):
 
 
 TRAINABLE = ("last-block", "last-k", "all", "lora")
-# Block layers that can get LoRA adapters (gptlab.lora maps them onto modules).
+# Block layers that can get LoRA adapters, by role (gptlab.lora maps them onto each family's
+# modules) or by one family's layer name.
 LORA_TARGETS = ("qkv", "attn_proj", "fc", "ff_proj")
+GPT2_LORA_LAYERS = ("attn.qkv", "attn.proj", "ff.fc", "ff.proj")  # the roles' order
+LLAMA_LORA_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "ff.gate", "ff.up", "ff.down")
 
 
 @dataclass
@@ -439,7 +442,9 @@ class InstructConfig(Settings):
     lora_rank: int | None = arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
     lora_alpha: float = arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
     lora_targets: tuple[str, ...] = arg(
-        LORA_TARGETS, "block layers that get adapters", choices=LORA_TARGETS
+        LORA_TARGETS,
+        "block layers that get adapters: roles, or one family's layers",
+        choices=LORA_TARGETS + GPT2_LORA_LAYERS + LLAMA_LORA_LAYERS,
     )
     sample_tokens: int = arg(
         64, "tokens of the sample answer at each evaluation", min=0, resumable=True
