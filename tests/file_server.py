@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -36,7 +37,7 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             range_header = self.headers.get("Range")
             server.requests.append((self.path, range_header))
-            name = self.path.lstrip("/")
+            name = urlsplit(self.path).path.lstrip("/")  # a query string is not a file name
             action = server.plan.pop(0) if server.plan else "ok"
             if action.isdigit():
                 self.send_error(int(action))

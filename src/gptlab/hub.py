@@ -7,7 +7,10 @@ Hugging Face GPT-2 folder (its config.json says model_type gpt2), a Hugging Face
 Qwen3 folder (model_type llama / qwen3; single or sharded safetensors,
 gptlab.formats.hf_llama), a gptlab model folder of either family, or a run folder (its final
 model, else its latest checkpoint); or the name of one of OpenAI's pretrained GPT-2 sizes,
-downloaded and converted into a cache on first use.
+downloaded and converted into a cache on first use; or a Hugging Face repository id
+(`owner/name`, e.g. HuggingFaceTB/SmolLM2-135M-Instruct), whose safetensors weights, configs
+and tokenizer files are downloaded into the cache on first use and read as the folder they
+make.
 
 `load_tokenizer(spec)` gives the tokenizer of the same spec (gptlab.text): a `.gguf` file's
 own vocabulary; a folder's tokenizer.json (a Hugging Face folder, or a gptlab model or run
@@ -18,6 +21,7 @@ GPT-2 files, gptlab folders without a tokenizer.json, the pretrained names).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from gptlab.formats.gguf import build_llama, load_gguf, read_gguf
 from gptlab.formats.hf import is_hf_folder, load_hf_safetensors
 from gptlab.formats.hf_llama import INDEX, is_hf_llama_folder, load_hf_llama
 from gptlab.formats.openai_tf import has_tf_files, is_tf_checkpoint, load_tf_checkpoint
+from gptlab.io import atomic_write_json, read_json_object
 
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 OPENAI_FILES = (
@@ -68,7 +73,7 @@ def _foreign(model: Model, path: Path) -> tuple[Model, dict[str, Any]]:
 def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Model, dict[str, Any]]:
     """The model (in eval mode) and its gptlab config for anything `--model` accepts (see the
     module docstring); a spec that is none of them is one GptlabError saying why."""
-    path = Path(spec)
+    path = _local(spec)
     if is_tf_checkpoint(path) or (path.is_dir() and has_tf_files(path)):
         return _foreign(load_tf_checkpoint(path), path)  # a missing index is reported there
     if path.is_file() and path.suffix == ".safetensors":
@@ -102,7 +107,7 @@ def load_tokenizer(spec: str | Path) -> text.Tokenizer:
     """The tokenizer of the model `spec` names (anything `resolve_model` accepts; see the module
     docstring). A Hugging Face Llama / Qwen3 folder without a tokenizer.json is one GptlabError:
     GPT-2's ids would not be its vocabulary."""
-    path = Path(spec)
+    path = _local(spec)
     if _is_gguf(path):
         return text.from_gguf(path)
     if path.is_dir():
@@ -129,6 +134,21 @@ def resolve_with_tokenizer(
         return model, meta, text.from_gguf_metadata(metadata, source=path)
     model, meta = resolve_model(spec, device)
     return model, meta, load_tokenizer(spec)
+
+
+def _local(spec: str | Path) -> Path:
+    """The path behind `spec`: a Hugging Face repository id is its downloaded folder."""
+    path = Path(spec)
+    if path.exists() or not isinstance(spec, str) or not REPO_ID.fullmatch(spec):
+        return path
+    if path.parent.exists():  # runs/typo is a missing folder, not a repository to download
+        return path
+    try:
+        return ensure_hf_repo(spec)
+    except GptlabError as exc:
+        raise GptlabError(
+            f"{spec}: no such file or folder; as a Hugging Face repository: {exc}"
+        ) from None
 
 
 def _is_gguf(path: Path) -> bool:
@@ -190,3 +210,87 @@ def ensure_pretrained(
     original = download_pretrained(name, cache_dir, base_url, source)
     model = load_hf_safetensors(original) if source == "hf" else load_tf_checkpoint(original)
     return save_model(model, folder, {"source": f"{source}:{name}"})
+
+
+# ---- Hugging Face repositories (any family), cached --------------------------------------------
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# What a model folder needs; pickled weights (pytorch_model.bin) are never fetched.
+HF_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    WEIGHTS,
+    INDEX,
+)
+MANIFEST = "gptlab-download.json"  # written last: a folder that has it is complete
+
+
+def _repo_files(listing: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """The entries of `listing` (the Hub's file list with sizes and LFS hashes) to fetch: the
+    files of HF_FILES it has, and the shards a sharded checkpoint's index names."""
+    siblings = listing.get("siblings")
+    if not isinstance(siblings, list):
+        raise GptlabError(f"{source}: the answer has no file list (siblings)")
+    files = {f.get("rfilename"): f for f in siblings if isinstance(f, dict)}
+    if WEIGHTS not in files and INDEX not in files:
+        raise GptlabError(
+            f"{source}: no {WEIGHTS} or {INDEX} in this repository "
+            "(gptlab reads safetensors weights only)"
+        )
+    return [files[name] for name in HF_FILES if name in files]
+
+
+def ensure_hf_repo(
+    repo_id: str,
+    cache_dir: Path | None = None,
+    base_url: str | None = None,
+    revision: str = "main",
+) -> Path:
+    """The local folder of Hugging Face repository `repo_id` at `revision`, downloading its
+    weights, configs and tokenizer on first use: each file resumable, retried and checked
+    against the size and SHA-256 the Hub lists for it. $HF_TOKEN is sent for gated models."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = cache_dir / "hf" / repo_id / revision
+    if (folder / MANIFEST).is_file():
+        return folder
+    base = (base_url or os.environ.get("HF_ENDPOINT") or HF_URL).rstrip("/")
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    listing_path = folder / ".listing.json"
+    listing_path.unlink(missing_ok=True)  # always ask the Hub what the revision holds now
+    api = f"{base}/api/models/{repo_id}/revision/{revision}?blobs=true"
+    download_file(api, listing_path, progress=False, headers=headers)
+    listing = read_json_object(listing_path, "Hugging Face file list")
+    wanted = _repo_files(listing, api)
+
+    def fetch(entry: dict[str, Any]) -> Path:
+        name = entry["rfilename"]
+        lfs = entry.get("lfs") or {}
+        return download_file(
+            f"{base}/{repo_id}/resolve/{revision}/{name}",
+            folder / name,
+            sha256=lfs.get("sha256"),
+            expected_size=lfs.get("size", entry.get("size")),
+            headers=headers,
+        )
+
+    for entry in wanted:
+        fetch(entry)
+    if (folder / INDEX).is_file():
+        shards = read_json_object(folder / INDEX, "safetensors index").get("weight_map", {})
+        by_name = {f.get("rfilename"): f for f in listing["siblings"] if isinstance(f, dict)}
+        for shard in sorted(set(shards.values())):
+            if shard not in by_name:
+                raise GptlabError(f"{api}: {INDEX} names {shard}, which the repository lacks")
+            wanted.append(by_name[shard])
+            fetch(by_name[shard])
+    listing_path.unlink()
+    atomic_write_json(
+        folder / MANIFEST,
+        {"repo": repo_id, "revision": revision, "files": [f["rfilename"] for f in wanted]},
+    )
+    return folder

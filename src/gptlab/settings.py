@@ -568,14 +568,20 @@ class ServeConfig(Settings):
 
 @dataclass
 class DownloadConfig(Settings):
-    """Fetching OpenAI's pretrained GPT-2."""
+    """Fetching a pretrained model: OpenAI's GPT-2 or a Hugging Face repository."""
 
-    name: str = arg("", "which GPT-2", positional=True, choices=tuple(OPENAI_SIZES))
+    name: str = arg(
+        "", f"a GPT-2 size ({', '.join(OPENAI_SIZES)}) or a repository id owner/name",
+        positional=True,
+    )  # fmt: skip
     cache_dir: Path | None = arg(None, "cache folder (none: $GPTLAB_CACHE or ~/.cache/gptlab)")
-    base_url: str | None = arg(None, "a mirror of the source's file layout")
-    source: str = arg(
-        "openai", "OpenAI's TF checkpoint or HF safetensors", choices=("openai", "hf")
+    base_url: str | None = arg(
+        None, "a mirror of the source's file layout (repositories: also $HF_ENDPOINT)"
     )
+    source: str = arg(
+        "openai", "GPT-2 sizes: OpenAI's TF checkpoint or HF safetensors", choices=("openai", "hf")
+    )
+    revision: str = arg("main", "repositories: the branch, tag or commit")
 
 
 @dataclass
