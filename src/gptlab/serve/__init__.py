@@ -6,8 +6,13 @@ Ollama:  POST /api/generate, POST /api/chat (NDJSON streaming by default, or one
 OpenAI:  POST /v1/chat/completions, POST /v1/completions (SSE streaming with "stream": true),
          GET /v1/models
 
-Chat endpoints fold the messages into the Alpaca instruction template (gptlab.prompts) and stop
-where the model starts a new "###" section; the completion endpoints continue the prompt as is.
+Prompts are the served model's own tokens (a GGUF file's or a folder's tokenizer; GPT-2's for
+GPT-2) and generation stops at its stop ids (eos, end of turn). Chat endpoints render the
+messages in the model's chat template when its tokenizer has one; otherwise they fold them into
+the Alpaca instruction template (gptlab.prompts) and stop where the model starts a new "###"
+section. /api/generate templates its prompt too unless "raw": true (see ollama); the OpenAI
+completion endpoint continues the prompt as is. Text a client sends never becomes a special
+token: only a chat template's own special tokens are.
 
 One worker thread owns the model; the event loop only parses requests and streams text back.
 Requests with the same sampling settings are generated together as one left-padded batch (a
@@ -19,7 +24,8 @@ seeded request gets exactly the text it would get alone.
 Modules, each importing only those above it:
 - engine:   the batching worker (ApiError, Job, Batch, Engine); no web framework
 - schemas:  the pydantic request bodies of both dialects
-- service:  what both dialects share: the model, its name, the engine, the request helpers
+- service:  what both dialects share: the model, its tokenizer, its name, the engine, the
+            request helpers
 - errors:   each dialect's error shape, validation messages, the request-size guard
 - ollama, openai:  each dialect's routes
 - app:      `create_app`, putting them together

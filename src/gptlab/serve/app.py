@@ -10,11 +10,12 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from gptlab.model import GPT
+from gptlab.families import Model
 from gptlab.serve import ollama, openai
 from gptlab.serve.errors import RequestGuard, add_error_handlers
 from gptlab.serve.service import Service
 from gptlab.settings import ServeLimits
+from gptlab.text import Tokenizer
 
 
 async def root() -> str:
@@ -22,14 +23,16 @@ async def root() -> str:
 
 
 def create_app(
-    model: GPT | str | Path,
+    model: Model | str | Path,
     name: str | None = None,
     limits: ServeLimits | None = None,
     device: str = "cpu",
+    tokenizer: Tokenizer | None = None,
 ) -> FastAPI:
-    """The web app serving `model` (a GPT, or anything `gptlab.hub.resolve_model` takes)
-    under `name`; the worker thread starts and stops with the app's lifespan."""
-    service = Service.load(model, name, limits, device)
+    """The web app serving `model` (a model object, with GPT-2's tokenizer unless `tokenizer`
+    is given, or anything `gptlab.hub.resolve_model` takes, with its own) under `name`; the
+    worker thread starts and stops with the app's lifespan."""
+    service = Service.load(model, name, limits, device, tokenizer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

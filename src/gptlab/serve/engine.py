@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptlab.errors import GptlabError
+from gptlab.families import Model
 from gptlab.generation import TextStream, generate_tokens
-from gptlab.model import GPT
 from gptlab.settings import Sampling
+from gptlab.text import Tokenizer
 
 log = logging.getLogger("gptlab")
 
@@ -34,20 +35,22 @@ class ApiError(Exception):
 
 @dataclass
 class Job:
-    """One generation request, handed from the event loop to the worker thread and back."""
+    """One generation request, handed from the event loop to the worker thread and back; its
+    text is decoded by `tokenizer` (None: GPT-2's)."""
 
     prompt_ids: list[int]
     sampling: Sampling
     loop: asyncio.AbstractEventLoop
+    tokenizer: Tokenizer | None = None
     out: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # set by the event loop when the client has gone
     finished: bool = False
     generated: list[int] = field(default_factory=list)
-    stopped: bool = False  # ended at <|endoftext|> or a stop string, not at a length limit
+    stopped: bool = False  # ended at a stop id or a stop string, not at a length limit
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
-        self.text = TextStream(self.sampling.stop_strings)
+        self.text = TextStream(self.sampling.stop_strings, self.tokenizer)
 
     @property
     def n_generated(self) -> int:
@@ -84,19 +87,22 @@ class Job:
 
 class Batch:
     """Jobs generated together as one left-padded batch (`generate_tokens` gives each row what
-    it would give alone), under the longest of their token limits; each job ends at its own.
+    it would give alone; the padding is masked, so its id is no token of any vocabulary's),
+    under the longest of their token limits; each job ends at its own.
 
     A job that joins a running batch restarts it: every row is prefilled afresh from its prompt
     plus what it has generated so far, which yields the same next tokens as going on would.
     """
 
-    def __init__(self, model: GPT, jobs: list[Job]) -> None:
+    def __init__(self, model: Model, jobs: list[Job], tokenizer: Tokenizer | None = None) -> None:
         self.model = model
         self.jobs = jobs
+        self.tokenizer = tokenizer
         self.key = jobs[0].batch_key()
         longest = max(job.sampling.max_new_tokens - job.n_generated for job in jobs)
         s = dataclasses.replace(jobs[0].sampling, max_new_tokens=longest)
-        self.steps = generate_tokens(model, [job.prompt_ids + job.generated for job in jobs], s)
+        prompts = [job.prompt_ids + job.generated for job in jobs]
+        self.steps = generate_tokens(model, prompts, s, tokenizer=tokenizer)
 
     def can_join(self, jobs: list[Job], max_batch: int) -> bool:
         """Whether `jobs` may restart this batch with them (same sampling, room, and every row
@@ -109,7 +115,7 @@ class Batch:
 
     def joined(self, jobs: list[Job]) -> Batch:
         self.steps.close()
-        return Batch(self.model, [j for j in self.jobs if j.live] + jobs)
+        return Batch(self.model, [j for j in self.jobs if j.live] + jobs, self.tokenizer)
 
     def step(self) -> bool:
         """Generate one token for every row and hand out the text; False once all are done."""
@@ -154,10 +160,14 @@ class Engine:
     """The model plus the one thread allowed to run it. Each turn, the worker takes every
     request that has arrived, adds it to a running batch with the same sampling settings if
     there is room, else groups it with its peers into a new batch of up to `max_batch`, then
-    advances every batch by one token: no request waits for another to finish."""
+    advances every batch by one token: no request waits for another to finish. Ids are the
+    model's `tokenizer`'s (None: GPT-2's), which decodes the text and the stop strings."""
 
-    def __init__(self, model: GPT, max_queue: int, max_batch: int) -> None:
+    def __init__(
+        self, model: Model, max_queue: int, max_batch: int, tokenizer: Tokenizer | None = None
+    ) -> None:
         self.model = model
+        self.tokenizer = tokenizer
         self.max_queue = max_queue
         self.max_batch = max_batch
         self._inbox: queue.Queue[Job | None] = queue.Queue()
@@ -182,7 +192,7 @@ class Engine:
         """Yield the job first (for its counters), then its text pieces as they are made."""
         if self._live >= self.max_queue:
             raise ApiError(503, f"server busy: {self._live} requests in progress; retry later")
-        job = Job(prompt_ids, sampling, asyncio.get_running_loop())
+        job = Job(prompt_ids, sampling, asyncio.get_running_loop(), self.tokenizer)
         self._live += 1
         self._inbox.put(job)
         try:
@@ -231,7 +241,7 @@ class Engine:
                 return running
         self.batches += 1
         log.debug("batch of %d requests started", len(jobs))
-        return [*running, Batch(self.model, jobs)]
+        return [*running, Batch(self.model, jobs, self.tokenizer)]
 
     @staticmethod
     def _step(batch: Batch) -> bool:

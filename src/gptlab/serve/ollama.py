@@ -1,5 +1,12 @@
 """Ollama's API: /api/generate, /api/chat (NDJSON streaming unless "stream": false),
-/api/tags, /api/show, with Ollama's sampling defaults and reply fields."""
+/api/tags, /api/show, with Ollama's sampling defaults and reply fields.
+
+/api/generate applies the model's chat template as Ollama does: the prompt is one user message,
+after the request's `system` as a system message when one is given; `raw: true` sends the
+prompt as is (and ignores `system`, as Ollama does). A request's own `template` (a Go template
+in Ollama) is ignored. A model without a chat template (GPT-2) continues the prompt, with
+`system` put before it unless raw.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from gptlab.model import GPT
+from gptlab.families import family_of
 from gptlab.prompts import format_prompt
 from gptlab.serve.engine import ApiError, Job
 from gptlab.serve.schemas import OllamaChat, OllamaGenerate, OllamaOptions, OllamaShow
@@ -23,7 +30,6 @@ from gptlab.serve.service import (
     ServiceDep,
     collect,
     done_reason,
-    messages_to_prompt,
     now_iso,
 )
 from gptlab.settings import Sampling
@@ -55,25 +61,34 @@ def ollama_stats(job: Job) -> dict[str, Any]:
     }
 
 
-def model_details(model: GPT) -> dict[str, Any]:
+def model_details(service: Service) -> dict[str, Any]:
+    """The served model as Ollama describes one; its weights are float32 whatever the file."""
+    family = family_of(service.model.cfg)
     return {
-        "format": "safetensors",
-        "family": "gpt2",
-        "families": ["gpt2"],
-        "parameter_size": f"{model.num_params() / 1e6:.1f}M",
+        "format": service.format,
+        "family": family,
+        "families": [family],
+        "parameter_size": f"{service.model.num_params() / 1e6:.1f}M",
         "quantization_level": "F32",
     }
 
 
+def architecture(service: Service) -> str:
+    """The name GGUF files give the architecture: gpt2, llama, or qwen3 (q/k norms)."""
+    cfg = service.model.cfg
+    family = family_of(cfg)
+    return "qwen3" if family == "llama" and cfg.qk_norm else family
+
+
 async def ollama_reply(
     service: Service,
-    prompt: str,
+    prompt_ids: list[int],
     s: Sampling,
     stream: bool,
     wrap: Callable[[str], dict[str, Any]],
 ) -> Any:
     """One JSON reply, or NDJSON lines of `wrap`ped text pieces and a final line of stats."""
-    job, run = await service.start(prompt, s)
+    job, run = await service.start(prompt_ids, s)
     name = service.name
     if not stream:
         text = await collect(run)
@@ -105,17 +120,22 @@ def _message(text: str) -> dict[str, Any]:
 @router.post("/api/generate")
 async def api_generate(r: OllamaGenerate, service: ServiceDep) -> Any:
     service.check_model(r.model)
-    prompt = r.prompt if r.raw or not r.system else f"{r.system}\n\n{r.prompt}"
     s = ollama_sampling(service, r.options, chat=False)
-    return await ollama_reply(service, prompt, s, r.stream, _response)
+    if r.raw or not service.templated:
+        ids = service.text_ids(r.prompt if r.raw or not r.system else f"{r.system}\n\n{r.prompt}")
+    elif not r.prompt:
+        raise ApiError(400, "the prompt is empty")
+    else:
+        ids = service.chat_ids([*([("system", r.system)] if r.system else []), ("user", r.prompt)])
+    return await ollama_reply(service, ids, s, r.stream, _response)
 
 
 @router.post("/api/chat")
 async def api_chat(r: OllamaChat, service: ServiceDep) -> Any:
     service.check_model(r.model)
-    prompt = messages_to_prompt([(m.role, m.content) for m in r.messages])
+    ids = service.chat_ids([(m.role, m.content) for m in r.messages])
     s = ollama_sampling(service, r.options, chat=True)
-    return await ollama_reply(service, prompt, s, r.stream, _message)
+    return await ollama_reply(service, ids, s, r.stream, _message)
 
 
 @router.get("/api/tags")
@@ -127,7 +147,7 @@ async def api_tags(service: ServiceDep) -> dict[str, Any]:
         "modified_at": datetime.fromtimestamp(service.created, timezone.utc).isoformat(),
         "size": model.num_params() * 4,
         "digest": uuid.uuid5(uuid.NAMESPACE_URL, name).hex,
-        "details": model_details(model),
+        "details": model_details(service),
     }
     return {"models": [entry]}
 
@@ -135,20 +155,22 @@ async def api_tags(service: ServiceDep) -> dict[str, Any]:
 @router.post("/api/show")
 async def api_show(r: OllamaShow, service: ServiceDep) -> dict[str, Any]:
     service.check_model(r.model or r.name or "")
-    model, context = service.model, service.context
+    model, context, arch = service.model, service.context, architecture(service)
     cfg = model.cfg
+    template = service.tokenizer.chat_template or format_prompt("{{ .Prompt }}")
     return {
         "modelfile": f"# gptlab model {service.name}",
         "parameters": f"num_ctx {context}",
-        "template": format_prompt("{{ .Prompt }}"),
-        "details": model_details(model),
+        "template": template,
+        "details": model_details(service),
         "model_info": {
-            "general.architecture": "gpt2",
+            "general.architecture": arch,
             "general.parameter_count": model.num_params(),
-            "gpt2.context_length": context,
-            "gpt2.embedding_length": cfg.emb_dim,
-            "gpt2.block_count": cfg.n_layers,
-            "gpt2.attention.head_count": cfg.n_heads,
+            f"{arch}.context_length": context,
+            f"{arch}.embedding_length": cfg.emb_dim,
+            f"{arch}.block_count": cfg.n_layers,
+            f"{arch}.attention.head_count": cfg.n_heads,
+            **({} if arch == "gpt2" else {f"{arch}.attention.head_count_kv": cfg.n_kv_heads}),
         },
         "capabilities": ["completion"],
     }

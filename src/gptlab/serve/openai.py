@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from gptlab.serve.engine import ApiError, Job
 from gptlab.serve.schemas import OpenAIChat, OpenAICompletion, OpenAISampling
-from gptlab.serve.service import Service, ServiceDep, collect, done_reason, messages_to_prompt
+from gptlab.serve.service import Service, ServiceDep, collect, done_reason
 from gptlab.settings import Sampling
 
 Kind = Literal["chat", "text"]
@@ -79,8 +79,10 @@ async def events(
     yield "data: [DONE]\n\n"
 
 
-async def openai_reply(service: Service, prompt: str, s: Sampling, stream: bool, kind: Kind) -> Any:
-    job, run = await service.start(prompt, s)
+async def openai_reply(
+    service: Service, prompt_ids: list[int], s: Sampling, stream: bool, kind: Kind
+) -> Any:
+    job, run = await service.start(prompt_ids, s)
     rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     head = {"id": rid, "created": int(time.time()), "model": service.name}
     if stream:
@@ -94,10 +96,10 @@ async def openai_reply(service: Service, prompt: str, s: Sampling, stream: bool,
 @router.post("/v1/chat/completions")
 async def v1_chat(r: OpenAIChat, service: ServiceDep) -> Any:
     service.check_model(r.model)
-    prompt = messages_to_prompt([(m.role, m.text()) for m in r.messages])
+    ids = service.chat_ids([(m.role, m.text()) for m in r.messages])
     limit = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
     s = openai_sampling(service, r, limit, chat=True)
-    return await openai_reply(service, prompt, s, r.stream, "chat")
+    return await openai_reply(service, ids, s, r.stream, "chat")
 
 
 @router.post("/v1/completions")
@@ -107,7 +109,7 @@ async def v1_completions(r: OpenAICompletion, service: ServiceDep) -> Any:
         raise ApiError(400, "prompt: send one prompt per request")
     prompt = r.prompt if isinstance(r.prompt, str) else r.prompt[0]
     s = openai_sampling(service, r, r.max_tokens, chat=False)
-    return await openai_reply(service, prompt, s, r.stream, "text")
+    return await openai_reply(service, service.text_ids(prompt), s, r.stream, "text")
 
 
 @router.get("/v1/models")

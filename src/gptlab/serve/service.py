@@ -1,10 +1,13 @@
-"""What both API dialects share: the served model under its name, the engine that runs it, and
-the steps every request takes (check the model name, tokenize the prompt, build the sampling,
-fold chat messages into the template). Routes get it with `ServiceDep`."""
+"""What both API dialects share: the served model and its tokenizer under its name, the engine
+that runs it, and the steps every request takes (check the model name, tokenize the prompt,
+build the sampling, put chat messages into the model's chat template, or into Alpaca's for a
+model without one). Routes get it with `ServiceDep`."""
 
 from __future__ import annotations
 
 import contextlib
+import re
+import secrets
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -14,58 +17,93 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from gptlab import text
 from gptlab.errors import GptlabError
-from gptlab.hub import resolve_model
+from gptlab.families import Model
+from gptlab.hub import resolve_model, resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
-from gptlab.model import GPT
+from gptlab.model import Decoder
 from gptlab.prompts import format_prompt
 from gptlab.serve.engine import ApiError, Engine, Job
 from gptlab.serve.schemas import Stop
 from gptlab.settings import Sampling, ServeLimits
-from gptlab.tokenizer import EOT_ID, encode
 
 
 @dataclass
 class Service:
-    """One served model: `name` (also answered as `name:latest`), its limits and its engine."""
+    """One served model: `name` (also answered as `name:latest`), its tokenizer, its limits,
+    its engine, and the format of the file it came from (for /api/show)."""
 
-    model: GPT
+    model: Model
     name: str
     limits: ServeLimits
     engine: Engine
+    tokenizer: text.Tokenizer
+    format: str = "safetensors"
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
     def load(
         cls,
-        model: GPT | str | Path,
+        model: Model | str | Path,
         name: str | None = None,
         limits: ServeLimits | None = None,
         device: str = "cpu",
+        tokenizer: text.Tokenizer | None = None,
     ) -> Service:
-        """Serve `model`: a GPT, or anything `gptlab.hub.resolve_model` takes, named after
-        its folder unless `name` is given."""
+        """Serve `model`: a model object (GPT-2's tokenizer unless `tokenizer` is given), or
+        anything `gptlab.hub.resolve_model` takes, with its own tokenizer (a GGUF file is read
+        once for both), named after its file or folder unless `name` is given."""
         limits = limits or ServeLimits()
-        if not isinstance(model, GPT):
-            name = name or Path(str(model)).name
-            model, _ = resolve_model(model, device=device)
+        fmt = "safetensors"
+        if not isinstance(model, Decoder):
+            spec = Path(str(model))
+            name = name or spec.name
+            fmt = "gguf" if spec.suffix.lower() == ".gguf" else fmt
+            if tokenizer is None:
+                model, _, tokenizer = resolve_with_tokenizer(spec, device=device)
+            else:
+                model, _ = resolve_model(spec, device=device)
             model.to(device)
+        tokenizer = tokenizer if tokenizer is not None else text.gpt2()
         model.eval()
         if model.cfg.n_classes is not None:
             raise GptlabError("this model is a classifier; only language models can be served")
-        engine = Engine(model, limits.max_queue, limits.max_batch)
-        return cls(model, name or "gptlab", limits, engine)
+        if tokenizer.vocab_size > model.cfg.vocab_size:
+            raise GptlabError(
+                f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                f"{model.cfg.vocab_size}: they do not belong together"
+            )
+        engine = Engine(model, limits.max_queue, limits.max_batch, tokenizer)
+        return cls(model, name or "gptlab", limits, engine, tokenizer, fmt)
 
     @property
     def context(self) -> int:
         return self.model.cfg.context_length
 
+    @property
+    def templated(self) -> bool:
+        """Whether chat messages go into the model's own chat template (else Alpaca's)."""
+        return self.tokenizer.chat_template is not None
+
     def check_model(self, requested: str) -> None:
         if requested not in (self.name, f"{self.name}:latest"):
             raise ApiError(404, f"model {requested!r} not found; this server has {self.name!r}")
 
-    def tokens_of(self, prompt: str) -> list[int]:
-        ids = encode(prompt, allow_eot=False)
+    def text_ids(self, prompt: str) -> list[int]:
+        """A prompt sent as is: the texts of special tokens in it stay plain text."""
+        return self._fitting(self.tokenizer.encode(prompt, allow_special=False))
+
+    def chat_ids(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Chat turns as prompt ids: rendered whole by the model's chat template (ending with
+        the assistant's header) when its tokenizer has one, else folded into Alpaca's."""
+        if not self.templated:
+            return self.text_ids(messages_to_prompt(messages))
+        if not messages:
+            raise ApiError(400, "messages: at least one message is required")
+        return self._fitting(template_ids(self.tokenizer, messages))
+
+    def _fitting(self, ids: list[int]) -> list[int]:
         if not ids:
             raise ApiError(400, "the prompt is empty")
         if len(ids) >= self.context:
@@ -85,7 +123,8 @@ class Service:
         chat: bool,
     ) -> Sampling:
         """A request's sampling settings, each dialect's defaults already filled in; None for
-        `max_tokens` means the server's limit."""
+        `max_tokens` means the server's limit. Generation stops at the tokenizer's stop ids,
+        and a `chat` prompt folded into Alpaca's template also at a new "###" section."""
         limit = self.limits.max_tokens
         if max_tokens is not None and max_tokens > limit:
             raise ApiError(400, f"max tokens {max_tokens} is over this server's limit of {limit}")
@@ -96,15 +135,17 @@ class Service:
             top_k=top_k or None,
             top_p=top_p if top_p and top_p < 1 else None,
             seed=seed,
-            stop_ids=(EOT_ID,),
-            stop_strings=tuple(text for text in stops if text),
+            stop_ids=tuple(self.tokenizer.stop_ids),
+            stop_strings=tuple(piece for piece in stops if piece),
             on_context_full="stop",
         )
-        return instruct_sampling(s) if chat else s  # chat also stops at a new "###" section
+        return instruct_sampling(s) if chat and not self.templated else s
 
-    async def start(self, prompt: str, s: Sampling) -> tuple[Job, AsyncGenerator[Any, None]]:
-        """Queue a generation of `prompt`; its job (for the counters) and its text pieces."""
-        run = self.engine.run(self.tokens_of(prompt), s)
+    async def start(
+        self, prompt_ids: list[int], s: Sampling
+    ) -> tuple[Job, AsyncGenerator[Any, None]]:
+        """Queue a generation after `prompt_ids`; its job (for the counters) and its text."""
+        run = self.engine.run(prompt_ids, s)
         job = await anext(run)
         return job, run
 
@@ -156,3 +197,28 @@ def messages_to_prompt(messages: Sequence[tuple[str, str]]) -> str:
     if instruction is None:
         raise ApiError(400, "messages: the last message must come from the user")
     return prompt + format_prompt(instruction)
+
+
+def template_ids(tokenizer: text.Tokenizer, messages: Sequence[tuple[str, str]]) -> list[int]:
+    """The ids of `messages` rendered by the tokenizer's chat template (with the generation
+    prompt): the template's own special tokens become their ids, but the text of a special
+    token inside a message stays text, so a client cannot forge turns. A message holding such
+    text is rendered as a one-off marker and encoded on its own, in place of the marker."""
+    marker = f"\ue000{secrets.token_hex(8)}:"
+    held: dict[str, str] = {}
+    chat = []
+    for i, (role, content) in enumerate(messages):
+        plain = tokenizer.encode(content, allow_special=False, add_bos=False)
+        if tokenizer.encode(content, add_bos=False) != plain:
+            held[f"{marker}{i}\ue001"] = content
+            content = f"{marker}{i}\ue001"
+        chat.append({"role": role, "content": content})
+    rendered = tokenizer.render_chat(chat, add_generation_prompt=True)
+    ids: list[int] = []
+    parts = re.split(f"({re.escape(marker)}\\d+\ue001)", rendered) if held else [rendered]
+    for k, part in enumerate(parts):
+        if k % 2:
+            ids += tokenizer.encode(held[part], allow_special=False, add_bos=False)
+        elif part:
+            ids += tokenizer.encode(part, add_bos=False)
+    return ids
