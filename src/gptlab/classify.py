@@ -2,14 +2,17 @@
 
 Data: labelled texts (the bundled UCI SMS Spam Collection, a user TSV/CSV, or the UCI zip on
 request), balanced by downsampling every class to the smallest one (seeded), split 70/10/20,
-encoded with the GPT-2 tokenizer and right-padded per batch with `<|endoftext|>`. The class is
-read from the output at each sequence's last real token: with causal attention that position
-has seen the whole text and none of the padding.
+encoded with the base model's tokenizer (GPT-2's for GPT-2 models; a GGUF file's or a folder's
+tokenizer.json for the Llama family) and right-padded per batch with its pad id (GPT-2's
+`<|endoftext|>`). The class is read from the output at each sequence's last real token: with
+causal attention and right padding that position has seen the whole text and none of the
+padding, at the same positions (rotary or learned) as the text alone.
 
-Model: a base GPT (pretrained preset, run folder, or random) whose vocabulary head is replaced
-by an N-way linear layer (GPTConfig.n_classes = N, so the saved classifier reloads like any
-model folder). Only the last block(s), the final LayerNorm and the head train by default; `all`
-and LoRA are options.
+Model: a base decoder of either family (pretrained name, GGUF file, Hugging Face or gptlab
+folder, run folder, or random) whose vocabulary head is replaced by an N-way linear layer
+(config n_classes = N, so the saved classifier reloads like any model folder, with the base's
+tokenizer beside it). Only the last block(s), the final norm (LayerNorm or RMSNorm) and the
+head train by default; `all` and LoRA are options.
 
 Speed: when the frozen blocks have no dropout, their output for a text never changes, so it is
 computed once ("cached prefix") and the epochs train only the tail on those hidden states. The
@@ -42,19 +45,21 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from gptlab import distributed
+from gptlab import text as text_tokenizers
 from gptlab.checkpoints import build_model, load_model_folder, read_config, save_model
 from gptlab.data import ResumableBatches, bundled
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
-from gptlab.hub import base_language_model
+from gptlab.families import Model
+from gptlab.hub import base_with_tokenizer
 from gptlab.io import atomic_write, atomic_write_text, read_utf8
 from gptlab.jobs.base import Plan, Session, TrainingJob
+from gptlab.llama import Llama
 from gptlab.lora import apply_lora, merge_lora
-from gptlab.model import GPT
 from gptlab.pretrain import pretrain
 from gptlab.runs import MODEL, has_run, is_complete
 from gptlab.settings import TRAINABLE, ClassifierConfig, PretrainConfig, TrainArgs
-from gptlab.tokenizer import EOT_ID, encode
+from gptlab.tokenizer import EOT_ID
 from gptlab.training import TrainResult, autocast
 
 SMS_SPAM = "SMSSpamCollection"
@@ -192,10 +197,14 @@ def split(
     return parts
 
 
-def encode_text(text: str, max_length: int) -> torch.Tensor:
-    """Token ids of `text`, cut to its first `max_length` tokens. A literal `<|endoftext|>` in
-    user text stays text, so it can never look like padding."""
-    return torch.tensor(encode(text, allow_eot=False)[:max_length], dtype=torch.long)
+def encode_text(
+    text: str, max_length: int, tokenizer: text_tokenizers.Tokenizer | None = None
+) -> torch.Tensor:
+    """Token ids of `text` in `tokenizer` (default GPT-2's), bos first where the tokenizer adds
+    one, cut to the first `max_length` tokens. Special tokens' texts in user text (a literal
+    `<|endoftext|>`) stay text, so they can never look like padding."""
+    tok = tokenizer if tokenizer is not None else text_tokenizers.gpt2()
+    return torch.tensor(tok.encode(text, allow_special=False)[:max_length], dtype=torch.long)
 
 
 class ClassificationDataset(Dataset):
@@ -205,8 +214,13 @@ class ClassificationDataset(Dataset):
         self.items = items
 
     @classmethod
-    def from_texts(cls, examples: list[Example], max_length: int) -> ClassificationDataset:
-        return cls([(encode_text(text, max_length), label) for text, label in examples])
+    def from_texts(
+        cls,
+        examples: list[Example],
+        max_length: int,
+        tokenizer: text_tokenizers.Tokenizer | None = None,
+    ) -> ClassificationDataset:
+        return cls([(encode_text(t, max_length, tokenizer), label) for t, label in examples])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -232,19 +246,23 @@ def pad_batch(
 
 
 def collate(
-    items: list[tuple[torch.Tensor, int]], split: str, pad_to: int | None = None
+    items: list[tuple[torch.Tensor, int]],
+    split: str,
+    pad_to: int | None = None,
+    pad_id: int = EOT_ID,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """A batch (inputs, last index, labels, split name); token ids pad with <|endoftext|>,
-    hidden states with zeros (causal attention never lets the last real position see them)."""
+    """A batch (inputs, last index, labels, split name); token ids pad with `pad_id` (the
+    tokenizer's; GPT-2's <|endoftext|> by default), hidden states with zeros (causal attention
+    never lets the last real position see them)."""
     seqs = [seq for seq, _ in items]
-    x, last = pad_batch(seqs, EOT_ID if seqs[0].dim() == 1 else 0.0, pad_to)
+    x, last = pad_batch(seqs, pad_id if seqs[0].dim() == 1 else 0.0, pad_to)
     return x, last, torch.tensor([label for _, label in items]), split
 
 
 # ---- model ------------------------------------------------------------------------------------
 
 
-def classifier_from(base: GPT, n_classes: int, dropout: float, seed: int) -> GPT:
+def classifier_from(base: Model, n_classes: int, dropout: float, seed: int) -> Model:
     """`base` with its output head replaced by a fresh N-way linear layer (seeded init)."""
     cfg = base.cfg.replace(n_classes=n_classes, drop_rate=dropout)
     state = {k: v for k, v in base.state_dict().items() if not k.startswith("out_head.")}
@@ -254,10 +272,11 @@ def classifier_from(base: GPT, n_classes: int, dropout: float, seed: int) -> GPT
     return build_model(cfg, state, "classifier")
 
 
-def set_trainable(model: GPT, mode: str, k: int = 1, rank: int = 8, alpha: float = 16.0) -> int:
+def set_trainable(model: Model, mode: str, k: int = 1, rank: int = 8, alpha: float = 16.0) -> int:
     """Freeze the model, then unfreeze per `mode`: the last block (or `k` blocks) with the final
-    LayerNorm and the head; everything; or LoRA adapters on every block plus the head.
-    Returns the number of leading blocks that stay frozen (the cacheable prefix)."""
+    norm (GPT-2's LayerNorm, Llama's RMSNorm) and the head; everything; or LoRA adapters on
+    every block plus the head. Returns the number of leading blocks that stay frozen (the
+    cacheable prefix)."""
     if mode not in TRAINABLE:
         raise GptlabError(f"unknown trainable mode {mode!r}; choose one of {', '.join(TRAINABLE)}")
     n_layers = model.cfg.n_layers
@@ -277,25 +296,38 @@ def set_trainable(model: GPT, mode: str, k: int = 1, rank: int = 8, alpha: float
     return n_layers - k
 
 
-def prefix_states(model: GPT, ids: torch.Tensor, stop: int) -> torch.Tensor:
+def _block_args(model: Model, h: torch.Tensor) -> tuple[Any, ...]:
+    """What a block takes besides its input `h` (B, T, D) at positions 0..T-1: a Llama's
+    rotary cos/sin; nothing for GPT-2, whose positions are in its embeddings."""
+    if isinstance(model, Llama):
+        pos = torch.arange(h.shape[1], device=h.device)[None, :]
+        return (model.rotary(pos, h.dtype),)
+    return ()
+
+
+def prefix_states(model: Model, ids: torch.Tensor, stop: int) -> torch.Tensor:
     """Hidden states after the embeddings and blocks[:stop] (no final norm)."""
-    pos = torch.arange(ids.shape[1], device=ids.device)[None, :]
-    x = model.drop_emb(model.tok_emb(ids) + model.pos_emb(pos))
+    x = model.tok_emb(ids)
+    if not isinstance(model, Llama):
+        x = x + model.pos_emb(torch.arange(ids.shape[1], device=ids.device)[None, :])
+    x = model.drop_emb(x)
+    extra = _block_args(model, x)
     for block in model.blocks[:stop]:
-        x = block(x)
+        x = block(x, *extra)
     return x
 
 
-def tail_logits(model: GPT, h: torch.Tensor, last: torch.Tensor, start: int) -> torch.Tensor:
+def tail_logits(model: Model, h: torch.Tensor, last: torch.Tensor, start: int) -> torch.Tensor:
     """Class logits from hidden states entering blocks[start:], read at the last real token."""
+    extra = _block_args(model, h)
     for block in model.blocks[start:]:
-        h = block(h)
+        h = block(h, *extra)
     h = h[torch.arange(len(h), device=h.device), last]
     return model.out_head(model.final_norm(h))
 
 
 def class_logits(
-    model: GPT, x: torch.Tensor, last: torch.Tensor, start: int | None = None
+    model: Model, x: torch.Tensor, last: torch.Tensor, start: int | None = None
 ) -> torch.Tensor:
     """Logits (B, N): from token ids through the whole model (`start` None), or from cached
     hidden states entering block `start`."""
@@ -306,16 +338,22 @@ def class_logits(
 
 @torch.no_grad()
 def cache_prefix(
-    model: GPT, data: ClassificationDataset, stop: int, device: torch.device, batch_size: int = 32
+    model: Model,
+    data: ClassificationDataset,
+    stop: int,
+    device: torch.device,
+    batch_size: int = 32,
+    pad_id: int = EOT_ID,
 ) -> ClassificationDataset:
-    """The same examples with each text replaced by the frozen prefix's hidden states."""
+    """The same examples with each text replaced by the frozen prefix's hidden states
+    (computed on batches right-padded with `pad_id`)."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(data)), key=lambda i: len(data[i][0]))  # little padding per batch
     states: dict[int, torch.Tensor] = {}
     for b in range(0, len(order), batch_size):
         rows = order[b : b + batch_size]
-        x, last = pad_batch([data[i][0] for i in rows], EOT_ID)
+        x, last = pad_batch([data[i][0] for i in rows], pad_id)
         h = prefix_states(model, x.to(device), stop).float().cpu()
         for j, i in enumerate(rows):
             states[i] = h[j, : int(last[j]) + 1].clone()
@@ -348,20 +386,21 @@ class ClassificationLoss:
 
 @torch.no_grad()
 def predict_proba(
-    model: GPT,
+    model: Model,
     seqs: list[torch.Tensor],
     device: torch.device,
     batch_size: int = 32,
     precision: str = "auto",
+    pad_id: int = EOT_ID,
 ) -> torch.Tensor:
     """Class probabilities (len(seqs), N) for token-id sequences, in their order; batches group
-    sequences of similar length."""
+    sequences of similar length, right-padded with `pad_id`."""
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     probs = torch.empty(len(seqs), model.cfg.n_classes or 0)
     for b in range(0, len(order), batch_size):
         rows = order[b : b + batch_size]
-        x, last = pad_batch([seqs[i] for i in rows], EOT_ID)
+        x, last = pad_batch([seqs[i] for i in rows], pad_id)
         with autocast(device, precision):
             logits = class_logits(model, x.to(device), last.to(device))
         probs[rows] = torch.softmax(logits.float(), dim=-1).cpu()
@@ -369,20 +408,23 @@ def predict_proba(
 
 
 def classify_texts(
-    model: GPT,
+    model: Model,
     texts: list[str],
     device: torch.device,
     batch_size: int = 32,
     max_length: int | None = None,
+    tokenizer: text_tokenizers.Tokenizer | None = None,
 ) -> list[tuple[int, float]]:
-    """(label index, probability) per text, cut to `max_length` tokens as in training."""
+    """(label index, probability) per text, encoded by the classifier's `tokenizer` (default
+    GPT-2's) and cut to `max_length` tokens as in training."""
+    tok = tokenizer if tokenizer is not None else text_tokenizers.gpt2()
     seqs = []
     for i, text in enumerate(texts):
-        seq = encode_text(text, max_length or model.cfg.context_length)
+        seq = encode_text(text, max_length or model.cfg.context_length, tok)
         if len(seq) == 0:
             raise GptlabError(f"text {i + 1} is empty")
         seqs.append(seq)
-    probs = predict_proba(model, seqs, device, batch_size)
+    probs = predict_proba(model, seqs, device, batch_size, pad_id=tok.pad_id)
     best, label = probs.max(dim=-1)
     return [(int(i), float(p)) for i, p in zip(label, best, strict=True)]
 
@@ -443,7 +485,7 @@ def load_splits(c: ClassifierConfig) -> Splits:
     return Splits(data.labels, *split(kept, c.train.seed), left_out, len(data.examples))
 
 
-def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.device) -> GPT:
+def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.device) -> Model:
     """Next-token pretraining of a random `preset` model on `texts` in RUN/pretrain (resumable;
     skipped when finished)."""
     out = c.out / "pretrain"
@@ -480,11 +522,17 @@ def _pretrain_on_texts(c: ClassifierConfig, texts: list[str], device: torch.devi
     return model
 
 
-def _save_classifier(model: GPT, path: Path, meta: dict[str, Any]) -> None:
-    """Save as a plain model folder; LoRA adapters are merged into a copy first."""
+def _save_classifier(
+    model: Model,
+    path: Path,
+    meta: dict[str, Any],
+    tokenizer: text_tokenizers.Tokenizer | None = None,
+) -> None:
+    """Save as a plain model folder with the base's tokenizer (none written for GPT-2's);
+    LoRA adapters are merged into a copy first."""
     if any(name.endswith("lora_a") for name, _ in model.named_parameters()):
         model = merge_lora(copy.deepcopy(model))
-    save_model(model, path, meta)
+    save_model(model, path, meta, tokenizer=tokenizer)
 
 
 def finetune_classifier(
@@ -508,8 +556,10 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         self.data = data = load_splits(c)
         # a bad --base fails here, before the run folder exists; rank 0 downloads it first
         with distributed.main_first():
-            self.base = (
-                None if c.pretrain_on_texts else base_language_model(c.base, c.preset, c.train.seed)
+            self.base, self.tokenizer = (
+                (None, text_tokenizers.gpt2())  # pretraining tokenizes with GPT-2's
+                if c.pretrain_on_texts
+                else base_with_tokenizer(c.base, c.preset, c.train.seed)
             )
         counts = Counter(label for _, label in data.train + data.val + data.test)
         return {
@@ -534,7 +584,7 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         max_length = min(c.max_length or model.cfg.context_length, model.cfg.context_length)
         model.to(s.device)
         self.datasets = datasets = {
-            name: ClassificationDataset.from_texts(ex, max_length)
+            name: ClassificationDataset.from_texts(ex, max_length, self.tokenizer)
             for name, ex in (("train", data.train), ("val", data.val), ("test", data.test))
         }
         pad_to = datasets["train"].longest() if c.pad_to_longest else None
@@ -542,7 +592,9 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         self.cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0 and s.d.world == 1
         if self.cached:
             for name in ("train", "val"):
-                datasets[name] = cache_prefix(model, datasets[name], frozen, s.device)
+                datasets[name] = cache_prefix(
+                    model, datasets[name], frozen, s.device, pad_id=self.tokenizer.pad_id
+                )
 
         def batches(name: str, shuffle: bool) -> ResumableBatches:
             return ResumableBatches(
@@ -551,7 +603,9 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
                 shuffle=shuffle,
                 seed=c.train.seed,
                 drop_last=shuffle,
-                collate_fn=partial(collate, split=name, pad_to=pad_to),
+                collate_fn=partial(
+                    collate, split=name, pad_to=pad_to, pad_id=self.tokenizer.pad_id
+                ),
             )
 
         train_batches, val_batches = batches("train", True), batches("val", False)
@@ -597,7 +651,7 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         if val_acc > self.best:
             self.best = val_acc
             meta = {**self.meta, "step": step, "val_acc": val_acc}
-            _save_classifier(plan.model, self.best_path, meta)
+            _save_classifier(plan.model, self.best_path, meta, self.tokenizer)
 
     def plots(self, s: Session) -> None:
         super().plots(s)
@@ -615,7 +669,9 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         best_model, best_meta = load_model_folder(self.best_path, device=str(s.device))
         test = self.datasets["test"]
         seqs = [seq for seq, _ in test.items]
-        probs = predict_proba(best_model, seqs, s.device, precision=c.runtime.precision)
+        probs = predict_proba(
+            best_model, seqs, s.device, precision=c.runtime.precision, pad_id=self.tokenizer.pad_id
+        )
         y_true = torch.tensor([label for _, label in test.items])
         scores = metrics(y_true, probs.argmax(-1), data.labels)
         return {

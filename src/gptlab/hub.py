@@ -159,13 +159,22 @@ def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") 
     """The language model a fine-tuning job starts from: "random" (the `preset` of either
     family, initialised from `seed`) or anything `resolve_model` accepts; a classifier is
     refused."""
+    return base_with_tokenizer(base, preset, seed, device)[0]
+
+
+def base_with_tokenizer(
+    base: str, preset: str, seed: int, device: str = "cpu"
+) -> tuple[Model, text.Tokenizer]:
+    """`base_language_model` and the tokenizer its ids mean: the base's own (a GGUF file's, a
+    folder's tokenizer.json), GPT-2's for GPT-2 models and for "random" (a random model is
+    pretrained on GPT-2's tokens, gptlab.pretrain)."""
     if base == "random":
         torch.manual_seed(seed)
-        return new_model(get_preset(preset)).to(device)
-    model, _ = resolve_model(base, device=device)
+        return new_model(get_preset(preset)).to(device), text.gpt2()
+    model, _, tokenizer = resolve_with_tokenizer(base, device=device)
     if model.cfg.n_classes is not None:
         raise GptlabError(f"{base}: is a classifier; pass a language model as --base")
-    return model
+    return model, tokenizer
 
 
 # ---- OpenAI's pretrained GPT-2, cached -------------------------------------------------------

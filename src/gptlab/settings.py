@@ -391,7 +391,7 @@ class ClassifierConfig(Settings):
     """Classification fine-tuning (the book's chapter 6 recipe on SMS spam by default)."""
 
     out: Path = arg(Path("runs/classify"), "run folder", resumable=True)
-    base: str = arg("gpt2-small", "pretrained name, run or model folder, or 'random'")
+    base: str = arg("gpt2-small", "pretrained name, .gguf file, run or model folder, or 'random'")
     preset: str = arg("gpt-micro", "model shape for --base random", choices=PRESET_NAMES)
     data: Path | None = arg(None, "TSV/CSV with label and text columns (none: SMS spam)")
     download: bool = arg(False, "fetch the SMS Spam Collection from UCI")

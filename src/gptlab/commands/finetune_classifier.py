@@ -1,4 +1,5 @@
-"""`gptlab finetune-classifier`: fine-tune a GPT into a text classifier (SMS spam by default)."""
+"""`gptlab finetune-classifier`: fine-tune a GPT-2 or Llama-family model into a text classifier
+(SMS spam by default), encoding with the base's own tokenizer."""
 
 from __future__ import annotations
 
