@@ -146,12 +146,34 @@ def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -
 
 
 def load_model_folder(directory: str | Path, device: str = "cpu") -> tuple[Model, dict[str, Any]]:
-    """Load a model folder; returns the model (in eval mode) and its config.json."""
+    """Load a model folder; returns the model (in eval mode) and its config.json. A training
+    checkpoint of a LoRA run (config "lora", weights holding base layers and adapters) loads
+    with the adapters merged, as the run's final model is saved."""
     directory = Path(directory)
     meta = read_config(directory)
     cfg = config_from_dict(meta["model"], source=str(directory / CONFIG))
     state = read_safetensors(directory / WEIGHTS, device=device)
+    if meta.get("lora") and any(k.endswith(".lora_a") for k in state):
+        return _merged_lora(cfg, state, meta["lora"], str(directory / WEIGHTS)), meta
     return build_model(cfg, state, str(directory / WEIGHTS)), meta
+
+
+def _merged_lora(
+    cfg: ModelConfig, state: dict[str, torch.Tensor], lora: dict[str, Any], source: str
+) -> Model:
+    from gptlab.lora import apply_lora, merge_lora
+
+    with torch.device("meta"):
+        model = new_model(cfg)
+        apply_lora(model, int(lora["rank"]), float(lora["alpha"]), tuple(lora["targets"]))
+    expected = set(model.state_dict()) - ({"out_head.weight"} if model.tied else set())
+    if set(state) != expected:
+        odd = sorted(set(state) ^ expected)
+        raise GptlabError(f"{source}: tensor {odd[0]} does not fit the run's LoRA settings")
+    model.load_state_dict(state, strict=False, assign=True)
+    if model.tied:
+        model.out_head.weight = model.tok_emb.weight
+    return merge_lora(model).eval()
 
 
 # ---- training checkpoints ------------------------------------------------------------------

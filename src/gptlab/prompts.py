@@ -18,3 +18,44 @@ def format_prompt(instruction: str, input_text: str = "") -> str:
     if input_text:
         text += f"\n\n### Input:\n{input_text}"
     return text + RESPONSE_HEADER
+
+
+def _jinja_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+# The Alpaca template as a Jinja chat template (for files that carry one, such as a GGUF
+# export), turning messages into the prompt exactly as gptlab's server does: system text leads
+# the next user instruction (joined by a blank line), each earlier exchange is a completed
+# instruction/response pair followed by a blank line, the last user turn is the open
+# instruction.
+ALPACA_CHAT_TEMPLATE = (
+    "{%- macro alpaca(instruction) -%}"
+    "{{ "
+    + _jinja_string(f"{PREAMBLE}\n\n### Instruction:\n")
+    + " + instruction + "
+    + _jinja_string(RESPONSE_HEADER)
+    + " }}"
+    "{%- endmacro -%}"
+    "{%- set ns = namespace(system='', instruction=none) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- set ns.system = ns.system + message['content'] + '\\n\\n' -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{%- if ns.instruction is not none -%}{{ alpaca(ns.instruction) }}{%- endif -%}"
+    "{%- set ns.instruction = ns.system + message['content'] -%}"
+    "{%- set ns.system = '' -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{%- if ns.instruction is none -%}"
+    "{{ raise_exception('an assistant turn must follow a user turn') }}"
+    "{%- endif -%}"
+    "{{ alpaca(ns.instruction) + message['content'] + '\\n\\n' }}"
+    "{%- set ns.instruction = none -%}"
+    "{%- else -%}"
+    "{{ raise_exception('unsupported role ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt and ns.instruction is not none -%}"
+    "{{ alpaca(ns.instruction) }}"
+    "{%- endif -%}"
+)

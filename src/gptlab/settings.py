@@ -589,8 +589,11 @@ class ConvertConfig(Settings):
     """Converting weights between formats."""
 
     source: str = arg("", "what to read (anything --model takes)", positional=True)
-    out: Path | None = arg(None, "the folder to write", positional=True)
-    to: str = arg("gptlab", "output format", choices=("gptlab", "hf"))
+    out: Path | None = arg(
+        None, "the folder (or, --to gguf, the .gguf file) to write", positional=True
+    )
+    to: str = arg("gptlab", "output format", choices=("gptlab", "hf", "gguf"))
+    dtype: str = arg("f32", "tensor type of a GGUF file", choices=("f32", "f16", "bf16", "q8_0"))
 
 
 @dataclass

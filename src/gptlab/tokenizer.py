@@ -16,15 +16,21 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 
 
 @lru_cache(maxsize=1)
-def get_tokenizer() -> tiktoken.Encoding:
-    """The GPT-2 encoding (50,257 ids, `<|endoftext|>` = 50256), built once per process."""
+def mergeable_ranks() -> dict[bytes, int]:
+    """GPT-2's 50,256 byte sequences and their merge ranks (ids), as bundled with gptlab; the
+    GGUF writer rebuilds GPT-2's vocabulary and merges from them."""
     ranks_file = resources.files("gptlab") / "assets" / "gpt2.tiktoken"
     with resources.as_file(ranks_file) as path:
-        ranks = load_tiktoken_bpe(str(path))
+        return load_tiktoken_bpe(str(path))
+
+
+@lru_cache(maxsize=1)
+def get_tokenizer() -> tiktoken.Encoding:
+    """The GPT-2 encoding (50,257 ids, `<|endoftext|>` = 50256), built once per process."""
     return tiktoken.Encoding(
         name="gptlab-gpt2",
         pat_str=GPT2_PATTERN,
-        mergeable_ranks=ranks,
+        mergeable_ranks=mergeable_ranks(),
         special_tokens={EOT_TOKEN: EOT_ID},
     )
 

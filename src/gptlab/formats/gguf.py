@@ -58,6 +58,14 @@ def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, half, 2, *rest).transpose(1, 2).reshape(w.shape)
 
 
+def permute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `unpermute_rotary`, for writing: the halves order of a q or k projection
+    into llama.cpp's adjacent pairs, row s * head_dim/2 + i of a head -> row 2i + s."""
+    half = w.shape[0] // n_heads // 2
+    rest = w.shape[1:]
+    return w.reshape(n_heads, 2, half, *rest).transpose(1, 2).reshape(w.shape)
+
+
 def _reader(path: Path) -> Any:
     import gguf
 
