@@ -609,8 +609,9 @@ class PipelineConfig(Settings):
     out: Path = arg(Path("runs/pipeline"), "run folder")
     base: str = arg(
         "auto",
-        "auto: gpt2-small when its weights are cached or downloadable, else scratch",
-        choices=BASES,
+        "auto (gpt2-small when its weights are cached or downloadable, else scratch), scratch, "
+        f"{', '.join(OPENAI_SIZES)}, a .gguf file or a model folder",
+        metavar="BASE",
     )
     tiny: bool = arg(False, "tiny model and data: every stage in seconds")
     seed: int = arg(123, "seed of every stage")
