@@ -370,6 +370,8 @@ class PretrainConfig(Settings):
 TRAINABLE = ("last-block", "last-k", "all", "lora")
 # Block layers that can get LoRA adapters (gptlab.lora maps them onto modules).
 LORA_TARGETS = ("qkv", "attn_proj", "fc", "ff_proj")
+# How instruction entries are shown to the model (gptlab.instruct.prompt_format).
+PROMPT_FORMATS = ("alpaca", "chat")
 
 
 @dataclass
@@ -436,6 +438,11 @@ class InstructConfig(Settings):
     max_length: int | None = arg(None, "truncate sequences (none: the model's context)", min=2)
     mask_prompt: bool = arg(False, "learn the response tokens only")
     group_by_length: bool = arg(False, "batch similar lengths to cut padding")
+    prompt_format: str = arg(
+        "alpaca",
+        "alpaca (the book's template) or chat (the base tokenizer's chat template)",
+        choices=PROMPT_FORMATS,
+    )
     lora_rank: int | None = arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
     lora_alpha: float = arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
     lora_targets: tuple[str, ...] = arg(
@@ -466,6 +473,11 @@ class RespondConfig(Settings):
     data: Path | None = arg(None, "JSON or JSON Lines file, e.g. RUN/test.json", required=True)
     out: Path | None = arg(None, "output JSON file", required=True)
     batch_size: int = arg(8, "prompts generated together", min=1)
+    prompt_format: str | None = arg(
+        None,
+        "alpaca or chat (none: the format the model was fine-tuned with, else alpaca)",
+        choices=PROMPT_FORMATS,
+    )
     sampling: Sampling = sampling(256)
     device: Device = arg(factory=Device)
 
