@@ -331,10 +331,13 @@ class InstructStage(Stage):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         recipe = ctx.recipe()
+        base = ctx.base()
         config = InstructConfig(
             out=self.folder,
-            base=ctx.base()["model"],
+            base=base["model"],
             data=ctx.instructions,
+            # a base with a chat template was tuned to it: keep it (respond reads it back)
+            prompt_format="chat" if base.get("chat_template") else "alpaca",
             sample_tokens=recipe.sample_tokens,
             train=ctx.train_args(recipe.instruct),
             runtime=ctx.runtime(),
