@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -130,9 +131,11 @@ def write_file(
     types: dict[str, Q],
     arch: str,
     rope_freqs: np.ndarray | None = None,
+    tokenizer: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """`state` (gptlab names, HF layout) as llama.cpp would store it; returns the values a
-    faithful reader gives back, in HF layout."""
+    faithful reader gives back, in HF layout. `tokenizer`: a real file's tokenizer.* metadata
+    (gptlab.formats.gguf.read_gguf_metadata) in place of placeholder tokens."""
     rng = np.random.default_rng(0)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(cfg.context_length)
@@ -147,7 +150,10 @@ def write_file(
     w.add_rope_freq_base(cfg.rope_base)
     w.add_layer_norm_rms_eps(cfg.rms_eps)
     w.add_vocab_size(cfg.vocab_size)
-    w.add_token_list([f"<t{i}>" for i in range(cfg.vocab_size)])
+    if tokenizer is None:
+        w.add_token_list([f"<t{i}>" for i in range(cfg.vocab_size)])
+    for key, value in (tokenizer or {}).items():
+        write_value(w, key, value)
     expected = {}
     for n in parameter_names(cfg):
         value = state[n.gptlab].numpy()
@@ -170,6 +176,17 @@ def write_file(
     w.write_tensors_to_file()
     w.close()
     return expected
+
+
+def write_value(w: gguf.GGUFWriter, key: str, value: Any) -> None:
+    """One metadata key/value as read_gguf_metadata gives it (ids as uint32, as llama.cpp)."""
+    V = gguf.GGUFValueType
+    kinds = {bool: V.BOOL, int: V.UINT32, float: V.FLOAT32, str: V.STRING}
+    if isinstance(value, list):
+        sub = V.STRING if isinstance(value[0], str) else V.INT32
+        w.add_key_value(key, value, V.ARRAY, sub_type=sub)
+    else:
+        w.add_key_value(key, value, kinds[type(value)])
 
 
 TYPES = {

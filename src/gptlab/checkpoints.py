@@ -192,18 +192,20 @@ def save_checkpoint(
     *,
     keep: int,
     weights: dict[str, torch.Tensor] | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Write `checkpoints/step-NNNNNN/` completely under a temporary name, rename it into
     place, then point LATEST at it; only then are older checkpoints beyond the newest `keep`
     removed (each holds the optimizer state, twice the weights: they are most of a run
-    folder), and any of later steps, left by an attempt that LATEST never named."""
+    folder), and any of later steps, left by an attempt that LATEST never named. A
+    `tokenizer` is saved with the model, as `save_model` does."""
     if keep < 1:
         raise GptlabError(f"keep at least the latest checkpoint, not {keep}")
     root = checkpoint_dir(run_dir)
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, meta, weights)
+    save_model(model, tmp, meta, weights, tokenizer=tokenizer)
     atomic_write(tmp / TRAIN_STATE, lambda p: torch.save(train_state, p))
     fsync_dir(tmp)
     if final.exists():

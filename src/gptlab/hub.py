@@ -159,22 +159,37 @@ def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") 
     """The language model a fine-tuning job starts from: "random" (the `preset` of either
     family, initialised from `seed`) or anything `resolve_model` accepts; a classifier is
     refused."""
-    return base_with_tokenizer(base, preset, seed, device)[0]
+    if base == "random":
+        torch.manual_seed(seed)
+        return new_model(get_preset(preset)).to(device)
+    model, _ = resolve_model(base, device=device)
+    return _language_model(base, model)
 
 
 def base_with_tokenizer(
     base: str, preset: str, seed: int, device: str = "cpu"
 ) -> tuple[Model, text.Tokenizer]:
-    """`base_language_model` and the tokenizer its ids mean: the base's own (a GGUF file's, a
-    folder's tokenizer.json), GPT-2's for GPT-2 models and for "random" (a random model is
-    pretrained on GPT-2's tokens, gptlab.pretrain)."""
+    """`base_language_model` and the base's tokenizer (GPT-2's for "random": the presets
+    fine-tuning starts from have its vocabulary); a tokenizer whose ids the model's vocabulary
+    cannot hold is refused."""
     if base == "random":
-        torch.manual_seed(seed)
-        return new_model(get_preset(preset)).to(device), text.gpt2()
-    model, _, tokenizer = resolve_with_tokenizer(base, device=device)
+        model, tokenizer = base_language_model(base, preset, seed, device), text.gpt2()
+    else:
+        model, _, tokenizer = resolve_with_tokenizer(base, device=device)
+        _language_model(base, model)
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        where = f"preset {preset}" if base == "random" else base
+        raise GptlabError(
+            f"{where}: the model's vocabulary ({model.cfg.vocab_size}) is smaller than its "
+            f"tokenizer's ({tokenizer.name}, {tokenizer.vocab_size})"
+        )
+    return model, tokenizer
+
+
+def _language_model(base: str, model: Model) -> Model:
     if model.cfg.n_classes is not None:
         raise GptlabError(f"{base}: is a classifier; pass a language model as --base")
-    return model, tokenizer
+    return model
 
 
 # ---- OpenAI's pretrained GPT-2, cached -------------------------------------------------------

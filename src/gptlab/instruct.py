@@ -1,19 +1,25 @@
-"""Instruction fine-tuning: Alpaca-format data, padded batches, training, and saved responses.
+"""Instruction fine-tuning: Alpaca-style data, padded batches, training, and saved responses.
 
 Data is a JSON list or JSON Lines of {"instruction", "input" (optional), "output"} objects
 (default: the bundled 1,100-entry instruction-data.json), split 85/5/10 in a seeded order.
-Each entry becomes the Alpaca prompt (gptlab.prompts) followed by its output, tokenized
-separately so the prompt/response boundary is exact, then `<|endoftext|>`.
+Entries go through the base model's own tokenizer (gptlab.text; GPT-2's for GPT-2 models) in
+one of two prompt formats (`PromptFormat`): "alpaca", the Alpaca prompt (gptlab.prompts)
+followed by the output, then the tokenizer's end-of-text; or "chat", the tokenizer's chat
+template with the entry as one user turn and the output as the assistant's reply, ended by
+the template's end-of-turn token. Prompt and output are tokenized separately so the
+prompt/response boundary is exact, and the entries' own text never becomes a special token.
 
-A batch is padded only to its own longest sequence. Targets are the inputs shifted by one;
-padding targets are -100 (ignored by the loss) except the first end-of-text, which teaches the
-model to stop. `mask_prompt` also ignores the targets inside the prompt, so only the response
-is learned. Length-grouped batching puts sequences of similar length together to cut padding.
+A batch is padded (with the tokenizer's pad id) only to its own longest sequence. Targets are
+the inputs shifted by one; padding targets are -100 (ignored by the loss) except the first end
+token, which teaches the model to stop. `mask_prompt` also ignores the targets inside the
+prompt (the chat template's markup included), so only the response is learned.
+Length-grouped batching puts sequences of similar length together to cut padding.
 
 Training reuses gptlab.training.train (AdamW, warm-up, clipping, accumulation, checkpoints,
 resume), on all weights or on LoRA adapters; the final model is saved merged, as a plain model
-folder. `respond` writes a response for every entry of a data file, saving progress as it goes
-so that a rerun continues where an interrupted one stopped.
+folder with its tokenizer and prompt format ("template" in its config.json). `respond`
+writes a response for every entry of a data file, saving progress as it goes so that a rerun
+continues where an interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,20 +39,21 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from gptlab import distributed
+from gptlab import distributed, text
 from gptlab.checkpoints import save_model
 from gptlab.data import ResumableBatches, bundled
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.generation import generate, trim_at_stop
-from gptlab.hub import base_language_model, resolve_model
+from gptlab.hub import base_with_tokenizer, resolve_with_tokenizer
 from gptlab.io import atomic_write_json, read_utf8
 from gptlab.jobs.base import Plan, Session, TrainingJob
 from gptlab.lora import apply_lora, merge_lora
 from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.prompts import STOP_STRINGS, format_prompt
 from gptlab.runs import MODEL
-from gptlab.settings import InstructConfig, Sampling
-from gptlab.tokenizer import EOT_ID, decode, encode
+from gptlab.settings import PROMPT_FORMATS, InstructConfig, Sampling
+from gptlab.text import Tokenizer
+from gptlab.tokenizer import EOT_ID
 from gptlab.training import TrainResult, perplexity, pick_device
 
 log = logging.getLogger("gptlab")
@@ -142,18 +149,107 @@ def entry_prompt(entry: dict[str, Any]) -> str:
     return format_prompt(entry["instruction"], entry.get("input", ""))
 
 
-def tokenize_entry(entry: dict[str, Any]) -> tuple[list[int], int]:
-    """(prompt + response token ids, number of prompt tokens). Text that spells
-    `<|endoftext|>` stays plain text: only the collate function adds the real token."""
-    prompt = encode(entry_prompt(entry), allow_eot=False)
-    return prompt + encode(entry["output"], allow_eot=False), len(prompt)
+def user_message(entry: dict[str, Any]) -> str:
+    """An entry as one chat turn: the instruction, then its input after a blank line."""
+    input_text = entry.get("input", "")
+    return f"{entry['instruction']}\n\n{input_text}" if input_text else entry["instruction"]
+
+
+def _encode_rendered(tokenizer: Tokenizer, rendered: str, texts: Sequence[str]) -> list[int]:
+    """Ids of a rendered chat template whose own markup (<|im_start|>...) becomes special
+    tokens while the message `texts`, found in order, stay plain text. Special tokens split
+    the text anyway, so this equals encoding the whole rendering when the texts spell none.
+    A text the template changed (not found verbatim) is read as template markup."""
+    ids: list[int] = []
+    pos = 0
+    for piece in texts:
+        at = rendered.find(piece, pos) if piece else -1
+        if at < 0:
+            continue
+        ids += tokenizer.encode(rendered[pos:at], add_bos=False)
+        ids += tokenizer.encode(piece, allow_special=False, add_bos=False)
+        pos = at + len(piece)
+    return ids + tokenizer.encode(rendered[pos:], add_bos=False)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How instruction entries become token ids for one tokenizer. `end_id` ends every
+    response (what the model learns to stop on); `between` is the template's text between
+    the output and that token ("" for the templates gptlab knows)."""
+
+    name: str
+    tokenizer: Tokenizer
+    end_id: int
+    between: str = ""
+
+    def prompt_ids(self, entry: dict[str, Any]) -> list[int]:
+        """The prompt the model answers: Alpaca's (with bos where the tokenizer adds one) or
+        the chat template's user turn and assistant header."""
+        tok = self.tokenizer
+        if self.name == "alpaca":
+            return tok.encode(entry_prompt(entry), allow_special=False)
+        content = user_message(entry)
+        rendered = tok.render_chat([{"role": "user", "content": content}])
+        return _encode_rendered(tok, rendered, [content])
+
+    def sampling(self, sampling: Sampling) -> Sampling:
+        """Alpaca answers also stop at a new `###` section; chat ones at the end of the turn
+        (the tokenizer's stop ids, which generation uses by default)."""
+        return instruct_sampling(sampling) if self.name == "alpaca" else sampling
+
+
+def prompt_format(name: str = "alpaca", tokenizer: Tokenizer | None = None) -> PromptFormat:
+    """The `name` format ("alpaca" or "chat") for `tokenizer` (default GPT-2's). "chat" needs a
+    chat template; its end token is the one the template closes an assistant turn with, found
+    by rendering a probe conversation. A template whose two-turn rendering does not start
+    with its prompt rendering (or closes the turn with no stop token) gets prompt + output +
+    eos instead, with a warning."""
+    tok = tokenizer if tokenizer is not None else text.gpt2()
+    if name not in PROMPT_FORMATS:
+        raise GptlabError(f"unknown prompt format {name!r}; choose {' or '.join(PROMPT_FORMATS)}")
+    if name == "alpaca":
+        return PromptFormat(name, tok, tok.eos_id)
+    if tok.chat_template is None:
+        raise GptlabError(
+            f"{tok.name}: the tokenizer has no chat template; use --prompt-format alpaca"
+        )
+    user, answer = {"role": "user", "content": "Hi."}, "Hello."
+    prompt = tok.render_chat([user])
+    full = tok.render_chat([user, {"role": "assistant", "content": answer}], False)
+    rest = full[len(prompt) :]
+    if full.startswith(prompt) and rest.startswith(answer):
+        ends = {tok.decode([i]): i for i in tok.stop_ids}
+        found = [(rest.find(t), t) for t in ends if rest.find(t) >= len(answer)]
+        if found:
+            at, token = min(found)
+            return PromptFormat(name, tok, ends[token], rest[len(answer) : at])
+    log.warning(
+        "%s: the chat template's prompt + answer does not start with its prompt and end the "
+        "turn with a stop token; responses are learned as the prompt + output + eos",
+        tok.name,
+    )
+    return PromptFormat(name, tok, tok.eos_id)
+
+
+def tokenize_entry(entry: dict[str, Any], fmt: PromptFormat | None = None) -> tuple[list[int], int]:
+    """(prompt + response token ids, number of prompt tokens) in format `fmt` (default: GPT-2's
+    Alpaca). Text that spells `<|endoftext|>` or another special token stays plain text: only
+    the collate function adds the real end token."""
+    fmt = fmt if fmt is not None else prompt_format()
+    tok = fmt.tokenizer
+    prompt = fmt.prompt_ids(entry)
+    response = tok.encode(entry["output"], allow_special=False, add_bos=False)
+    if fmt.between:
+        response += tok.encode(fmt.between, add_bos=False)
+    return prompt + response, len(prompt)
 
 
 class InstructionDataset(Dataset):
     """Tokenized entries; item i is (ids, n_prompt) for the collate function."""
 
-    def __init__(self, entries: Sequence[dict[str, Any]]) -> None:
-        self.items = [tokenize_entry(e) for e in entries]
+    def __init__(self, entries: Sequence[dict[str, Any]], fmt: PromptFormat | None = None) -> None:
+        self.items = [tokenize_entry(e, fmt) for e in entries]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -169,18 +265,21 @@ def collate(
     batch: Sequence[tuple[list[int], int]],
     max_length: int | None = None,
     mask_prompt: bool = False,
+    end_id: int = EOT_ID,
+    pad_id: int = EOT_ID,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets), both (B, T) with T = the batch's longest sequence, at most
-    `max_length`. Row b is seq = ids + [EOT]: inputs = seq[:-1] padded with EOT, targets =
-    seq[1:] (whose last item is the one kept end-of-text) padded with -100; with `mask_prompt`,
-    the targets that are prompt tokens are -100 too."""
+    `max_length`. Row b is seq = ids + [end_id]: inputs = seq[:-1] padded with `pad_id`,
+    targets = seq[1:] (whose last item is the one kept end token) padded with -100; with
+    `mask_prompt`, the targets that are prompt tokens are -100 too. GPT-2 ends and pads with
+    <|endoftext|>; other tokenizers end with their format's end token and pad with their pad."""
     width = max(len(ids) for ids, _ in batch)
     if max_length is not None:
         width = min(width, max_length)
-    inputs = torch.full((len(batch), width), EOT_ID, dtype=torch.long)
+    inputs = torch.full((len(batch), width), pad_id, dtype=torch.long)
     targets = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     for row, (ids, n_prompt) in enumerate(batch):
-        seq = torch.tensor([*ids, EOT_ID], dtype=torch.long)
+        seq = torch.tensor([*ids, end_id], dtype=torch.long)
         n = min(len(ids), width)
         inputs[row, :n] = seq[:n]
         targets[row, :n] = seq[1 : n + 1]
@@ -267,16 +366,25 @@ class InstructionTuning(TrainingJob[InstructConfig]):
                 "validation (at least one each)"
             )
         with distributed.main_first():  # rank 0 downloads and converts a pretrained base
-            self.model = base_language_model(c.base, c.preset, c.train.seed, str(s.device))
+            self.model, self.tokenizer = base_with_tokenizer(
+                c.base, c.preset, c.train.seed, str(s.device)
+            )
+        self.format = prompt_format(c.prompt_format, self.tokenizer)
         context = self.model.cfg.context_length
         self.max_length = c.max_length or context
         if not 2 <= self.max_length <= context:
             raise GptlabError(f"--max-length must be between 2 and the context {context}")
         t = c.train
-        self.train_ds = InstructionDataset(self.train_entries)
-        val_ds = InstructionDataset(self.val_entries)
+        self.train_ds = InstructionDataset(self.train_entries, self.format)
+        val_ds = InstructionDataset(self.val_entries, self.format)
         lengths = self.train_ds.lengths(self.max_length)
-        collate_fn = partial(collate, max_length=self.max_length, mask_prompt=c.mask_prompt)
+        collate_fn = partial(
+            collate,
+            max_length=self.max_length,
+            mask_prompt=c.mask_prompt,
+            end_id=self.format.end_id,
+            pad_id=self.tokenizer.pad_id,
+        )
         pin = s.device.type == "cuda" and c.speed.pin_memory
         plain = ResumableBatches(
             self.train_ds,
@@ -327,13 +435,20 @@ class InstructionTuning(TrainingJob[InstructConfig]):
             atomic_write_json(s.run.path / "test.json", self.test_entries)
         t = self.c.train
         max_steps = t.max_steps or t.epochs * self.steps_per_epoch
-        meta = {"task": "lm", "lora": self.lora}
-        return Plan(self.model, self.train_batches, self.val_batches, max_steps, meta)
+        meta = {"task": "lm", "template": self.format.name, "lora": self.lora}
+        return Plan(
+            self.model,
+            self.train_batches,
+            self.val_batches,
+            max_steps,
+            meta,
+            tokenizer=self.tokenizer,
+        )
 
     def on_eval(self, s: Session, plan: Plan, step: int) -> None:
         entry = self.val_entries[0]
         sampling = Sampling(max_new_tokens=self.c.sample_tokens)
-        answer = generate_responses(plan.model, [entry_prompt(entry)], sampling)[0]
+        answer = generate_responses(plan.model, [entry], sampling, self.format)[0]
         if s.d.is_main:
             s.run.add_sample(step, f"{entry['instruction']!r} -> {answer!r}")
         plan.model.train()
@@ -358,7 +473,11 @@ class InstructionTuning(TrainingJob[InstructConfig]):
             merge_lora(model)
             weights = {}  # the merged model's own state, without adapters
         model_dir = save_model(
-            model, s.run.path / MODEL, {"task": "lm", "template": "alpaca"}, weights or None
+            model,
+            s.run.path / MODEL,
+            {"task": "lm", "template": self.format.name},
+            weights or None,
+            tokenizer=self.tokenizer,
         )
         return {
             "task": "instruct",
@@ -395,23 +514,43 @@ def instruct_sampling(sampling: Sampling) -> Sampling:
     return dataclasses.replace(sampling, stop_strings=stops)
 
 
-def generate_responses(model: GPT, prompts: Sequence[str], sampling: Sampling) -> list[str]:
-    """The response to each formatted prompt (one batch), cut at a stop and stripped."""
-    s = instruct_sampling(sampling)
-    ids = generate(model, [encode(p, allow_eot=False) for p in prompts], s)
-    return [trim_at_stop(decode(row), s.stop_strings).strip() for row in ids]
+def generate_responses(
+    model: GPT,
+    entries: Sequence[dict[str, Any]],
+    sampling: Sampling,
+    fmt: PromptFormat | None = None,
+) -> list[str]:
+    """The response to each entry (one batch) prompted in format `fmt` (default: GPT-2's
+    Alpaca), cut at a stop and stripped."""
+    fmt = fmt if fmt is not None else prompt_format()
+    s = fmt.sampling(sampling)
+    tok = fmt.tokenizer
+    ids = generate(model, [fmt.prompt_ids(e) for e in entries], s, tokenizer=tok)
+    return [trim_at_stop(tok.decode(row), s.stop_strings).strip() for row in ids]
+
+
+def model_prompt_format(
+    meta: dict[str, Any], tokenizer: Tokenizer, asked: str | None = None
+) -> PromptFormat:
+    """The prompt format to use with a model: `asked`, else the one it was fine-tuned with
+    ("template" in its config.json), else Alpaca."""
+    name = asked or meta.get("template") or "alpaca"
+    return prompt_format(name if name in PROMPT_FORMATS else "alpaca", tokenizer)
 
 
 def progress_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".progress.jsonl")
 
 
-def progress_header(model_spec: str, data_path: Path, sampling: Sampling) -> dict[str, Any]:
+def progress_header(
+    model_spec: str, data_path: Path, sampling: Sampling, prompt_format: str | None = None
+) -> dict[str, Any]:
     """What a progress file was made from; a rerun only continues one with the same header."""
     header = {
         "model": str(model_spec),
         "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
         "sampling": asdict(instruct_sampling(sampling)),
+        "prompt_format": prompt_format,
     }
     return json.loads(json.dumps(header))  # as read back from JSON: tuples become lists
 
@@ -452,25 +591,27 @@ def respond(
     sampling: Sampling,
     batch_size: int = 8,
     device: str = "auto",
+    prompt_format: str | None = None,
 ) -> Path:
-    """Write `out_path`: the entries of `data_path`, each with a `model_response`. Responses are
-    appended to OUT.progress.jsonl batch by batch (prompts of similar length together), so a
-    rerun after an interruption only generates the missing ones; the final JSON is written
-    atomically and the progress file then removed."""
+    """Write `out_path`: the entries of `data_path`, each with a `model_response`, prompted in
+    `prompt_format` (None: the model's own, see `model_prompt_format`) through the model's
+    tokenizer. Responses are appended to OUT.progress.jsonl batch by batch (prompts of similar
+    length together), so a rerun after an interruption only generates the missing ones; the
+    final JSON is written atomically and the progress file then removed."""
     if batch_size < 1:
         raise GptlabError(f"batch size must be positive, got {batch_size}")
     entries = load_entries(data_path, require_output=False)
     s = instruct_sampling(sampling)
-    header = progress_header(model_spec, data_path, s)
+    header = progress_header(model_spec, data_path, s, prompt_format)
     progress = progress_path(out_path)
     done = _read_progress(progress, header, len(entries))
     todo = [i for i in range(len(entries)) if i not in done]
     if todo:
         dev = pick_device(device)
-        model, _ = resolve_model(model_spec, device=str(dev))
+        model, meta, tokenizer = resolve_with_tokenizer(model_spec, device=str(dev))
         model.to(dev).eval()
-        prompts = {i: entry_prompt(entries[i]) for i in todo}
-        todo.sort(key=lambda i: len(prompts[i]))
+        fmt = model_prompt_format(meta, tokenizer, prompt_format)
+        todo.sort(key=lambda i: len(entry_prompt(entries[i])))
         out_path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not progress.exists() or progress.stat().st_size == 0
         with (
@@ -482,7 +623,7 @@ def respond(
             try:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
-                    answers = generate_responses(model, [prompts[i] for i in batch], s)
+                    answers = generate_responses(model, [entries[i] for i in batch], sampling, fmt)
                     for i, answer in zip(batch, answers, strict=True):
                         f.write(json.dumps({"index": i, "model_response": answer}) + "\n")
                         done[i] = answer

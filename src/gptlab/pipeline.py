@@ -3,7 +3,9 @@
 RUN/config.json     the pipeline's configuration (a rerun must use the same base, seed, size)
 RUN/data/           the data subsets of a --tiny run (a full run uses the bundled files)
 RUN/base/           the base model: a from-scratch pretraining run in base/pretrain/ (with its
-                    corpus), or a pointer to OpenAI's GPT-2 weights; samples.json
+                    corpus), or a pointer to OpenAI's GPT-2 weights or to the given model (a
+                    .gguf file, a Hugging Face or gptlab folder, of either family, whose own
+                    tokenizer every later stage uses); samples.json
 RUN/classify/       SMS spam classification fine-tuning (gptlab.classify)
 RUN/instruct/       instruction fine-tuning (gptlab.instruct); the test split in test.json
 RUN/respond/        the instruction model's responses to the test split (responses.json)
@@ -38,8 +40,9 @@ import torch
 from gptlab.classify import finetune_classifier, load_splits
 from gptlab.data import bundled
 from gptlab.errors import GptlabError, Interrupted
+from gptlab.families import family_of
 from gptlab.generation import generate_text
-from gptlab.hub import ensure_pretrained, resolve_model
+from gptlab.hub import ensure_pretrained, resolve_with_tokenizer
 from gptlab.instruct import (
     answer_stats,
     finetune_instruct,
@@ -53,6 +56,7 @@ from gptlab.pretrain import pretrain
 from gptlab.report import quote, write_report
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
 from gptlab.settings import (
+    BASES,
     STAGES,
     ClassifierConfig,
     InstructConfig,
@@ -118,6 +122,28 @@ TINY = Recipe(
 SAMPLE_PROMPTS = ("Every effort moves you", "Hey, are we still on for")
 
 
+def is_model_path(base: str) -> bool:
+    """Whether `--base` names a model on disk (a .gguf file, a model or run folder) rather than
+    one of the named bases (auto, scratch, OpenAI's GPT-2 sizes)."""
+    return base not in BASES
+
+
+def check_base(base: str) -> None:
+    """A `--base` path that does not exist is one line, before any run folder is written."""
+    if is_model_path(base) and not Path(base).exists():
+        raise GptlabError(
+            f"{base}: no such file or folder; --base takes {', '.join(BASES)}, a .gguf file "
+            "or a model folder"
+        )
+
+
+def recipe_for(c: PipelineConfig, base: str) -> Recipe:
+    """The stages' settings for the chosen base."""
+    if c.tiny:
+        return TINY
+    return SCRATCH if base == "scratch" else PRETRAINED
+
+
 @dataclass
 class Context:
     """What the stages of one invocation share."""
@@ -137,9 +163,7 @@ class Context:
         return read_json_object(self.out / "base" / RESULTS)
 
     def recipe(self) -> Recipe:
-        if self.c.tiny:
-            return TINY
-        return SCRATCH if self.base()["base"] == "scratch" else PRETRAINED
+        return recipe_for(self.c, self.base()["base"])
 
     def runtime(self) -> Runtime:
         return Runtime(device=str(self.device))
@@ -174,7 +198,7 @@ class Stage(ABC):
 
 class BaseStage(Stage):
     name = "base"
-    headline = ("base", "steps", "val_loss", "val_ppl", "params")
+    headline = ("base", "family", "steps", "val_loss", "val_ppl", "params")
 
     def choose(self) -> tuple[str, str]:
         """(base, note): `auto` becomes gpt2-small when its weights are cached or
@@ -185,7 +209,9 @@ class BaseStage(Stage):
             choice = read_json_object(choice_path)
             return choice["base"], choice["note"]
         base, note = c.base, ""
-        if base == "auto":
+        if is_model_path(base):
+            base = str(Path(base).resolve())  # later stages may run from another directory
+        elif base == "auto":
             try:
                 ensure_pretrained("gpt2-small", c.weights_cache, c.weights_url)
                 base, note = "gpt2-small", "auto: gpt2-small weights are available"
@@ -232,32 +258,50 @@ class BaseStage(Stage):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         base, note = self.choose()
-        recipe = TINY if ctx.c.tiny else SCRATCH if base == "scratch" else PRETRAINED
+        recipe = recipe_for(ctx.c, base)
         results: dict[str, Any] = {"task": "base", "base": base, "note": note}
         if base == "scratch":
             results.update(self.pretrain_scratch(recipe))
-            model_dir = self.folder / "pretrain" / MODEL
+            model_dir: str | Path = self.folder / "pretrain" / MODEL
+        elif is_model_path(base):
+            model_dir = base
         else:
             model_dir = ensure_pretrained(base, ctx.c.weights_cache, ctx.c.weights_url)
-        model, _ = resolve_model(model_dir, device=str(ctx.device))
+        model, _, tokenizer = resolve_with_tokenizer(model_dir, device=str(ctx.device))
         sampling = Sampling(max_new_tokens=recipe.sample_tokens)
-        continuations = generate_text(model.to(ctx.device), list(SAMPLE_PROMPTS), sampling)
-        samples = [
-            {"prompt": p, "text": t} for p, t in zip(SAMPLE_PROMPTS, continuations, strict=True)
-        ]
+        prompts = list(SAMPLE_PROMPTS)
+        continuations = generate_text(model.to(ctx.device), prompts, sampling, tokenizer)
+        samples = [{"prompt": p, "text": t} for p, t in zip(prompts, continuations, strict=True)]
         atomic_write_json(self.folder / "samples.json", samples)
-        return {**results, "model": str(model_dir), "params": model.num_params()}
+        return {
+            **results,
+            "model": str(model_dir),
+            "family": family_of(model.cfg),
+            "tokenizer": tokenizer.name,
+            "chat_template": tokenizer.chat_template is not None,
+            "params": model.num_params(),
+        }
 
     def report_lines(self) -> list[str]:
         path = self.folder / "samples.json"
         if not path.is_file():
             return []
         samples = read_json(path)
-        lines = ["Greedy continuations of the base model:", ""]
+        base = self.ctx.base()
+        lines = []
+        if is_model_path(base["base"]):
+            template = "with" if base["chat_template"] else "without"
+            lines += [
+                f"Base model: `{base['model']}`, a {base['family']}-family model of "
+                f"{base['params']:,} parameters; every stage uses its own tokenizer "
+                f"({base['tokenizer']}, {template} a chat template).",
+                "",
+            ]
+        lines += ["Greedy continuations of the base model:", ""]
         for s in samples:
             lines += [quote(f"**{s['prompt']}**{s['text']}"), ""]
         stats = answer_stats([s["text"] for s in samples])
-        return lines + degenerate_remark(stats, "continuations", self.ctx.base()["base"])
+        return lines + degenerate_remark(stats, "continuations", base["base"])
 
 
 class ClassifyStage(Stage):
@@ -287,10 +331,13 @@ class InstructStage(Stage):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         recipe = ctx.recipe()
+        base = ctx.base()
         config = InstructConfig(
             out=self.folder,
-            base=ctx.base()["model"],
+            base=base["model"],
             data=ctx.instructions,
+            # a base with a chat template was tuned to it: keep it (respond reads it back)
+            prompt_format="chat" if base.get("chat_template") else "alpaca",
             sample_tokens=recipe.sample_tokens,
             train=ctx.train_args(recipe.instruct),
             runtime=ctx.runtime(),
@@ -363,12 +410,15 @@ def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
     model's output says nothing, with what would improve it; nothing otherwise."""
     if not stats["degenerate"]:
         return []
-    fix = (
-        "a pretrained base (`--base gpt2-small`, or `gpt2-medium` as in the book's chapter 7) "
-        "gives real text"
-        if base == "scratch"
-        else "a larger pretrained base (`--base gpt2-medium` or larger) does better"
-    )
+    if base == "scratch":
+        fix = (
+            "a pretrained base (`--base gpt2-small`, or `gpt2-medium` as in the book's chapter "
+            "7) gives real text"
+        )
+    elif is_model_path(base):
+        fix = "a larger pretrained base does better"
+    else:
+        fix = "a larger pretrained base (`--base gpt2-medium` or larger) does better"
     return [
         f"**These {what} are degenerate:** {stats['distinct']} distinct among {stats['n']}, "
         f"{stats['mean_words']:.1f} words on average, {stats['empty']} empty. The base model "
@@ -505,6 +555,7 @@ def prepare(c: PipelineConfig) -> RunDir:
 def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
     """Run every stage that is not complete yet, then write report.md and results.json."""
     device = pick_device(c.device.device)  # a missing GPU: one line, and no run folder yet
+    check_base(c.base)
     run = prepare(c)
     remove_leftovers(c.out)
     for stage in with_dependents(c.force):

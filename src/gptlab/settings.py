@@ -373,6 +373,8 @@ TRAINABLE = ("last-block", "last-k", "all", "lora")
 LORA_TARGETS = ("qkv", "attn_proj", "fc", "ff_proj")
 GPT2_LORA_LAYERS = ("attn.qkv", "attn.proj", "ff.fc", "ff.proj")  # the roles' order
 LLAMA_LORA_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "ff.gate", "ff.up", "ff.down")
+# How instruction entries are shown to the model (gptlab.instruct.prompt_format).
+PROMPT_FORMATS = ("alpaca", "chat")
 
 
 @dataclass
@@ -439,6 +441,11 @@ class InstructConfig(Settings):
     max_length: int | None = arg(None, "truncate sequences (none: the model's context)", min=2)
     mask_prompt: bool = arg(False, "learn the response tokens only")
     group_by_length: bool = arg(False, "batch similar lengths to cut padding")
+    prompt_format: str = arg(
+        "alpaca",
+        "alpaca (the book's template) or chat (the base tokenizer's chat template)",
+        choices=PROMPT_FORMATS,
+    )
     lora_rank: int | None = arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
     lora_alpha: float = arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
     lora_targets: tuple[str, ...] = arg(
@@ -471,6 +478,11 @@ class RespondConfig(Settings):
     data: Path | None = arg(None, "JSON or JSON Lines file, e.g. RUN/test.json", required=True)
     out: Path | None = arg(None, "output JSON file", required=True)
     batch_size: int = arg(8, "prompts generated together", min=1)
+    prompt_format: str | None = arg(
+        None,
+        "alpaca or chat (none: the format the model was fine-tuned with, else alpaca)",
+        choices=PROMPT_FORMATS,
+    )
     sampling: Sampling = sampling(256)
     device: Device = arg(factory=Device)
 
@@ -623,8 +635,9 @@ class PipelineConfig(Settings):
     out: Path = arg(Path("runs/pipeline"), "run folder")
     base: str = arg(
         "auto",
-        "auto: gpt2-small when its weights are cached or downloadable, else scratch",
-        choices=BASES,
+        "auto (gpt2-small when its weights are cached or downloadable, else scratch), scratch, "
+        f"{', '.join(OPENAI_SIZES)}, a .gguf file or a model folder",
+        metavar="BASE",
     )
     tiny: bool = arg(False, "tiny model and data: every stage in seconds")
     seed: int = arg(123, "seed of every stage")

@@ -322,12 +322,14 @@ def train(
     on_eval: Callable[[int], None] | None = None,
     stop_after: int | None = None,
     language_model: bool = True,
+    tokenizer: Any = None,
 ) -> TrainResult:
     """Train `model` for `cfg.max_steps` optimizer steps, evaluating and checkpointing every
     `cfg.eval_interval` steps. `stop_after` ends the call early at that step, after its
     checkpoint, as an interruption would (used to split a run in two). Under torchrun every
     process calls this; `on_eval` runs on all of them (FSDP needs every rank in a forward).
-    Perplexity is logged only for a `language_model`: of a classifier's loss it means nothing."""
+    Perplexity is logged only for a `language_model`: of a classifier's loss it means nothing.
+    Checkpoints hold `tokenizer` (a gptlab.text tokenizer other than GPT-2's) beside the model."""
     d = distributed.current()
     torch.manual_seed(cfg.train.seed + d.rank)  # ranks draw different dropout masks
     apply_speed_flags(model, cfg, device)
@@ -377,7 +379,14 @@ def train(
                 "train_config": cfg.to_json(),
             }
             save_checkpoint(
-                run.path, step, model, state, meta, keep=cfg.train.keep_checkpoints, weights=weights
+                run.path,
+                step,
+                model,
+                state,
+                meta,
+                keep=cfg.train.keep_checkpoints,
+                weights=weights,
+                tokenizer=tokenizer,
             )
         distributed.barrier()
 

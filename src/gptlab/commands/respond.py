@@ -8,6 +8,8 @@ from gptlab.settings import RespondConfig
 
 def run(c: RespondConfig) -> int:
     assert c.data is not None and c.out is not None  # required flags
-    out = respond(c.model, c.data, c.out, c.sampling, c.batch_size, c.device.device)
+    out = respond(
+        c.model, c.data, c.out, c.sampling, c.batch_size, c.device.device, c.prompt_format
+    )
     print(f"responses: {out}")
     return 0

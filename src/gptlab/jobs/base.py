@@ -69,6 +69,7 @@ class Plan:
     meta: dict[str, Any]  # the model folder's metadata in every checkpoint
     loss_fn: LossFn = lm_loss
     language_model: bool = True  # its loss is next-token cross-entropy: perplexity means something
+    tokenizer: Any = None  # saved in every checkpoint (a gptlab.text tokenizer; None: GPT-2's)
 
 
 class TrainingJob(ABC, Generic[C]):
@@ -168,6 +169,7 @@ class TrainingJob(ABC, Generic[C]):
             on_eval=lambda step: self.on_eval(s, plan, step),
             stop_after=stop_after,
             language_model=plan.language_model,
+            tokenizer=plan.tokenizer,
         )
         finished = result.step >= plan.max_steps
         weights = distributed.model_state(plan.model) if finished else {}
