@@ -172,9 +172,9 @@ def main() -> None:
 
     if not args.skip_generate:
         gens = generation_runs(args.gguf, args.new, args.gen_batches)
-        outputs = {name: fn() for name, fn in gens.items()}
+        outputs: dict[str, object] = {}  # each side's new token ids, from its warm-up call
         with torch.inference_mode():
-            gtimes = interleaved(gens, args.reps, ceilings.sample)
+            gtimes = interleaved(gens, args.reps, ceilings.sample, outputs)
     if not args.skip_train:
         ours, theirs = training_models(args.seq)
         loss_ours, loss_theirs = losses(ours, theirs, args.batch, args.seq)

@@ -249,14 +249,20 @@ def median_rate(samples: list[float], work: float) -> float:
 
 
 def interleaved(
-    runs: dict[str, Callable[[], object]], reps: int, after_round: Callable[[], object]
+    runs: dict[str, Callable[[], object]],
+    reps: int,
+    after_round: Callable[[], object],
+    first: dict[str, object] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each run: one warm-up call each (allocations, optimizer state),
-    then `reps` rounds that call every run once in turn and then `after_round`, so that the
-    slow and fast moments of a shared machine fall on all of them alike."""
+    """Seconds per call of each run: one warm-up call each (allocations, optimizer state;
+    its result kept in `first` if given), then `reps` rounds that call every run once in turn
+    and then `after_round`, so that the slow and fast moments of a shared machine fall on all
+    of them alike."""
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for fn in runs.values():
-        fn()
+    for name, fn in runs.items():
+        result = fn()
+        if first is not None:
+            first[name] = result
     for _ in range(reps):
         for name, fn in runs.items():
             times[name].append(timed(fn))
