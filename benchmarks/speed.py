@@ -42,11 +42,10 @@ from threadpoolctl import threadpool_limits
 import gptlab
 from gptlab.config import get_preset
 from gptlab.cpu import decode as cpu_decode
-from gptlab.cpu import head_loss
 from gptlab.generation import generate
 from gptlab.model import GPT
 from gptlab.settings import Sampling
-from gptlab.training import TrainConfig, lm_loss, make_optimizer
+from gptlab.training import TrainConfig, apply_speed_flags, lm_loss, make_optimizer
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -171,15 +170,20 @@ def logits_of(name: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
     return model(x)
 
 
-def train_step_fn(name: str, model: torch.nn.Module, fused: bool, batch: int, seq: int):
-    """One full training step, as each implementation is meant to be trained."""
+def train_step_fn(
+    name: str, model: torch.nn.Module, fused: bool, batch: int, seq: int, vocab: int = 50257
+):
+    """One full training step, as each implementation is meant to be trained: gptlab's as
+    its train() runs it (apply_speed_flags, make_optimizer, lm_loss), a peer with torch's
+    AdamW (`fused` or not) on the mean cross-entropy of its logits. Every implementation sees
+    the same random batch of `vocab` token ids."""
     model.train()
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 50257, (batch, seq), generator=g)
-    y = torch.randint(0, 50257, (batch, seq), generator=g)
+    x = torch.randint(0, vocab, (batch, seq), generator=g)
+    y = torch.randint(0, vocab, (batch, seq), generator=g)
     tc = TrainConfig.of(max_steps=1, lr=1e-4, weight_decay=0.1)
     if name == "gptlab":
-        head_loss.install(model)  # as gptlab's train() does
+        apply_speed_flags(model, tc, torch.device("cpu"))  # as train() does: the CPU head loss
         opt = make_optimizer(model, tc, torch.device("cpu"))  # gptlab's own: fused AdamW
 
         def step() -> None:
@@ -244,6 +248,28 @@ def median_rate(samples: list[float], work: float) -> float:
     return work / statistics.median(samples)
 
 
+def interleaved(
+    runs: dict[str, Callable[[], object]],
+    reps: int,
+    after_round: Callable[[], object],
+    first: dict[str, object] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each run: one warm-up call each (allocations, optimizer state;
+    its result kept in `first` if given), then `reps` rounds that call every run once in turn
+    and then `after_round`, so that the slow and fast moments of a shared machine fall on all
+    of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for name, fn in runs.items():
+        result = fn()
+        if first is not None:
+            first[name] = result
+    for _ in range(reps):
+        for name, fn in runs.items():
+            times[name].append(timed(fn))
+        after_round()
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -283,13 +309,7 @@ def main() -> None:
                 "reference", models["reference"], True, args.batch, args.seq
             ),
         }
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for fn in runs.values():  # warm-up (allocations, optimizer state)
-            fn()
-        for _ in range(args.reps):
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
-            ceilings.sample()
+        times = interleaved(runs, args.reps, ceilings.sample)
 
     if not args.skip_generate:
         prompt = torch.randint(
@@ -299,14 +319,8 @@ def main() -> None:
         gens["gptlab, torch BLAS"] = generate_fn(
             "gptlab, torch BLAS", models["gptlab"], prompt, args.new
         )
-        gtimes: dict[str, list[float]] = {k: [] for k in gens}
         with torch.inference_mode():
-            for fn in gens.values():
-                fn()
-            for _ in range(args.reps):
-                for name, fn in gens.items():
-                    gtimes[name].append(timed(fn))
-                ceilings.sample()
+            gtimes = interleaved(gens, args.reps, ceilings.sample)
 
     print(ceilings.describe())
     if not args.skip_train:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,9 +47,9 @@ def test_decode_step_uses_numpy_then_restores_the_threads(monkeypatch: pytest.Mo
         assert torch.equal(layer(x), want) and not calls  # outside a decode step: torch's
         with cpu_decode.decode_step(torch.device("cpu")):
             assert torch.get_num_threads() == 1
-            assert blas_threads() == 2  # torch's count, from the conftest fixture
+            assert blas_threads() == 1  # small products: one thread (large: see below)
             with cpu_decode.decode_step(torch.device("cpu")):  # nested: changes nothing more
-                assert torch.get_num_threads() == 1 and blas_threads() == 2
+                assert torch.get_num_threads() == 1 and blas_threads() == 1
             got = layer(x)
             assert len(calls) == 1
             double = layer.double()(x.double())  # not float32: torch's own product
@@ -59,6 +60,26 @@ def test_decode_step_uses_numpy_then_restores_the_threads(monkeypatch: pytest.Mo
     with pytest.raises(RuntimeError), cpu_decode.decode_step(torch.device("cpu")):
         raise RuntimeError("a failing step")
     assert torch.get_num_threads() == 2
+
+
+def test_only_large_products_are_split_over_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    x, small, large = torch.randn(1, 48), torch.randn(80, 48), torch.randn(96, 48)
+    seen = []
+    matmul = np.matmul  # still numpy's product, watched for the thread count it runs with
+
+    def watched(*args: np.ndarray, **kwargs: np.ndarray) -> np.ndarray:
+        seen.append(blas_threads())
+        return matmul(*args, **kwargs)
+
+    monkeypatch.setattr(np, "matmul", watched)
+    monkeypatch.setattr(cpu_decode, "SPLIT_BYTES", large.numel() * 4)
+    with torch.inference_mode(), cpu_decode.decode_step(torch.device("cpu")):
+        got = [cpu_decode.linear(x, w, None) for w in (small, large)]
+        assert blas_threads() == 1
+    assert seen == [1, 2]  # torch's count (the conftest fixture's) for the large one only
+    for w, y in zip((small, large), got, strict=True):
+        torch.testing.assert_close(y, F.linear(x, w))
 
 
 def test_decode_step_leaves_other_devices_to_torch() -> None:

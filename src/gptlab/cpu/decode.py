@@ -6,9 +6,16 @@ bundled MKL, numpy's wheels with OpenBLAS; on the 2-core AMD EPYC this project i
 on, OpenBLAS streams the model's matrices at 16-24 GB/s where MKL manages 9-15 GB/s
 (benchmarks/speed.py prints both). So inside `decode_step()` the products of the linear
 layers on CPU float32 tensors (the blocks' and the output head) go to numpy, on zero-copy
-views of the same tensors, with as many BLAS threads as torch has; torch drops to one thread
-meanwhile. Its remaining work per token is small, and two thread pools busy-waiting on the
-same cores made decoding 2.5x slower when measured.
+views of the same tensors (the large ones split over as many BLAS threads as torch has, see
+below); torch drops to one thread meanwhile. Its remaining work per token is small, and two
+thread pools busy-waiting on the same cores made decoding 2.5x slower when measured.
+
+Only the products of large weights (the output head) are split over the BLAS threads; the
+blocks' (a few MB each) run on one. A split can save at most a fraction of a millisecond on
+such a product, while OpenBLAS's hand-over to its second thread cost about 12 ms per product
+whenever the machine's other core was busy (SmolLM2-135M's 1536x576 matrices: 0.9 ms on one
+thread, 11.6 ms on two, on the shared 2-core VM; benchmarks/llama_speed.py). The result is
+the same bit for bit either way: each output is one dot product, whichever thread computes it.
 
 The model knows nothing of this. Generation applies it explicitly: `numpy_products(model)`
 around a whole generation, `decode_step()` around each new token, and `head()` for the output
@@ -21,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import cache
 from types import SimpleNamespace
 from typing import Any
@@ -50,14 +57,20 @@ def _view(t: torch.Tensor) -> np.ndarray:
     return np.asarray(SimpleNamespace(__array_interface__=interface))
 
 
+SPLIT_BYTES = 32 * 2**20  # weights at least this large are split over the BLAS threads
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T + bias, like F.linear, for float32 CPU tensors, computed by numpy's BLAS
-    (no autograd)."""
+    (no autograd); inside a decode step on its threads for a large weight, else on one."""
     if x.dtype != torch.float32 or weight.dtype != torch.float32:
         raise TypeError(f"numpy decoding takes float32, got {x.dtype} and {weight.dtype}")
     rows = x.reshape(-1, x.shape[-1])
     out = torch.empty(rows.shape[0], weight.shape[0], dtype=x.dtype)
-    np.matmul(_view(rows), _view(weight).T, out=_view(out))
+    threads = getattr(_step, "threads", 1)
+    split = threads > 1 and weight.numel() * 4 >= SPLIT_BYTES
+    with _blas_threads().limit(limits=threads, user_api="blas") if split else nullcontext():
+        np.matmul(_view(rows), _view(weight).T, out=_view(out))
     if bias is not None:
         out += bias
     return out.view(*x.shape[:-1], weight.shape[0])
@@ -106,13 +119,13 @@ def decode_step(device: torch.device) -> Iterator[None]:
         yield
         return
     threads = torch.get_num_threads()
-    with _blas_threads().limit(limits=threads, user_api="blas"):
+    with _blas_threads().limit(limits=1, user_api="blas"):
         torch.set_num_threads(1)
-        _step.on = True
+        _step.on, _step.threads = True, threads
         try:
             yield
         finally:
-            _step.on = False
+            _step.on, _step.threads = False, 1
             torch.set_num_threads(threads)
 
 
