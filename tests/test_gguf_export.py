@@ -174,6 +174,8 @@ def test_gpt2_tokenizer_rebuilt_from_tiktoken_ranks(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50257, context_length=1024, emb_dim=32, n_layers=1, n_heads=2))
     path = write_gguf(model, tmp_path / "gpt2.gguf", text.gpt2(), dtype="q8_0")
+    pre = gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents()
+    assert pre == "gpt-2"  # llama.cpp's name for GPT-2's split; it refuses "gpt2"
     ours, back = text.gpt2(), text.from_gguf(path)
     hf = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
     for t in TEXTS:

@@ -51,8 +51,9 @@ from gptlab.text import CONTROL, USER_DEFINED, GPT2Tokenizer, HFTokenizer, Token
 
 DTYPES = ("f32", "f16", "bf16", "q8_0")
 NORMAL, UNUSED = 1, 5  # llama.cpp's token types besides CONTROL and USER_DEFINED
-# gptlab.text's pre-tokenizer kinds, by the name llama.cpp gives each (tokenizer.ggml.pre).
-PRE_NAMES = {"gpt2": "gpt2", "digits+gpt2": "smollm", "llama3": "llama-bpe", "qwen2": "qwen2"}
+# gptlab.text's pre-tokenizer kinds, by the name llama.cpp gives each (tokenizer.ggml.pre;
+# GPT-2's is "gpt-2": llama.cpp refuses "gpt2").
+PRE_NAMES = {"gpt2": "gpt-2", "digits+gpt2": "smollm", "llama3": "llama-bpe", "qwen2": "qwen2"}
 # Source keys carried over from a GGUF file: its description, not how it was encoded.
 CARRIED = ("general.", "tokenizer.ggml.add_space_prefix", "tokenizer.ggml.add_eos_token")
 NOT_CARRIED = ("general.architecture", "general.file_type", "general.quantization_version")
