@@ -310,3 +310,38 @@ def test_cli_finetunes_the_gguf_file_in_its_chat_template(
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((run / "model" / "config.json").read_text())["template"] == "chat"
     assert (run / "model" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("meta", "alpaca"),
+    [
+        ({"task": "lm", "template": "alpaca"}, True),
+        ({"task": "lm", "template": "chat", "lora": {"rank": 8}}, False),
+        ({"task": "lm", "lora": {"rank": 8}}, True),  # before formats were recorded
+        ({}, False),
+    ],
+)
+def test_chat_and_serve_keep_the_format_it_was_tuned_in(
+    tmp_path: Path, base: Path, smol_tokenizer: text.HFTokenizer, meta: dict, alpaca: bool
+) -> None:
+    """A model tuned in Alpaca is chatted with in Alpaca, though its tokenizer has a chat
+    template; one tuned in the chat template (LoRA or not), or never tuned, in that template."""
+    from gptlab.commands.convert import chat_template
+    from gptlab.prompts import ALPACA_CHAT_TEMPLATE, format_prompt
+    from gptlab.serve.service import Service
+
+    model, _, _ = resolve_with_tokenizer(base)
+    folder = save_model(model, tmp_path / "m", meta, tokenizer=smol_tokenizer)
+    service = Service.load(folder)
+    assert service.templated is not alpaca
+    ids = service.chat_ids([("user", "Name a colour.")])
+    rendered = smol_tokenizer.render_chat([{"role": "user", "content": "Name a colour."}])
+    expected = (
+        smol_tokenizer.encode(format_prompt("Name a colour."), allow_special=False)
+        if alpaca
+        else smol_tokenizer.encode(rendered, add_bos=False)
+    )
+    assert ids == expected
+    _, saved_meta, tok = resolve_with_tokenizer(folder)
+    exported = chat_template(saved_meta, tok)
+    assert exported == (ALPACA_CHAT_TEMPLATE if alpaca else smol_tokenizer.chat_template)

@@ -20,6 +20,18 @@ def format_prompt(instruction: str, input_text: str = "") -> str:
     return text + RESPONSE_HEADER
 
 
+def tuned_in_alpaca(meta: dict[str, object]) -> bool:
+    """Whether a model (its config.json's metadata) was fine-tuned in the Alpaca template, so
+    that `chat`, the server and a GGUF export prompt it that way even when its tokenizer has
+    a chat template. Instruction fine-tuning records its format as "template"; a checkpoint
+    without that key that is a LoRA language model comes from instruction fine-tuning too (the
+    only job that trains those), which was Alpaca-only before formats were recorded."""
+    template = meta.get("template")
+    if template is not None:
+        return template == "alpaca"
+    return bool(meta.get("lora")) and meta.get("task") == "lm"
+
+
 def _jinja_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 

@@ -2,8 +2,8 @@
 
 A model whose tokenizer has a chat template (a GGUF file's, or a folder's tokenizer_config.json)
 is prompted in it, and the conversation is kept: every turn renders all the messages so far.
-Any other model gets the Alpaca template (gptlab.prompts), one instruction at a time, as
-instruction fine-tuning taught it.
+Any other model, and one that gptlab fine-tuned in the Alpaca template, gets that template
+(gptlab.prompts), one instruction at a time, as instruction fine-tuning taught it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from gptlab.generation import stream_text
 from gptlab.hub import resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
-from gptlab.prompts import format_prompt
+from gptlab.prompts import format_prompt, tuned_in_alpaca
 from gptlab.settings import ChatConfig
 from gptlab.training import pick_device
 
@@ -22,9 +22,9 @@ INPUT_SEPARATOR = "||"
 
 def run(c: ChatConfig) -> int:
     device = pick_device(c.device.device)
-    model, _, tokenizer = resolve_with_tokenizer(c.model, device=str(device))
+    model, meta, tokenizer = resolve_with_tokenizer(c.model, device=str(device))
     model.to(device).eval()
-    templated = tokenizer.chat_template is not None
+    templated = tokenizer.chat_template is not None and not tuned_in_alpaca(meta)
     messages: list[dict[str, str]] = []
     interactive = sys.stdin.isatty()
     if interactive:

@@ -17,7 +17,7 @@ from gptlab.formats.gguf_write import write_gguf
 from gptlab.formats.hf import export_hf
 from gptlab.formats.modelfile import write_modelfile
 from gptlab.hub import load_tokenizer, resolve_model
-from gptlab.prompts import ALPACA_CHAT_TEMPLATE
+from gptlab.prompts import ALPACA_CHAT_TEMPLATE, tuned_in_alpaca
 from gptlab.settings import ConvertConfig
 
 
@@ -44,10 +44,9 @@ def run(c: ConvertConfig) -> int:
 
 
 def chat_template(meta: dict[str, Any], tokenizer: text.Tokenizer) -> str | None:
-    """The chat template a GGUF export carries: Alpaca for a model gptlab fine-tuned on
-    instructions (its config says template "alpaca"; a LoRA language-model checkpoint comes
-    from instruction fine-tuning too, the only job that trains those), else the tokenizer's."""
-    if meta.get("template") == "alpaca" or (meta.get("lora") and meta.get("task") == "lm"):
+    """The chat template a GGUF export carries: Alpaca for a model gptlab fine-tuned in it,
+    else the tokenizer's."""
+    if tuned_in_alpaca(meta):
         return ALPACA_CHAT_TEMPLATE
     return tokenizer.chat_template
 

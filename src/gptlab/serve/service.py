@@ -23,7 +23,7 @@ from gptlab.families import Model
 from gptlab.hub import resolve_model, resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
 from gptlab.model import Decoder
-from gptlab.prompts import format_prompt
+from gptlab.prompts import format_prompt, tuned_in_alpaca
 from gptlab.serve.engine import ApiError, Engine, Job
 from gptlab.serve.schemas import Stop
 from gptlab.settings import Sampling, ServeLimits
@@ -32,7 +32,8 @@ from gptlab.settings import Sampling, ServeLimits
 @dataclass
 class Service:
     """One served model: `name` (also answered as `name:latest`), its tokenizer, its limits,
-    its engine, and the format of the file it came from (for /api/show)."""
+    its engine, the format of the file it came from (for /api/show), and whether gptlab
+    fine-tuned it in the Alpaca template (then chat messages go into that one)."""
 
     model: Model
     name: str
@@ -40,6 +41,7 @@ class Service:
     engine: Engine
     tokenizer: text.Tokenizer
     format: str = "safetensors"
+    alpaca: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -55,15 +57,15 @@ class Service:
         anything `gptlab.hub.resolve_model` takes, with its own tokenizer (a GGUF file is read
         once for both), named after its file or folder unless `name` is given."""
         limits = limits or ServeLimits()
-        fmt = "safetensors"
+        fmt, meta = "safetensors", {}
         if not isinstance(model, Decoder):
             spec = Path(str(model))
             name = name or spec.name
             fmt = "gguf" if spec.suffix.lower() == ".gguf" else fmt
             if tokenizer is None:
-                model, _, tokenizer = resolve_with_tokenizer(spec, device=device)
+                model, meta, tokenizer = resolve_with_tokenizer(spec, device=device)
             else:
-                model, _ = resolve_model(spec, device=device)
+                model, meta = resolve_model(spec, device=device)
             model.to(device)
         tokenizer = tokenizer if tokenizer is not None else text.gpt2()
         model.eval()
@@ -75,7 +77,7 @@ class Service:
                 f"{model.cfg.vocab_size}: they do not belong together"
             )
         engine = Engine(model, limits.max_queue, limits.max_batch, tokenizer)
-        return cls(model, name or "gptlab", limits, engine, tokenizer, fmt)
+        return cls(model, name or "gptlab", limits, engine, tokenizer, fmt, tuned_in_alpaca(meta))
 
     @property
     def context(self) -> int:
@@ -84,7 +86,7 @@ class Service:
     @property
     def templated(self) -> bool:
         """Whether chat messages go into the model's own chat template (else Alpaca's)."""
-        return self.tokenizer.chat_template is not None
+        return self.tokenizer.chat_template is not None and not self.alpaca
 
     def check_model(self, requested: str) -> None:
         if requested not in (self.name, f"{self.name}:latest"):
