@@ -19,6 +19,7 @@ from gptlab.errors import GptlabError
 from gptlab.generation import generate
 from gptlab.hub import load_tokenizer, resolve_with_tokenizer
 from gptlab.instruct import (
+    PromptFormat,
     collate,
     entry_prompt,
     finetune_instruct,
@@ -105,18 +106,21 @@ def with_pad(tok: text.HFTokenizer, pad: str) -> text.HFTokenizer:
     )
 
 
+def batch_of(
+    entries: list[dict], fmt: PromptFormat, pad_id: int, mask_prompt: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """gptlab's padded (inputs, targets) for `entries` in `fmt`."""
+    rows = [tokenize_entry(e, fmt) for e in entries]
+    return collate(rows, mask_prompt=mask_prompt, end_id=fmt.end_id, pad_id=pad_id)
+
+
 @pytest.mark.parametrize("mask_prompt", [True, False])
 def test_alpaca_collate_is_the_tokenizers_ids(base: Path, theirs, mask_prompt: bool) -> None:
     tok = with_pad(load_tokenizer(base), "<|endoftext|>")
     assert (tok.eos_id, tok.pad_id, tok.add_bos) == (2, 0, False)
     fmt = prompt_format("alpaca", tok)
     entries = [TINY[2], SPELLED, TINY[1]]
-    inputs, targets = collate(
-        [tokenize_entry(e, fmt) for e in entries],
-        mask_prompt=mask_prompt,
-        end_id=fmt.end_id,
-        pad_id=tok.pad_id,
-    )
+    inputs, targets = batch_of(entries, fmt, tok.pad_id, mask_prompt)
     rows = []
     for e in entries:
         prompt = theirs(entry_prompt(e), split_special_tokens=True)["input_ids"]
@@ -154,12 +158,7 @@ def test_chat_collate_is_transformers_chat_template(base: Path, theirs, mask_pro
     fmt = prompt_format("chat", tok)
     assert (fmt.end_id, fmt.between) == (2, "")  # <|im_end|> closes the assistant's turn
     entries = [TINY[2], TINY[4], SPELLED]
-    inputs, targets = collate(
-        [tokenize_entry(e, fmt) for e in entries],
-        mask_prompt=mask_prompt,
-        end_id=fmt.end_id,
-        pad_id=tok.pad_id,
-    )
+    inputs, targets = batch_of(entries, fmt, tok.pad_id, mask_prompt)
     rows = []
     for e in entries[:2]:
         prompt, full = chat_ids(theirs, e, False), chat_ids(theirs, e, True)

@@ -32,6 +32,12 @@ def tuned_in_alpaca(meta: dict[str, object]) -> bool:
     return bool(meta.get("lora")) and meta.get("task") == "lm"
 
 
+def own_chat_template(meta: dict[str, object], template: str | None) -> str | None:
+    """The chat template to prompt a model in: its tokenizer's `template`, or None (the Alpaca
+    prompt) when it has none or gptlab fine-tuned the model in Alpaca's (`tuned_in_alpaca`)."""
+    return None if tuned_in_alpaca(meta) else template
+
+
 def _jinja_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 

@@ -13,7 +13,7 @@ import sys
 from gptlab.generation import stream_text
 from gptlab.hub import resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
-from gptlab.prompts import format_prompt, tuned_in_alpaca
+from gptlab.prompts import format_prompt, own_chat_template
 from gptlab.settings import ChatConfig
 from gptlab.training import pick_device
 
@@ -24,7 +24,7 @@ def run(c: ChatConfig) -> int:
     device = pick_device(c.device.device)
     model, meta, tokenizer = resolve_with_tokenizer(c.model, device=str(device))
     model.to(device).eval()
-    templated = tokenizer.chat_template is not None and not tuned_in_alpaca(meta)
+    templated = own_chat_template(meta, tokenizer.chat_template) is not None
     messages: list[dict[str, str]] = []
     interactive = sys.stdin.isatty()
     if interactive:

@@ -157,8 +157,7 @@ async def api_show(r: OllamaShow, service: ServiceDep) -> dict[str, Any]:
     service.check_model(r.model or r.name or "")
     model, context, arch = service.model, service.context, architecture(service)
     cfg = model.cfg
-    own = service.tokenizer.chat_template if service.templated else None
-    template = own or format_prompt("{{ .Prompt }}")
+    template = service.chat_template or format_prompt("{{ .Prompt }}")
     return {
         "modelfile": f"# gptlab model {service.name}",
         "parameters": f"num_ctx {context}",

@@ -23,7 +23,7 @@ from gptlab.families import Model
 from gptlab.hub import resolve_model, resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
 from gptlab.model import Decoder
-from gptlab.prompts import format_prompt, tuned_in_alpaca
+from gptlab.prompts import format_prompt, own_chat_template
 from gptlab.serve.engine import ApiError, Engine, Job
 from gptlab.serve.schemas import Stop
 from gptlab.settings import Sampling, ServeLimits
@@ -32,8 +32,8 @@ from gptlab.settings import Sampling, ServeLimits
 @dataclass
 class Service:
     """One served model: `name` (also answered as `name:latest`), its tokenizer, its limits,
-    its engine, the format of the file it came from (for /api/show), and whether gptlab
-    fine-tuned it in the Alpaca template (then chat messages go into that one)."""
+    its engine, the format of the file it came from (for /api/show), and the chat template
+    its chat messages go into (None: Alpaca's; see gptlab.prompts.own_chat_template)."""
 
     model: Model
     name: str
@@ -41,7 +41,7 @@ class Service:
     engine: Engine
     tokenizer: text.Tokenizer
     format: str = "safetensors"
-    alpaca: bool = False
+    chat_template: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -77,7 +77,8 @@ class Service:
                 f"{model.cfg.vocab_size}: they do not belong together"
             )
         engine = Engine(model, limits.max_queue, limits.max_batch, tokenizer)
-        return cls(model, name or "gptlab", limits, engine, tokenizer, fmt, tuned_in_alpaca(meta))
+        template = own_chat_template(meta, tokenizer.chat_template)
+        return cls(model, name or "gptlab", limits, engine, tokenizer, fmt, template)
 
     @property
     def context(self) -> int:
@@ -86,7 +87,7 @@ class Service:
     @property
     def templated(self) -> bool:
         """Whether chat messages go into the model's own chat template (else Alpaca's)."""
-        return self.tokenizer.chat_template is not None and not self.alpaca
+        return self.chat_template is not None
 
     def check_model(self, requested: str) -> None:
         if requested not in (self.name, f"{self.name}:latest"):
