@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from gptlab import generation
 from gptlab.errors import GptlabError
 from gptlab.generation import GenerationStats, Sampling, generate, generate_tokens, sample_next
 from gptlab.model import GPT
@@ -114,3 +115,24 @@ def test_batched_generation_with_a_small_vocabulary() -> None:
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
     s = Sampling(max_new_tokens=5, stop_ids=())
     assert generate(model, prompts, s) == [generate(model, [p], s)[0] for p in prompts]
+
+
+def test_cache_holds_what_generation_needs_not_the_whole_context(
+    tiny_model: GPT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh full-context cache is faulted in and zeroed at its first writes (see
+    generation._prefill); generation sizes it to the prompt plus the new tokens."""
+    sizes: list[int] = []
+    real = generation.KVCache
+
+    def recorded(cfg: object, batch_size: int, max_len: int, *rest: object) -> object:
+        sizes.append(max_len)
+        return real(cfg, batch_size, max_len, *rest)
+
+    monkeypatch.setattr(generation, "KVCache", recorded)
+    prompts = [torch.randint(0, 50257, (n,)).tolist() for n in (3, 5)]
+    out = generate(tiny_model, prompts, Sampling(max_new_tokens=4, stop_ids=()))
+    assert sizes == [5 + 4] and all(len(row) == 4 for row in out)
+    sizes.clear()
+    generate(tiny_model, prompts, Sampling(max_new_tokens=40, stop_ids=()))  # slides at 32
+    assert sizes[0] == TINY.context_length and len(sizes) >= 2
