@@ -229,6 +229,8 @@ def test_report_has_every_section_and_working_links(reference: Path) -> None:
     assert "gptlab pipeline --base scratch" in report and "--judge-model judge" in report
     assert torch.__version__ in report and "CPU cores" in report
     assert "Model:" in report  # sample responses
+    instruct = load_json(reference / "instruct" / "results.json")
+    assert f"Trained: all weights; {instruct['trainable_params']:,} of" in report
     answers = [e["model_response"] for e in load_json(reference / "respond" / "responses.json")]
     stats = answer_stats(answers)
     respond = load_json(reference / "respond" / "results.json")
@@ -315,6 +317,34 @@ def test_a_rerun_must_keep_the_base(reference: Path, tmp_path: Path, capsys) -> 
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "started with base='scratch'" in err
+
+
+def test_instruct_lora_redoes_the_instruct_stage_only_when_forced(
+    reference: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    lora = ["--instruct-lora", "4"]
+    assert main([*pipeline_args(run), *lora]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "made with --instruct-lora None, not 4; add --force instruct" in err
+    classify_mtime = (run / "classify" / "results.json").stat().st_mtime_ns
+    assert main([*pipeline_args(run), *lora, "--force", "instruct"]) == 0
+    assert (run / "classify" / "results.json").stat().st_mtime_ns == classify_mtime
+    results = load_json(run / "instruct" / "results.json")
+    assert results["lora"]["rank"] == 4 and results["lora"]["alpha"] == 8.0
+    assert 0 < results["trainable_params"] < results["total_params"] / 10
+    responses = load_json(run / "respond" / "responses.json")
+    assert len(responses) == len(load_json(reference / "respond" / "responses.json"))
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "Trained: LoRA adapters of rank 4 (alpha 8)" in report
+    assert "--instruct-lora 4" in report  # the command that reproduces the run
+    capsys.readouterr()
+    assert main([*pipeline_args(run), *lora]) == 0  # the same flags: nothing to redo
+    assert "stage instruct already complete" in capsys.readouterr().out
+    assert main(pipeline_args(run)) == 2  # and back to all weights only with --force
+    assert "made with --instruct-lora 4, not None" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # the weights download retries with backoff (about 30 s) before giving up

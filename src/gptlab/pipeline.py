@@ -86,6 +86,7 @@ class Recipe:
     classify_trainable: str = "last-block"
     classify: TrainArgs = field(default_factory=lambda: ClassifierConfig().train)
     instruct: TrainArgs = field(default_factory=lambda: InstructConfig().train)
+    instruct_lora_lr: float = 2e-4  # with --instruct-lora (docs/families.md: SmolLM2-135M)
     response_tokens: int = 256
     sample_tokens: int = 30
     # data subsets of tiny runs (other runs use every example)
@@ -118,6 +119,7 @@ TINY = Recipe(
     ),
     classify=PRETRAINED.classify.replace(epochs=2, batch_size=4, lr=1e-3),
     instruct=PRETRAINED.instruct.replace(max_steps=6, batch_size=4, lr=1e-3, eval_interval=3),
+    instruct_lora_lr=1e-3,
     response_tokens=8,
     sample_tokens=8,
     spam_per_class=20,
@@ -338,6 +340,10 @@ class InstructStage(Stage):
         ctx = self.ctx
         recipe = ctx.recipe()
         base = ctx.base()
+        rank, train, lora = ctx.c.instruct_lora, recipe.instruct, {}
+        if rank is not None:
+            train = train.replace(lr=recipe.instruct_lora_lr)
+            lora = {"lora_rank": rank, "lora_alpha": 2.0 * rank}
         config = InstructConfig(
             out=self.folder,
             base=base["model"],
@@ -345,17 +351,31 @@ class InstructStage(Stage):
             # a base with a chat template was tuned to it: keep it (respond reads it back)
             prompt_format="chat" if base.get("chat_template") else "alpaca",
             sample_tokens=recipe.sample_tokens,
-            train=ctx.train_args(recipe.instruct),
+            train=ctx.train_args(train),
             runtime=ctx.runtime(),
+            **lora,
         )
         return finetune_instruct(config, resume=has_run(self.folder))
 
     def report_lines(self) -> list[str]:
         path = self.folder / SAMPLES
-        if not path.is_file():
+        if not path.is_file() or not is_complete(self.folder):
             return []
+        results = read_json_object(self.folder / RESULTS)
+        lora = results.get("lora")
+        trained = (
+            f"LoRA adapters of rank {lora['rank']} (alpha {lora['alpha']:g}) on "
+            f"{', '.join(lora['targets'])}, merged into the saved model"
+            if lora
+            else "all weights"
+        )
+        lines = [
+            f"Trained: {trained}; {results['trainable_params']:,} of "
+            f"{results['total_params']:,} parameters.",
+            "",
+        ]
         last = read_utf8(path).strip().splitlines()[-2:]
-        return ["Samples during training (validation entry):", "", "```", *last, "```", ""]
+        return [*lines, "Samples during training (validation entry):", "", "```", *last, "```", ""]
 
 
 SAMPLE_RESPONSES = 3  # responses shown in report.md
@@ -540,8 +560,14 @@ def write_tiny_data(out: Path, per_class: int, n_entries: int) -> tuple[Path, Pa
 # ---- the job ---------------------------------------------------------------------------------
 
 
+# Settings that only one stage (and those built on it) reads: a rerun may change one when it
+# reruns that stage.
+STAGE_SETTINGS = {"instruct_lora": "instruct"}
+
+
 def prepare(c: PipelineConfig) -> RunDir:
-    """Create or reopen the run folder; a rerun must keep the base, seed and size."""
+    """Create or reopen the run folder; a rerun must keep the base, seed and size, and a
+    stage's own settings unless it reruns that stage."""
     run = RunDir(c.out)
     stored_path = c.out / CONFIG
     if stored_path.is_file():
@@ -551,6 +577,16 @@ def prepare(c: PipelineConfig) -> RunDir:
                 raise GptlabError(
                     f"{stored_path}: this run was started with {key}={stored[key]!r}, not "
                     f"{value!r}; rerun with the same flags or choose another --out"
+                )
+        rerun = with_dependents(c.force)
+        for key, stage in STAGE_SETTINGS.items():
+            before, now = stored.get(key), getattr(c, key)
+            if before != now and stage not in rerun and (c.out / stage).exists():
+                flag = "--" + key.replace("_", "-")
+                raise GptlabError(
+                    f"{stored_path}: stage {stage} of this run was made with {flag} "
+                    f"{before}, not {now}; add --force {stage} to redo it that way, or "
+                    "choose another --out"
                 )
     settings = {k: v for k, v in c.to_json().items() if k != "force"}  # force is for one run
     config = {"task": "pipeline", "pipeline": settings, "judge_command": judge_command(c)}

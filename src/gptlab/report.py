@@ -147,6 +147,8 @@ def reproduce(p: dict[str, Any]) -> list[str]:
     cmd = f"gptlab pipeline --base {p['base']} --out {p['out']} --seed {p['seed']}"
     if p.get("tiny"):
         cmd += " --tiny"
+    if p.get("instruct_lora"):
+        cmd += f" --instruct-lora {p['instruct_lora']}"
     device = p.get("device", {}).get("device", "auto")
     if device != "auto":
         cmd += f" --device {device}"

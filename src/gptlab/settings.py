@@ -653,6 +653,11 @@ class PipelineConfig(Settings):
     weights_cache: Path | None = arg(None, "pretrained weights cache (none: the user cache)")
     weights_url: str | None = arg(None, "mirror of OpenAI's GPT-2 files")
     keep_checkpoints: int = keep_checkpoints()  # of every training stage
+    instruct_lora: int | None = arg(
+        None,
+        "instruction-tune LoRA adapters of this rank (alpha 2 x rank) instead of all weights",
+        min=1,
+    )
     device: Device = arg(factory=Device)
 
     def identity(self) -> dict[str, Any]:
