@@ -340,6 +340,10 @@ def test_instruct_lora_redoes_the_instruct_stage_only_when_forced(
     report = (run / "report.md").read_text(encoding="utf-8")
     assert "Trained: LoRA adapters of rank 4 (alpha 8)" in report
     assert "--instruct-lora 4" in report  # the command that reproduces the run
+    # Its time is the new training's, not added to the time of what --force threw away.
+    timed = [r for r in RunDir(run).metrics() if r.get("stage") == "instruct"]
+    assert [r["status"] for r in timed] == ["done", "forced", "done"]
+    assert load_json(run / "results.json")["seconds"]["instruct"] == timed[-1]["seconds"]
     capsys.readouterr()
     assert main([*pipeline_args(run), *lora]) == 0  # the same flags: nothing to redo
     assert "stage instruct already complete" in capsys.readouterr().out

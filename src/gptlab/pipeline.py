@@ -604,6 +604,7 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
         log.info("--force: rerunning stage %s", stage)
         if (c.out / stage).exists():
             shutil.rmtree(c.out / stage)
+        run.log({"kind": "stage", "stage": stage, "status": "forced", "seconds": 0.0})
     if c.force:
         (c.out / RESULTS).unlink(missing_ok=True)
     spam, instructions = (None, None)
@@ -656,12 +657,14 @@ def time_record(stage: str, status: str, start: float) -> dict[str, Any]:
 
 
 def stage_seconds(out: Path) -> dict[str, float]:
-    """Wall seconds per stage, summed over the invocations that ran it (a killed attempt
-    logs nothing, so its time is not counted)."""
+    """Wall seconds per stage, summed over the invocations that ran it since it was last
+    forced (a killed attempt logs nothing, so its time is not counted; the time of results
+    that --force threw away is not either)."""
     seconds: dict[str, float] = {}
     for r in RunDir(out).metrics():
         if r.get("kind") == "stage":
-            seconds[r["stage"]] = seconds.get(r["stage"], 0.0) + r["seconds"]
+            before = 0.0 if r["status"] == "forced" else seconds.get(r["stage"], 0.0)
+            seconds[r["stage"]] = before + r["seconds"]
     return seconds
 
 
