@@ -657,6 +657,7 @@ class PipelineConfig(Settings):
         None,
         "instruction-tune LoRA adapters of this rank (alpha 2 x rank) instead of all weights",
         min=1,
+        metavar="RANK",
     )
     device: Device = arg(factory=Device)
 
