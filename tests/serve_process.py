@@ -76,6 +76,7 @@ def served(
             if time.monotonic() > deadline:
                 raise RuntimeError("gptlab serve did not start within 90 s")
         url = line.split(" at ")[1].split()[0]
+
         # Keep reading its output so a chatty server never blocks on a full pipe.
         def drain() -> None:
             for out in proc.stdout:

@@ -27,7 +27,7 @@ from gptlab.settings import STAGES
 
 STALE_SECONDS = 120  # an unfinished run that has written nothing for this long has stopped
 MAX_DEPTH = 5  # folders below DIR searched for runs
-SKIPPED = {"checkpoints", "model", "data", "__pycache__"}  # never hold a run of their own
+SKIPPED = {"checkpoints", "model", "__pycache__"}  # never hold a run of their own
 MAX_METRICS_BYTES = 4 << 20  # the most of metrics.jsonl one request returns
 MAX_REPORT_BYTES = 2 << 20
 MAX_IMAGE_BYTES = 16 << 20
