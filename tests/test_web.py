@@ -258,7 +258,7 @@ def test_runs_list_shows_a_new_run_and_its_curve_grows(
     row.click()
     chart = p.page.locator("#loss-chart")
     until(lambda: chart.get_attribute("data-points") == "12", what="the first points")
-    line = json.dumps({"kind": "train", "step": 11, "loss": 0.4})
+    line = json.dumps({"kind": "train", "step": 11, "loss": 1.45})
     append(live, line[:20])  # a line still being written is not read yet
     time.sleep(1.5)
     assert chart.get_attribute("data-points") == "12"
@@ -414,13 +414,17 @@ def test_first_load_is_fast(browser: Any, server: tuple[str, list[str]]) -> None
     files included), measured by the browser; docs/web.md records the figures."""
     url, _ = server
     p = Page(browser, url)
-    times = []
+    times, served = [], []
     for k in range(6):
         if k:
             p.page.reload()
         until(lambda: p.page.is_visible("#chat"), what="the page")
         nav = p.page.evaluate("() => performance.getEntriesByType('navigation')[0].toJSON()")
         times.append(nav["loadEventEnd"] - nav["startTime"])
-    print(f"first load: {times[0]:.1f} ms; reloads: {', '.join(f'{t:.1f}' for t in times[1:])} ms")
+        served.append(nav["responseEnd"] - nav["requestStart"])  # the server's part
+    ms = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
+    print(
+        f"load: first {times[0]:.1f} ms, reloads {ms(times[1:])} ms; HTML served in {ms(served)} ms"
+    )
     assert min(times) < 1000  # 200 ms is the goal (see docs/web.md); this bound is generous
     p.close()

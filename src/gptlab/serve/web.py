@@ -94,7 +94,7 @@ def mount(app: FastAPI, runs: Path | None, api_key: str | None) -> None:
         chat = request.app.state.service is not None
         return {"auth": api_key is not None, "authorized": True, "chat": chat, "runs": bool(runs)}
 
-    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/", page, methods=["GET"], response_class=PlainTextResponse)
     app.add_api_route("/web/info", info, methods=["GET"], include_in_schema=False)
     app.add_api_route("/web/{name}", asset, methods=["GET"], include_in_schema=False)
     if runs is not None:
