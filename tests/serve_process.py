@@ -46,15 +46,15 @@ def gptlab_env() -> dict[str, str]:
 
 @contextmanager
 def served(
-    model_dir: Path, *extra: str, name: str = "tiny"
+    model_dir: Path | None, *extra: str, name: str = "tiny", log: list[str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Yield (base URL, process); the server is stopped with SIGTERM afterwards."""
+    """Yield (base URL, process); the server is stopped with SIGTERM afterwards. Its output
+    lines after the start are appended to `log` when given. No `model_dir`: a server without a
+    model (`extra` then names --runs)."""
+    model = ["--model", str(model_dir), "--name", name] if model_dir is not None else []
     cmd = gptlab_command(
         "serve",
-        "--model",
-        str(model_dir),
-        "--name",
-        name,
+        *model,
         "--port",
         "0",
         "--device",
@@ -76,8 +76,14 @@ def served(
             if time.monotonic() > deadline:
                 raise RuntimeError("gptlab serve did not start within 90 s")
         url = line.split(" at ")[1].split()[0]
+
         # Keep reading its output so a chatty server never blocks on a full pipe.
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        def drain() -> None:
+            for out in proc.stdout:
+                if log is not None:
+                    log.append(out)
+
+        threading.Thread(target=drain, daemon=True).start()
         yield url, proc
     finally:
         if proc.poll() is None:

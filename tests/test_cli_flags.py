@@ -80,6 +80,8 @@ def test_help_shows_every_flag_and_default(helps: dict, verb: str) -> None:
         (["finetune-classifier", "--pretrain-steps", "0"], "argument --pretrain-steps: steps must"),
         (["generate", "--prompt", "hi"], "the following arguments are required: --model"),
         (["serve", "--model", "m", "--port", "70000"], "must be >= 0 and <= 65535, got 70000"),
+        (["serve", "--host", "0.0.0.0"], "argument --api-key: required with --host 0.0.0.0"),
+        (["serve", "--port", "0"], "give --model (a model to serve), --runs DIR"),
     ],
 )
 def test_flag_mistakes_are_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:

@@ -42,12 +42,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("serve") / "tiny")
 
 
+SERVER_LOG: list[str] = []  # the output lines of the `server` fixture's process
+
+
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> str:
-    with served(model_dir, "--max-tokens", str(MAX_TOKENS), "--max-body-bytes", "65536") as (
-        url,
-        _,
-    ):
+    limits = ("--max-tokens", str(MAX_TOKENS), "--max-body-bytes", "65536")
+    with served(model_dir, *limits, log=SERVER_LOG) as (url, _):
         yield url
 
 
@@ -291,6 +292,22 @@ def test_concurrent_streams_receive_exactly_their_own_tokens(server: str) -> Non
         if any(j != i and both[i][1] < both[j][2] and both[j][1] < both[i][2] for j in range(n))
     ]
     assert len(overlapping) >= n - 1, "the streams were served one after another"
+
+
+def test_a_client_that_leaves_ends_its_generation(server: str) -> None:
+    """Closing a stream midway (a page's stop button) cancels the request in the engine: the
+    worker drops it before its token limit and says so."""
+    body = {"model": "tiny", "prompt": "A long story:", "max_tokens": MAX_TOKENS}
+    with httpx.stream("POST", f"{server}/v1/completions", json={**body, "stream": True}) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")  # generating; now leave
+    deadline = time.monotonic() + 10
+    while not any("cancelled by its client" in x for x in SERVER_LOG):
+        assert time.monotonic() < deadline, "the server did not drop the request"
+        time.sleep(0.05)
+    line = next(x for x in SERVER_LOG if "cancelled by its client" in x)
+    n = int(line.split(" after ")[1].split()[0])
+    assert n < MAX_TOKENS and f"of {MAX_TOKENS} tokens" in line, line
 
 
 # ---- garbage, limits and fuzzing, in process -------------------------------------------------

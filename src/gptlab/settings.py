@@ -567,7 +567,7 @@ class ServeLimits(Settings):
 class ServeConfig(Settings):
     """Serving a model over Ollama's and OpenAI's APIs."""
 
-    model: str = arg("", MODEL_HELP, required=True)
+    model: str = arg("", MODEL_HELP)
     name: str | None = arg(None, "the model's name in the API (none: the folder's name)")
     host: str = arg("127.0.0.1", "address to bind; 0.0.0.0 exposes it to the network")
     port: int = arg(
@@ -576,6 +576,16 @@ class ServeConfig(Settings):
     threads: int | None = arg(None, "CPU threads for the model (none: torch's)", min=1)
     limits: ServeLimits = arg(factory=ServeLimits)
     device: Device = arg(factory=Device)
+    # The web page (gptlab.serve.web): a runs browser, and a key for a server off loopback.
+    runs: Path | None = arg(None, "folder of run folders to browse at / (with or without --model)")
+    api_key: str | None = arg(None, "Bearer token that every API request must carry")
+
+    def check(self) -> None:
+        if self.host not in LOOPBACK and not self.api_key:
+            raise FlagError("api_key", f"required with --host {self.host} (not loopback)")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass

@@ -28,6 +28,9 @@ Modules, each importing only those above it:
             request helpers
 - errors:   each dialect's error shape, validation messages, the request-size guard
 - ollama, openai:  each dialect's routes
+- markdown: a small safe Markdown renderer (every text escaped) for report.md
+- browse:   the runs browser's JSON API over the run folders of `--runs DIR`
+- web:      the page at / (static/: chat and runs browser), the --api-key check
 - app:      `create_app`, putting them together
 - server:   `run_server` (uvicorn on a bound socket) and the default port
 

@@ -8,45 +8,47 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
 
 from gptlab.families import Model
-from gptlab.serve import ollama, openai
+from gptlab.serve import ollama, openai, web
 from gptlab.serve.errors import RequestGuard, add_error_handlers
 from gptlab.serve.service import Service
 from gptlab.settings import ServeLimits
 from gptlab.text import Tokenizer
 
 
-async def root() -> str:
-    return "gptlab is running"
-
-
 def create_app(
-    model: Model | str | Path,
+    model: Model | str | Path | None,
     name: str | None = None,
     limits: ServeLimits | None = None,
     device: str = "cpu",
     tokenizer: Tokenizer | None = None,
+    runs: Path | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The web app serving `model` (a model object, with GPT-2's tokenizer unless `tokenizer`
     is given, or anything `gptlab.hub.resolve_model` takes, with its own) under `name`; the
-    worker thread starts and stops with the app's lifespan."""
-    service = Service.load(model, name, limits, device, tokenizer)
+    worker thread starts and stops with the app's lifespan. The web page, the runs browser of
+    `runs` and the `api_key` check: gptlab.serve.web. No `model`: the runs browser alone."""
+    service = None if model is None else Service.load(model, name, limits, device, tokenizer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.engine.start()
+        if service is not None:
+            service.engine.start()
         try:
             yield
         finally:
-            service.engine.stop()
+            if service is not None:
+                service.engine.stop()
 
     app = FastAPI(title="gptlab", lifespan=lifespan)
     app.state.service = service
-    app.add_middleware(RequestGuard, max_bytes=service.limits.max_body_bytes)
+    max_bytes = (service.limits if service else limits or ServeLimits()).max_body_bytes
+    app.add_middleware(RequestGuard, max_bytes=max_bytes)
     add_error_handlers(app)
-    app.add_api_route("/", root, methods=["GET"], response_class=PlainTextResponse)
-    app.include_router(ollama.router)
-    app.include_router(openai.router)
+    web.mount(app, runs, api_key)
+    if service is not None:
+        app.include_router(ollama.router)
+        app.include_router(openai.router)
     return app

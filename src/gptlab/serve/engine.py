@@ -175,6 +175,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.batches = 0  # batches started, and restarted to take in new requests
         self.joins = 0
+        self.dropped = 0  # requests whose client left before the end, dropped by the worker
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="gptlab-engine", daemon=True)
@@ -243,11 +244,22 @@ class Engine:
         log.debug("batch of %d requests started", len(jobs))
         return [*running, Batch(self.model, jobs, self.tokenizer)]
 
-    @staticmethod
-    def _step(batch: Batch) -> bool:
+    def _step(self, batch: Batch) -> bool:
         try:
-            return batch.step()
+            going = batch.step()
         except Exception as exc:  # a bug: report it to these clients, keep serving the others
             log.exception("generation failed")
             batch.end(exc)
             return False
+        self._drop_cancelled(batch)
+        return going
+
+    def _drop_cancelled(self, batch: Batch) -> None:
+        """Count and log the requests whose client has gone (a closed stream, a page's stop
+        button): `Batch.step` generates nothing more for them from this turn on."""
+        for job in batch.jobs:
+            if job.cancelled and not job.finished:
+                job.finished = True
+                self.dropped += 1
+                n, limit = job.n_generated, job.sampling.max_new_tokens
+                log.info("request cancelled by its client after %d of %d tokens", n, limit)

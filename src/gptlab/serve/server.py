@@ -33,19 +33,22 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_server(
-    model_spec: Model | str | Path,
+    model_spec: Model | str | Path | None,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     name: str | None = None,
     limits: ServeLimits | None = None,
     device: str = "cpu",
     on_ready: Callable[[str], None] | None = None,
+    runs: Path | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; uvicorn then stops accepting, lets running requests
-    finish for a few seconds, and the worker thread is joined."""
+    finish for a few seconds, and the worker thread is joined. `runs` and `api_key`: see
+    gptlab.serve.web."""
     import uvicorn
 
-    app = create_app(model_spec, name=name, limits=limits, device=device)
+    app = create_app(model_spec, name, limits, device, runs=runs, api_key=api_key)
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
