@@ -41,11 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptlab.config import LlamaConfig
 from gptlab.errors import GptlabError
 from gptlab.formats.gguf import permute_rotary
 from gptlab.formats.llama_names import parameter_names
 from gptlab.io import atomic_write
-from gptlab.llama import Llama, LlamaConfig, rope_frequencies
+from gptlab.llama import Llama, rope_frequencies
 from gptlab.model import GPT
 from gptlab.text import CONTROL, USER_DEFINED, GPT2Tokenizer, HFTokenizer, Tokenizer
 

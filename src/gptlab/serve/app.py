@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from gptlab.families import Model
+from gptlab.model import Decoder
 from gptlab.serve import ollama, openai
 from gptlab.serve.errors import RequestGuard, add_error_handlers
 from gptlab.serve.service import Service
@@ -23,7 +23,7 @@ async def root() -> str:
 
 
 def create_app(
-    model: Model | str | Path,
+    model: Decoder | str | Path,
     name: str | None = None,
     limits: ServeLimits | None = None,
     device: str = "cpu",
