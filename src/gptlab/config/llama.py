@@ -53,18 +53,19 @@ class LlamaConfig(ModelConfig):
         "ff_proj": ("ff.down",),
     }
 
+    # Hugging Face's config.json name, where it differs, on the right.
     vocab_size: int = 49152
-    context_length: int = 2048
-    emb_dim: int = 576
-    n_layers: int = 30
-    n_heads: int = 9
-    n_kv_heads: int = 3
+    context_length: int = 2048  # max_position_embeddings
+    emb_dim: int = 576  # hidden_size
+    n_layers: int = 30  # num_hidden_layers
+    n_heads: int = 9  # num_attention_heads
+    n_kv_heads: int = 3  # num_key_value_heads
     head_dim: int | None = None
-    hidden_dim: int = 1536
-    rope_base: float = 10000.0
+    hidden_dim: int = 1536  # intermediate_size
+    rope_base: float = 10000.0  # rope_theta
     rope_scaling: RopeScaling | None = None
-    rms_eps: float = 1e-5
-    tie_weights: bool = True
+    rms_eps: float = 1e-5  # rms_norm_eps
+    tie_weights: bool = True  # tie_word_embeddings
     qk_norm: bool = False
     attention_bias: bool = False
     n_classes: int | None = None
@@ -116,14 +117,12 @@ def _rope_scaling(data: dict[str, Any]) -> RopeScaling:
 
 # Published shapes. Each line was read from the model's config.json on the Hugging Face Hub
 # (as quoted in public code, found with the code search of this project's tooling; SmolLM2-135M
-# also against the GGUF metadata of the file the tests load): hidden_size -> emb_dim,
-# num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, intermediate_size ->
-# hidden_dim, rope_theta -> rope_base, rope_scaling, rms_norm_eps, tie_word_embeddings,
-# vocab_size, max_position_embeddings -> context_length.
-_LLAMA3_32 = RopeScaling(32.0, 1.0, 4.0, 8192)  # Llama 3.2: "factor": 32.0
-_LLAMA3_8 = RopeScaling(8.0, 1.0, 4.0, 8192)  # Llama 3.1: "factor": 8.0
+# also against the GGUF metadata of the file the tests load), under the names LlamaConfig's
+# fields note.
 _SMOLLM2 = dict(vocab_size=49152, context_length=8192, rms_eps=1e-5, tie_weights=True)
 _LLAMA3 = dict(vocab_size=128256, context_length=131072, rope_base=500000.0, rms_eps=1e-5)
+_LLAMA3_2 = dict(_LLAMA3, rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192), tie_weights=True)
+_LLAMA3_1 = dict(_LLAMA3, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), tie_weights=False)
 _QWEN3 = dict(
     vocab_size=151936,
     context_length=40960,
@@ -132,127 +131,51 @@ _QWEN3 = dict(
     rms_eps=1e-6,
     qk_norm=True,
 )
+# gptlab's own from-scratch shapes, on its GPT-2 tokenizer.
+_MICRO = dict(vocab_size=50257, context_length=256)
+
+
+def _shape(
+    line: dict[str, Any],
+    emb_dim: int,
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int,
+    hidden_dim: int,
+    **rest: Any,
+) -> LlamaConfig:
+    """One preset: what its line of models shares, the five numbers that set its size, and
+    whatever else is its own. (A fresh config, not a replace() of another: head_dim is
+    derived from emb_dim and n_heads when the line does not set it.)"""
+    return LlamaConfig(
+        **line,
+        emb_dim=emb_dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        hidden_dim=hidden_dim,
+        **rest,
+    )
+
 
 PRESETS: dict[str, LlamaConfig] = {
+    # name: _shape(line, emb_dim, n_layers, n_heads, n_kv_heads, hidden_dim, ...)
     # HuggingFaceTB/SmolLM2-135M, -360M, -1.7B (LlamaForCausalLM)
-    "smollm2-135m": LlamaConfig(
-        **_SMOLLM2,
-        emb_dim=576,
-        n_layers=30,
-        n_heads=9,
-        n_kv_heads=3,
-        hidden_dim=1536,
-        rope_base=100000.0,
-    ),
-    "smollm2-360m": LlamaConfig(
-        **_SMOLLM2,
-        emb_dim=960,
-        n_layers=32,
-        n_heads=15,
-        n_kv_heads=5,
-        hidden_dim=2560,
-        rope_base=100000.0,
-    ),
-    "smollm2-1.7b": LlamaConfig(
-        **_SMOLLM2,
-        emb_dim=2048,
-        n_layers=24,
-        n_heads=32,
-        n_kv_heads=32,
-        hidden_dim=8192,
-        rope_base=130000.0,
-    ),
+    "smollm2-135m": _shape(_SMOLLM2, 576, 30, 9, 3, 1536, rope_base=100000.0),
+    "smollm2-360m": _shape(_SMOLLM2, 960, 32, 15, 5, 2560, rope_base=100000.0),
+    "smollm2-1.7b": _shape(_SMOLLM2, 2048, 24, 32, 32, 8192, rope_base=130000.0),
     # meta-llama/Llama-3.2-1B, -3B, Llama-3.1-8B (LlamaForCausalLM, "rope_type": "llama3")
-    "llama-3.2-1b": LlamaConfig(
-        **_LLAMA3,
-        emb_dim=2048,
-        n_layers=16,
-        n_heads=32,
-        n_kv_heads=8,
-        hidden_dim=8192,
-        rope_scaling=_LLAMA3_32,
-        tie_weights=True,
-    ),
-    "llama-3.2-3b": LlamaConfig(
-        **_LLAMA3,
-        emb_dim=3072,
-        n_layers=28,
-        n_heads=24,
-        n_kv_heads=8,
-        hidden_dim=8192,
-        rope_scaling=_LLAMA3_32,
-        tie_weights=True,
-    ),
-    "llama-3.1-8b": LlamaConfig(
-        **_LLAMA3,
-        emb_dim=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=8,
-        hidden_dim=14336,
-        rope_scaling=_LLAMA3_8,
-        tie_weights=False,
-    ),
+    "llama-3.2-1b": _shape(_LLAMA3_2, 2048, 16, 32, 8, 8192),
+    "llama-3.2-3b": _shape(_LLAMA3_2, 3072, 28, 24, 8, 8192),
+    "llama-3.1-8b": _shape(_LLAMA3_1, 4096, 32, 32, 8, 14336),
     # Qwen/Qwen3-0.6B, -1.7B, -4B, -8B (Qwen3ForCausalLM; head_dim 128 throughout)
-    "qwen3-0.6b": LlamaConfig(
-        **_QWEN3,
-        emb_dim=1024,
-        n_layers=28,
-        n_heads=16,
-        n_kv_heads=8,
-        hidden_dim=3072,
-        tie_weights=True,
-    ),
-    "qwen3-1.7b": LlamaConfig(
-        **_QWEN3,
-        emb_dim=2048,
-        n_layers=28,
-        n_heads=16,
-        n_kv_heads=8,
-        hidden_dim=6144,
-        tie_weights=True,
-    ),
-    "qwen3-4b": LlamaConfig(
-        **_QWEN3,
-        emb_dim=2560,
-        n_layers=36,
-        n_heads=32,
-        n_kv_heads=8,
-        hidden_dim=9728,
-        tie_weights=True,
-    ),
-    "qwen3-8b": LlamaConfig(
-        **_QWEN3,
-        emb_dim=4096,
-        n_layers=36,
-        n_heads=32,
-        n_kv_heads=8,
-        hidden_dim=12288,
-        tie_weights=False,
-    ),
-    # From-scratch shapes for CPU experiments, on gptlab's GPT-2 tokenizer (~7M parameters,
-    # like gpt-micro; most of them embeddings).
-    "llama-micro": LlamaConfig(
-        vocab_size=50257,
-        context_length=256,
-        emb_dim=128,
-        n_layers=4,
-        n_heads=4,
-        n_kv_heads=2,
-        hidden_dim=384,
-        rope_base=10000.0,
-    ),
-    "qwen3-micro": LlamaConfig(
-        vocab_size=50257,
-        context_length=256,
-        emb_dim=128,
-        n_layers=4,
-        n_heads=4,
-        n_kv_heads=2,
-        head_dim=64,
-        hidden_dim=384,
-        rope_base=1000000.0,
-        rms_eps=1e-6,
-        qk_norm=True,
+    "qwen3-0.6b": _shape(_QWEN3, 1024, 28, 16, 8, 3072, tie_weights=True),
+    "qwen3-1.7b": _shape(_QWEN3, 2048, 28, 16, 8, 6144, tie_weights=True),
+    "qwen3-4b": _shape(_QWEN3, 2560, 36, 32, 8, 9728, tie_weights=True),
+    "qwen3-8b": _shape(_QWEN3, 4096, 36, 32, 8, 12288, tie_weights=False),
+    # ~7M parameters, like gpt-micro; most of them embeddings.
+    "llama-micro": _shape(_MICRO, 128, 4, 4, 2, 384, rope_base=10000.0),
+    "qwen3-micro": _shape(
+        _MICRO, 128, 4, 4, 2, 384, head_dim=64, rope_base=1000000.0, rms_eps=1e-6, qk_norm=True
     ),
 }
