@@ -41,11 +41,12 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 import gptlab
+from gptlab.config import get_preset
 from gptlab.formats.hf_llama import hf_llama_config_dict
 from gptlab.formats.llama_names import to_hf
 from gptlab.generation import _left_pad, generate
 from gptlab.hub import resolve_with_tokenizer
-from gptlab.llama import Llama, get_preset
+from gptlab.llama import Llama
 from gptlab.settings import Sampling
 from gptlab.text import Tokenizer
 from gptlab.training import lm_loss

@@ -29,8 +29,9 @@ from gptlab.classify import (
     set_trainable,
 )
 from gptlab.cli import main
+from gptlab.config import LlamaConfig
 from gptlab.hub import load_tokenizer, resolve_model
-from gptlab.llama import Llama, LlamaConfig
+from gptlab.llama import Llama
 from gptlab.runs import RunDir
 
 CPU = torch.device("cpu")

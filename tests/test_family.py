@@ -24,7 +24,7 @@ from gptlab.checkpoints import (
     save_model,
 )
 from gptlab.commands import convert
-from gptlab.config import GPTConfig
+from gptlab.config import GPTConfig, LlamaConfig, get_preset
 from gptlab.cpu import decode as cpu_decode
 from gptlab.cpu import head_loss
 from gptlab.errors import GptlabError
@@ -33,7 +33,7 @@ from gptlab.formats.hf_llama import hf_llama_config
 from gptlab.formats.llama_names import from_hf
 from gptlab.generation import generate
 from gptlab.hub import base_language_model, resolve_model
-from gptlab.llama import Llama, LlamaConfig
+from gptlab.llama import Llama
 from gptlab.lora import LoRALinear, apply_lora, merge_lora
 from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.settings import ConvertConfig, Sampling
@@ -102,10 +102,8 @@ def test_family_key_only_for_llama_and_old_sections_load() -> None:
     )
     msg = one_line(families.config_from_dict, {"family": "llama", "n_embd": 3}, "x/config.json")
     assert msg.startswith("x/config.json: unknown model config field(s): n_embd")
-    assert families.get_preset("qwen3-micro").qk_norm
-    assert families.get_preset("gpt-nano") == GPTConfig(
-        context_length=64, emb_dim=32, n_layers=2, n_heads=2
-    )
+    assert get_preset("qwen3-micro").qk_norm
+    assert get_preset("gpt-nano") == GPTConfig(context_length=64, emb_dim=32, n_layers=2, n_heads=2)
 
 
 # ---- model folders and checkpoints ------------------------------------------------------------
@@ -176,7 +174,7 @@ def test_training_checkpoint_of_a_llama_resumes_and_resolves(tmp_path: Path) -> 
 
 def test_base_language_model_random_llama_preset() -> None:
     model = base_language_model("random", "llama-micro", seed=3)
-    assert isinstance(model, Llama) and model.cfg == families.get_preset("llama-micro")
+    assert isinstance(model, Llama) and model.cfg == get_preset("llama-micro")
     again = base_language_model("random", "llama-micro", seed=3)
     assert torch.equal(model.blocks[0].attn.q.weight, again.blocks[0].attn.q.weight)
     assert "has no pretrained weights" in one_line(resolve_model, "qwen3-micro")
@@ -323,7 +321,7 @@ def test_gguf_file_resolves_like_any_model(tmp_path: Path) -> None:
 
 def test_real_smollm2_gguf_through_resolve_model(smollm2_file: Path) -> None:
     model, meta = resolve_model(smollm2_file)
-    assert model.cfg == families.get_preset("smollm2-135m")
+    assert model.cfg == get_preset("smollm2-135m")
     assert meta["model"] == families.config_to_dict(model.cfg)
     assert model.num_params() == 134_515_008
 

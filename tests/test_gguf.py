@@ -15,10 +15,11 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
+from gptlab.config import PRESETS, LlamaConfig, RopeScaling
 from gptlab.errors import GptlabError
 from gptlab.formats.gguf import GGUFModel, build_llama, load_gguf, read_gguf, unpermute_rotary
 from gptlab.formats.llama_names import from_hf, parameter_names
-from gptlab.llama import PRESETS, Llama, LlamaConfig, RopeScaling
+from gptlab.llama import Llama
 from gptlab.model import KVCache
 from tests.test_llama import hf_model
 

@@ -21,11 +21,11 @@ from tokenizers.models import BPE
 from gptlab import text
 from gptlab.checkpoints import save_model
 from gptlab.cli import main
-from gptlab.config import GPTConfig
+from gptlab.config import GPTConfig, LlamaConfig, RopeScaling
 from gptlab.formats.gguf import GGUFModel, build_llama, read_gguf
 from gptlab.formats.gguf_write import gpt2_vocabulary, write_gguf
 from gptlab.formats.modelfile import ALPACA_TEMPLATE, CHATML_TEMPLATE, match_format
-from gptlab.llama import Llama, LlamaConfig, RopeScaling
+from gptlab.llama import Llama
 from gptlab.lora import apply_lora
 from gptlab.model import GPT
 from gptlab.prompts import ALPACA_CHAT_TEMPLATE

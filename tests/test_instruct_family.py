@@ -15,6 +15,7 @@ import torch
 from gptlab import text
 from gptlab.checkpoints import latest_checkpoint, read_safetensors, save_model
 from gptlab.cli import main
+from gptlab.config import LlamaConfig
 from gptlab.errors import GptlabError
 from gptlab.generation import generate
 from gptlab.hub import load_tokenizer, resolve_with_tokenizer
@@ -29,7 +30,7 @@ from gptlab.instruct import (
     tokenize_entry,
     user_message,
 )
-from gptlab.llama import Llama, LlamaConfig
+from gptlab.llama import Llama
 from gptlab.settings import InstructConfig, Sampling, TrainArgs
 from tests.serve_process import gptlab_command, gptlab_env
 from tests.test_instruct import SEED, TINY, write_json

@@ -8,9 +8,11 @@ import pytest
 import torch
 import transformers
 
+from gptlab.config import LlamaConfig, RopeScaling, get_preset
+from gptlab.config.llama import PRESETS
 from gptlab.errors import GptlabError
 from gptlab.formats.llama_names import expected_shapes, from_hf, parameter_names, to_hf
-from gptlab.llama import PRESETS, Llama, LlamaConfig, RopeScaling, get_preset, rope_frequencies
+from gptlab.llama import Llama, rope_frequencies
 from gptlab.model import IGNORE_INDEX, KVCache
 
 # Llama 3 scaling with a short original context so that a head of 16 has frequencies in all

@@ -15,10 +15,11 @@ import torch
 from gptlab import text
 from gptlab.checkpoints import TOKENIZER
 from gptlab.cli import main
+from gptlab.config import LlamaConfig
 from gptlab.formats.gguf import read_gguf_metadata
 from gptlab.generation import generate_text
 from gptlab.hub import load_tokenizer, resolve_model
-from gptlab.llama import Llama, LlamaConfig
+from gptlab.llama import Llama
 from gptlab.pipeline import SAMPLE_PROMPTS, TINY
 from gptlab.settings import Sampling
 from tests.test_gguf import write_file

@@ -15,6 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from gptlab import llama, text
+from gptlab.config import LlamaConfig
 from gptlab.errors import GptlabError
 from gptlab.generation import generate_text
 from gptlab.model import GPT
@@ -195,7 +196,7 @@ def random_llama() -> llama.Llama:
     """A small Llama over SmolLM2's 49,152 ids, with weights large enough that different
     prompts lead to different greedy texts."""
     torch.manual_seed(0)
-    cfg = llama.LlamaConfig(
+    cfg = LlamaConfig(
         vocab_size=49152, context_length=128, emb_dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
         hidden_dim=64,
     )  # fmt: skip
@@ -240,7 +241,7 @@ def test_a_model_object_keeps_gpt2_unless_given_a_tokenizer(
     assert isinstance(Service.load(tiny_model).tokenizer, text.GPT2Tokenizer)
     service = Service.load(random_llama(), tokenizer=tokenizer)
     assert service.tokenizer is tokenizer and service.engine.tokenizer is tokenizer
-    small = llama.LlamaConfig(
+    small = LlamaConfig(
         vocab_size=32, context_length=8, emb_dim=8, n_layers=1, n_heads=2, n_kv_heads=1,
         hidden_dim=8,
     )  # fmt: skip

@@ -27,8 +27,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
-from gptlab.families import Model, ModelConfig, config_from_dict, config_to_dict, new_model
+from gptlab.families import config_from_dict, config_to_dict, new_model
 from gptlab.io import (
     atomic_write,
     atomic_write_json,
@@ -36,6 +37,7 @@ from gptlab.io import (
     fsync_dir,
     read_json_object,
 )
+from gptlab.model import Decoder
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -46,7 +48,7 @@ GENERATION_CONFIG = "generation_config.json"
 
 
 def _state_to_save(
-    model: Model, state: dict[str, torch.Tensor] | None = None
+    model: Decoder, state: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
     state = dict(model.state_dict() if state is None else state)
     if model.tied:
@@ -55,7 +57,7 @@ def _state_to_save(
 
 
 def save_model(
-    model: Model,
+    model: Decoder,
     directory: str | Path,
     meta: dict[str, Any] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
@@ -119,7 +121,7 @@ def read_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.T
         ) from None
 
 
-def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> Model:
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> Decoder:
     """A model of `cfg`'s family (GPT or Llama) holding exactly `state`, built without
     allocating a second, random copy first: every key and shape is checked."""
     with torch.device("meta"):
@@ -145,7 +147,7 @@ def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -
     return model.eval()
 
 
-def load_model_folder(directory: str | Path, device: str = "cpu") -> tuple[Model, dict[str, Any]]:
+def load_model_folder(directory: str | Path, device: str = "cpu") -> tuple[Decoder, dict[str, Any]]:
     """Load a model folder; returns the model (in eval mode) and its config.json. A training
     checkpoint of a LoRA run (config "lora", weights holding base layers and adapters) loads
     with the adapters merged, as the run's final model is saved."""
@@ -160,7 +162,7 @@ def load_model_folder(directory: str | Path, device: str = "cpu") -> tuple[Model
 
 def _merged_lora(
     cfg: ModelConfig, state: dict[str, torch.Tensor], lora: dict[str, Any], source: str
-) -> Model:
+) -> Decoder:
     from gptlab.lora import apply_lora, merge_lora
 
     with torch.device("meta"):
@@ -186,7 +188,7 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    model: Model,
+    model: Decoder,
     train_state: dict[str, Any],
     meta: dict[str, Any] | None = None,
     *,

@@ -50,12 +50,12 @@ from gptlab.checkpoints import build_model, load_model_folder, read_config, save
 from gptlab.data import ResumableBatches, bundled
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
-from gptlab.families import Model
 from gptlab.hub import base_with_tokenizer
 from gptlab.io import atomic_write, atomic_write_text, read_utf8
 from gptlab.jobs.base import Plan, Session, TrainingJob
 from gptlab.llama import Llama
 from gptlab.lora import apply_lora, merge_lora
+from gptlab.model import Decoder as Model
 from gptlab.pretrain import pretrain
 from gptlab.runs import MODEL, has_run, is_complete
 from gptlab.settings import TRAINABLE, ClassifierConfig, PretrainConfig, TrainArgs

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gptlab.errors import GptlabError
-from gptlab.model import GPT
+from gptlab.model import Decoder
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def rows(batch: Any, d: Dist) -> Any:
     return batch
 
 
-def wrap(model: GPT, device: torch.device, fsdp: bool = False) -> nn.Module:
+def wrap(model: Decoder, device: torch.device, fsdp: bool = False) -> nn.Module:
     """The module to train with: the model itself (one process), DDP around it, or the model
     sharded in place by FSDP. Build the optimizer after this (FSDP replaces parameters)."""
     d = current()
@@ -176,7 +176,7 @@ def _full_options() -> Any:
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def model_state(model: GPT) -> dict[str, torch.Tensor]:
+def model_state(model: Decoder) -> dict[str, torch.Tensor]:
     """The full model weights (gathered from every process under FSDP: call it on all ranks;
     only rank 0's result is complete)."""
     if not is_sharded(model):
@@ -186,12 +186,12 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=_full_options())
 
 
-def _param_names(model: GPT, optimizer: torch.optim.Optimizer) -> list[str]:
+def _param_names(model: Decoder, optimizer: torch.optim.Optimizer) -> list[str]:
     names = {id(p): n for n, p in model.named_parameters()}
     return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
-def optimizer_state(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def optimizer_state(model: Decoder, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The full optimizer state keyed by parameter name, the same under any process count
     (collective under FSDP, like `model_state`)."""
     if is_sharded(model):
@@ -209,7 +209,7 @@ def optimizer_state(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, A
 
 
 def load_optimizer_state(
-    model: GPT, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    model: Decoder, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
     """Load a state written by `optimizer_state` (by any process count)."""
     if is_sharded(model):

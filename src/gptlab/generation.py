@@ -28,7 +28,7 @@ import torch
 from gptlab import text as text_tokenizers
 from gptlab.cpu import decode as cpu_decode
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, KVCache
+from gptlab.model import Decoder, KVCache
 from gptlab.settings import EOT_ID, Sampling
 from gptlab.tokenizer import get_tokenizer
 
@@ -97,7 +97,7 @@ def _left_pad(
 
 
 def _prefill(
-    model: GPT, head: cpu_decode.Head, tokens: torch.Tensor, n_pad: torch.Tensor, room: int
+    model: Decoder, head: cpu_decode.Head, tokens: torch.Tensor, n_pad: torch.Tensor, room: int
 ) -> tuple[KVCache, torch.Tensor]:
     """A fresh cache filled with `tokens`, with space for `room` more (up to the context);
     returns it and the last position's logits (B, V).
@@ -118,7 +118,7 @@ def _prefill(
 
 @torch.inference_mode()
 def generate_tokens(
-    model: GPT,
+    model: Decoder,
     prompts: Sequence[Sequence[int]],
     s: Sampling,
     use_cache: bool = True,
@@ -188,7 +188,7 @@ def _ends_with_stop(
 
 
 def generate(
-    model: GPT,
+    model: Decoder,
     prompts: Sequence[Sequence[int]],
     s: Sampling,
     use_cache: bool = True,
@@ -209,7 +209,7 @@ def trim_at_stop(text: str, stops: Sequence[str]) -> str:
 
 
 def generate_text(
-    model: GPT,
+    model: Decoder,
     prompts: Sequence[str],
     s: Sampling,
     tokenizer: text_tokenizers.Tokenizer | None = None,
@@ -301,7 +301,7 @@ class TextStream:
 
 
 def stream_text(
-    model: GPT,
+    model: Decoder,
     prompt: Sequence[int],
     sampling: Sampling,
     tokenizer: text_tokenizers.Tokenizer | None = None,

@@ -36,15 +36,16 @@ from gptlab.checkpoints import (
     load_model_folder,
     save_model,
 )
-from gptlab.config import OPENAI_SIZES
+from gptlab.config import OPENAI_SIZES, PRESETS, get_preset
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
-from gptlab.families import PRESET_FAMILIES, Model, config_to_dict, get_preset, new_model
+from gptlab.families import config_to_dict, new_model
 from gptlab.formats.gguf import build_llama, load_gguf, read_gguf
 from gptlab.formats.hf import is_hf_folder, load_hf_safetensors
 from gptlab.formats.hf_llama import INDEX, is_hf_llama_folder, load_hf_llama
 from gptlab.formats.openai_tf import has_tf_files, is_tf_checkpoint, load_tf_checkpoint
 from gptlab.io import atomic_write_json, read_json_object
+from gptlab.model import Decoder as Model
 
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 OPENAI_FILES = (
@@ -95,7 +96,7 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Model, dict[st
         )
     if str(spec) in OPENAI_SIZES:
         return load_model_folder(ensure_pretrained(str(spec)), device)
-    if str(spec) in PRESET_FAMILIES:
+    if str(spec) in PRESETS:
         raise GptlabError(
             f"{spec}: preset {spec!r} has no pretrained weights; train it with "
             f"`gptlab pretrain --preset {spec}` and pass the run folder"

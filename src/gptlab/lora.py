@@ -5,8 +5,8 @@ y = W x + b + (alpha / rank) * B(A(x)), with B initialised to zero (the adapted 
 equal to the base). `merge_lora` folds B A into W and restores plain nn.Linear layers, giving a
 model with the original parameter names and the same outputs.
 
-Targets are named per family; the command line's four names (gptlab.settings.LORA_TARGETS)
-mean the same roles in both:
+Targets are named per family; the command line's four roles (gptlab.config.LORA_ROLES) mean
+the same in both (each family's config says so in its `lora_roles`):
 
     name        GPT-2 (gptlab.model)   Llama / Qwen3 (gptlab.llama)
     qkv         attn.qkv               attn.q, attn.k, attn.v  (the three input projections)
@@ -26,38 +26,19 @@ import math
 import torch
 from torch import nn
 
+from gptlab.config import LORA_ROLES
 from gptlab.errors import GptlabError
-from gptlab.llama import LlamaConfig
-from gptlab.settings import GPT2_LORA_LAYERS, LLAMA_LORA_LAYERS, LORA_TARGETS
-
-# The GPT-2 modules behind gptlab.settings.LORA_TARGETS: attention qkv and output, feed-forward
-# in and out.
-TARGETS = dict(zip(LORA_TARGETS, GPT2_LORA_LAYERS, strict=True))
-# The same roles in a Llama-family block (see the module docstring).
-LLAMA_TARGETS: dict[str, tuple[str, ...]] = dict(
-    zip(
-        LORA_TARGETS,
-        (("attn.q", "attn.k", "attn.v"), ("attn.o",), ("ff.gate", "ff.up"), ("ff.down",)),
-        strict=True,
-    )
-)
+from gptlab.model import Decoder
 
 
-def family_targets(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    """Every target name `model` accepts, each with the block layers it stands for."""
-    if _is_llama(model):
-        return {**LLAMA_TARGETS, **{layer: (layer,) for layer in LLAMA_LORA_LAYERS}}
-    return {
-        **{name: (layer,) for name, layer in TARGETS.items()},
-        **{layer: (layer,) for layer in TARGETS.values()},
-    }
+def family_targets(model: Decoder) -> dict[str, tuple[str, ...]]:
+    """Every target name `model` accepts, each with the block layers it stands for: the
+    roles of its family's config, then each of its layers by name."""
+    cfg = model.cfg
+    return {**cfg.lora_roles, **{layer: (layer,) for layer in cfg.lora_layers()}}
 
 
-def _is_llama(model: nn.Module) -> bool:
-    return isinstance(getattr(model, "cfg", None), LlamaConfig)
-
-
-def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> tuple[str, ...]:
+def resolve_targets(model: Decoder, targets: tuple[str, ...]) -> tuple[str, ...]:
     """The block layers (`attn.q`, ...) behind `targets` for `model`'s family, each once."""
     known = family_targets(model)
     unknown = [t for t in targets if t not in known]
@@ -91,7 +72,7 @@ class LoRALinear(nn.Module):
 
 
 def apply_lora(
-    model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = tuple(TARGETS)
+    model: Decoder, rank: int, alpha: float, targets: tuple[str, ...] = LORA_ROLES
 ) -> int:
     """Freeze every parameter, then add trainable adapters to `targets` (names of the module
     docstring, for `model`'s family) in every block. Returns the number of adapter
@@ -100,7 +81,7 @@ def apply_lora(
     for p in model.parameters():
         p.requires_grad_(False)
     added = 0
-    for block in model.blocks:  # type: ignore[attr-defined]
+    for block in model.blocks:
         for target in layers:
             parent_name, attr = target.split(".")
             parent = getattr(block, parent_name)
@@ -110,7 +91,7 @@ def apply_lora(
     return added
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: Decoder) -> Decoder:
     """Fold every adapter into its base weight, in place."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

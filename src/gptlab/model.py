@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlab.config import GPTConfig
+from gptlab.config import GPTConfig, ModelConfig
 from gptlab.errors import GptlabError
 
 AttentionImpl = Literal["sdpa", "reference"]
@@ -64,7 +64,7 @@ class KVCache:
 
     def __init__(
         self,
-        cfg: GPTConfig,  # or a gptlab.llama.LlamaConfig
+        cfg: ModelConfig,
         batch_size: int,
         max_len: int,
         device: torch.device | str,
@@ -190,7 +190,7 @@ class Decoder(nn.Module):
     that generation, training and LoRA rely on. A subclass builds `tok_emb`, `blocks`,
     `final_norm` and `out_head`, then calls `_init_parameters`, and defines `hidden_states`."""
 
-    cfg: Any
+    cfg: ModelConfig
 
     def _init_parameters(self, residual: tuple[str, ...]) -> None:
         """Tie the head, then initialise (unless built on the meta device to receive loaded

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import save_model
+from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, pretraining_datasets, read_corpus, tokenize_corpus
 from gptlab.errors import GptlabError
-from gptlab.families import config_to_dict, get_preset, new_model
+from gptlab.families import config_to_dict, new_model
 from gptlab.generation import generate_text
 from gptlab.jobs.base import Plan, Session, TrainingJob
 from gptlab.runs import MODEL

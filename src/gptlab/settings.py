@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from gptlab.config import OPENAI_SIZES, PRESET_NAMES
+from gptlab.config import LORA_LAYERS, LORA_ROLES, OPENAI_SIZES, PRESET_NAMES
 from gptlab.errors import GptlabError
 
 EOT_ID = 50256  # GPT-2's <|endoftext|>: the default stop token and padding id
@@ -368,11 +368,6 @@ class PretrainConfig(Settings):
 
 
 TRAINABLE = ("last-block", "last-k", "all", "lora")
-# Block layers that can get LoRA adapters, by role (gptlab.lora maps them onto each family's
-# modules) or by one family's layer name.
-LORA_TARGETS = ("qkv", "attn_proj", "fc", "ff_proj")
-GPT2_LORA_LAYERS = ("attn.qkv", "attn.proj", "ff.fc", "ff.proj")  # the roles' order
-LLAMA_LORA_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "ff.gate", "ff.up", "ff.down")
 # How instruction entries are shown to the model (gptlab.instruct.prompt_format).
 PROMPT_FORMATS = ("alpaca", "chat")
 
@@ -449,9 +444,9 @@ class InstructConfig(Settings):
     lora_rank: int | None = arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
     lora_alpha: float = arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
     lora_targets: tuple[str, ...] = arg(
-        LORA_TARGETS,
+        LORA_ROLES,
         "block layers that get adapters: roles, or one family's layers",
-        choices=LORA_TARGETS + GPT2_LORA_LAYERS + LLAMA_LORA_LAYERS,
+        choices=LORA_ROLES + LORA_LAYERS,
     )
     sample_tokens: int = arg(
         64, "tokens of the sample answer at each evaluation", min=0, resumable=True

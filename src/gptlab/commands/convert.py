@@ -11,12 +11,12 @@ from typing import Any
 from gptlab import text
 from gptlab.checkpoints import save_model, save_tokenizer
 from gptlab.errors import GptlabError
-from gptlab.families import Model
 from gptlab.formats.gguf import build_llama, read_gguf
 from gptlab.formats.gguf_write import write_gguf
 from gptlab.formats.hf import export_hf
 from gptlab.formats.modelfile import write_modelfile
 from gptlab.hub import load_tokenizer, resolve_model
+from gptlab.model import Decoder
 from gptlab.prompts import ALPACA_CHAT_TEMPLATE, tuned_in_alpaca
 from gptlab.settings import ConvertConfig
 
@@ -57,7 +57,7 @@ def _to_gguf(c: ConvertConfig) -> int:
         raise GptlabError(f"{out}: --to gguf writes one file; name it NAME.gguf")
     source = Path(c.source)
     metadata: dict[str, Any] | None = None
-    model: Model
+    model: Decoder
     if source.is_file() and source.suffix.lower() == ".gguf":  # read once, metadata kept
         cfg, tensors, metadata = read_gguf(source)
         model, meta = build_llama(cfg, tensors), {}

@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gptlab.model import GPT, cross_entropy_sum
+from gptlab.model import Decoder, cross_entropy_sum
 
 CHUNK = 4096  # vocabulary rows per matmul
 
 
-def install(model: GPT) -> None:
+def install(model: Decoder) -> None:
     """Make `model`'s loss go through `chunked` (it falls back by itself off CPU)."""
     model.head_loss = chunked
 

@@ -33,9 +33,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from gptlab.config import LlamaConfig, RopeScaling
 from gptlab.errors import GptlabError
 from gptlab.formats.llama_names import expected_shapes, parameter_names
-from gptlab.llama import Llama, LlamaConfig, RopeScaling, rope_frequencies
+from gptlab.llama import Llama, rope_frequencies
 
 ARCHITECTURES = ("llama", "qwen3")
 QUANT_TYPES = (

@@ -41,12 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptlab.config import LlamaConfig
 from gptlab.errors import GptlabError
 from gptlab.formats.gguf import permute_rotary
 from gptlab.formats.llama_names import parameter_names
 from gptlab.io import atomic_write
-from gptlab.llama import Llama, LlamaConfig, rope_frequencies
-from gptlab.model import GPT
+from gptlab.llama import Llama, rope_frequencies
+from gptlab.model import GPT, Decoder
 from gptlab.text import CONTROL, USER_DEFINED, GPT2Tokenizer, HFTokenizer, Tokenizer
 
 DTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -76,14 +77,14 @@ GPT2_OUTER = {
 }
 
 
-def architecture(model: GPT | Llama) -> str:
+def architecture(model: Decoder) -> str:
     """llama.cpp's architecture name for `model`: gpt2, llama or qwen3."""
     if isinstance(model, Llama):
         return "qwen3" if model.cfg.qk_norm else "llama"
     return "gpt2"
 
 
-def _check_exportable(model: GPT | Llama) -> None:
+def _check_exportable(model: Decoder) -> None:
     cfg = model.cfg
     if cfg.n_classes is not None:
         raise GptlabError(
@@ -285,7 +286,7 @@ def tokenizer_fields(
 # ---- the file -------------------------------------------------------------------------------
 
 
-def _arch_fields(model: GPT | Llama) -> dict[str, Any]:
+def _arch_fields(model: Decoder) -> dict[str, Any]:
     cfg, arch = model.cfg, architecture(model)
     fields: dict[str, Any] = {
         "context_length": cfg.context_length,
@@ -326,7 +327,7 @@ def _add_field(writer: Any, key: str, value: Any) -> None:
 
 
 def write_gguf(
-    model: GPT | Llama,
+    model: Decoder,
     path: str | Path,
     tokenizer: Tokenizer,
     *,

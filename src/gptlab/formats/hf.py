@@ -18,7 +18,7 @@ from gptlab.formats.hf_llama import export_hf_llama
 from gptlab.formats.names import parameter_names
 from gptlab.io import atomic_write, atomic_write_json, read_json, read_json_object
 from gptlab.llama import Llama
-from gptlab.model import GPT
+from gptlab.model import GPT, Decoder
 from gptlab.tokenizer import EOT_ID
 
 # GPT-2's head counts by width: HF weight files alone do not say how many heads there are.
@@ -100,7 +100,7 @@ def load_hf_safetensors(path: str | Path, device: str = "cpu") -> GPT:
     return build_model(cfg, state, str(path))
 
 
-def export_hf(model: GPT | Llama, directory: str | Path) -> Path:
+def export_hf(model: Decoder, directory: str | Path) -> Path:
     """Write `model` as Hugging Face GPT-2 (config.json + model.safetensors), loadable by
     `transformers.GPT2LMHeadModel.from_pretrained(directory)` with the same logits; a
     Llama-family model as Hugging Face Llama / Qwen3 (gptlab.formats.hf_llama)."""

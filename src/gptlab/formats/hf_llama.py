@@ -22,10 +22,11 @@ import torch
 from safetensors.torch import save_file
 
 from gptlab.checkpoints import CONFIG, WEIGHTS, build_model, read_safetensors
+from gptlab.config import LlamaConfig, RopeScaling
 from gptlab.errors import GptlabError
 from gptlab.formats.llama_names import parameter_names
 from gptlab.io import atomic_write, atomic_write_json, read_json_object
-from gptlab.llama import Llama, LlamaConfig, RopeScaling
+from gptlab.llama import Llama
 
 MODEL_TYPES = ("llama", "qwen3")
 INDEX = "model.safetensors.index.json"

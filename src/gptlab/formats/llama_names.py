@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from gptlab.llama import Llama, LlamaConfig
+from gptlab.config import LlamaConfig
+from gptlab.llama import Llama
 
 
 class Name(NamedTuple):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from gptlab.families import Model
+from gptlab.model import Decoder
 from gptlab.serve import ollama, openai, web
 from gptlab.serve.errors import RequestGuard, add_error_handlers
 from gptlab.serve.service import Service
@@ -18,7 +18,7 @@ from gptlab.text import Tokenizer
 
 
 def create_app(
-    model: Model | str | Path | None,
+    model: Decoder | str | Path | None,
     name: str | None = None,
     limits: ServeLimits | None = None,
     device: str = "cpu",

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptlab.errors import GptlabError
-from gptlab.families import Model
 from gptlab.generation import TextStream, generate_tokens
+from gptlab.model import Decoder
 from gptlab.settings import Sampling
 from gptlab.text import Tokenizer
 
@@ -94,7 +94,7 @@ class Batch:
     plus what it has generated so far, which yields the same next tokens as going on would.
     """
 
-    def __init__(self, model: Model, jobs: list[Job], tokenizer: Tokenizer | None = None) -> None:
+    def __init__(self, model: Decoder, jobs: list[Job], tokenizer: Tokenizer | None = None) -> None:
         self.model = model
         self.jobs = jobs
         self.tokenizer = tokenizer
@@ -164,7 +164,7 @@ class Engine:
     model's `tokenizer`'s (None: GPT-2's), which decodes the text and the stop strings."""
 
     def __init__(
-        self, model: Model, max_queue: int, max_batch: int, tokenizer: Tokenizer | None = None
+        self, model: Decoder, max_queue: int, max_batch: int, tokenizer: Tokenizer | None = None
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer

@@ -19,7 +19,6 @@ from fastapi import Depends, Request
 
 from gptlab import text
 from gptlab.errors import GptlabError
-from gptlab.families import Model
 from gptlab.hub import resolve_model, resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
 from gptlab.model import Decoder
@@ -35,7 +34,7 @@ class Service:
     its engine, the format of the file it came from (for /api/show), and the chat template
     its chat messages go into (None: Alpaca's; see gptlab.prompts.own_chat_template)."""
 
-    model: Model
+    model: Decoder
     name: str
     limits: ServeLimits
     engine: Engine
@@ -47,7 +46,7 @@ class Service:
     @classmethod
     def load(
         cls,
-        model: Model | str | Path,
+        model: Decoder | str | Path,
         name: str | None = None,
         limits: ServeLimits | None = None,
         device: str = "cpu",
