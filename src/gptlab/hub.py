@@ -16,6 +16,12 @@ make.
 own vocabulary; a folder's tokenizer.json (a Hugging Face folder, or a gptlab model or run
 folder that was saved with one); GPT-2's for everything else of GPT-2's (TF checkpoints, HF
 GPT-2 files, gptlab folders without a tokenizer.json, the pretrained names).
+
+This is the floor under `gptlab.load` (gptlab.llm), which every verb and the server run
+models through: `resolve_with_tokenizer` is what it calls. `resolve_model` alone serves
+`convert` (which keeps a model whose tokenizer is unknown) and the fine-tuning bases
+(`base_language_model`, `base_with_tokenizer`: "random" or a spec, refusing a classifier).
+Each returns its model on the device it was asked for.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -71,11 +77,13 @@ def _foreign(model: Model, path: Path) -> tuple[Model, dict[str, Any]]:
 
 
 def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Model, dict[str, Any]]:
-    """The model (in eval mode) and its gptlab config for anything `--model` accepts (see the
-    module docstring); a spec that is none of them is one GptlabError saying why."""
+    """The model (in eval mode, on `device`) and its gptlab config for anything `--model`
+    accepts (see the module docstring); a spec that is none of them is one GptlabError saying
+    why."""
     path = _local(spec)
     if is_tf_checkpoint(path) or (path.is_dir() and has_tf_files(path)):
-        return _foreign(load_tf_checkpoint(path), path)  # a missing index is reported there
+        model = load_tf_checkpoint(path).to(device)  # a missing index is reported there
+        return _foreign(model, path)
     if path.is_file() and path.suffix == ".safetensors":
         return _foreign(load_hf_safetensors(path, device), path)
     if _is_gguf(path):  # a missing file is said there
@@ -122,18 +130,25 @@ def load_tokenizer(spec: str | Path) -> text.Tokenizer:
     return text.gpt2()
 
 
-def resolve_with_tokenizer(
-    spec: str | Path, device: str = "cpu"
-) -> tuple[Model, dict[str, Any], text.Tokenizer]:
-    """`resolve_model(spec)` and `load_tokenizer(spec)` together, as generation needs them; a
-    GGUF file is read once for both (its header alone takes seconds to parse)."""
+class Resolved(NamedTuple):
+    """A model, its gptlab config (config.json's contents) and its tokenizer."""
+
+    model: Model
+    meta: dict[str, Any]
+    tokenizer: text.Tokenizer
+
+
+def resolve_with_tokenizer(spec: str | Path, device: str = "cpu") -> Resolved:
+    """`resolve_model(spec, device)` and `load_tokenizer(spec)` together, as running a model
+    needs them (gptlab.load); a GGUF file is read once for both (its header alone takes
+    seconds to parse)."""
     path = Path(spec)
     if _is_gguf(path):
         cfg, tensors, metadata = read_gguf(path)
         model, meta = _foreign(build_llama(cfg, tensors).to(device), path)
-        return model, meta, text.from_gguf_metadata(metadata, source=path)
+        return Resolved(model, meta, text.from_gguf_metadata(metadata, source=path))
     model, meta = resolve_model(spec, device)
-    return model, meta, load_tokenizer(spec)
+    return Resolved(model, meta, load_tokenizer(spec))
 
 
 def _local(spec: str | Path) -> Path:
