@@ -40,9 +40,7 @@ import torch
 from gptlab.classify import finetune_classifier, load_splits
 from gptlab.data import bundled
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.families import family_of
-from gptlab.generation import generate_text
-from gptlab.hub import ensure_pretrained, resolve_with_tokenizer
+from gptlab.hub import ensure_pretrained
 from gptlab.instruct import (
     answer_stats,
     finetune_instruct,
@@ -52,6 +50,7 @@ from gptlab.instruct import (
 )
 from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json_object, read_utf8
 from gptlab.judge import JudgeUnavailable, evaluate_responses
+from gptlab.llm import load
 from gptlab.pretrain import pretrain
 from gptlab.report import quote, write_report
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
@@ -275,19 +274,18 @@ class BaseStage(Stage):
             model_dir = base
         else:
             model_dir = ensure_pretrained(base, ctx.c.weights_cache, ctx.c.weights_url)
-        model, _, tokenizer = resolve_with_tokenizer(model_dir, device=str(ctx.device))
-        sampling = Sampling(max_new_tokens=recipe.sample_tokens)
+        llm = load(model_dir, device=ctx.device)
         prompts = list(SAMPLE_PROMPTS)
-        continuations = generate_text(model.to(ctx.device), prompts, sampling, tokenizer)
+        continuations = llm.generate(prompts, max_new_tokens=recipe.sample_tokens)
         samples = [{"prompt": p, "text": t} for p, t in zip(prompts, continuations, strict=True)]
         atomic_write_json(self.folder / "samples.json", samples)
         return {
             **results,
             "model": str(model_dir),
-            "family": family_of(model.cfg),
-            "tokenizer": tokenizer.name,
-            "chat_template": tokenizer.chat_template is not None,
-            "params": model.num_params(),
+            "family": llm.family,
+            "tokenizer": llm.tokenizer.name,
+            "chat_template": llm.tokenizer.chat_template is not None,
+            "params": llm.model.num_params(),
         }
 
     def report_lines(self) -> list[str]:

@@ -6,7 +6,6 @@ import torch
 
 from gptlab.serve.server import run_server
 from gptlab.settings import ServeConfig
-from gptlab.training import pick_device
 
 
 def run(c: ServeConfig) -> int:
@@ -15,6 +14,5 @@ def run(c: ServeConfig) -> int:
 
     if c.threads:
         torch.set_num_threads(c.threads)
-    device = str(pick_device(c.device.device))
-    run_server(c.model, c.host, c.port, c.name, c.limits, device, on_ready=ready)
+    run_server(c.model, c.host, c.port, c.name, c.limits, c.device.device, on_ready=ready)
     return 0

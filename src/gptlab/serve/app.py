@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from gptlab.families import Model
+from gptlab.llm import LLM
 from gptlab.serve import ollama, openai
 from gptlab.serve.errors import RequestGuard, add_error_handlers
 from gptlab.serve.service import Service
@@ -23,15 +24,15 @@ async def root() -> str:
 
 
 def create_app(
-    model: Model | str | Path,
+    model: Model | LLM | str | Path,
     name: str | None = None,
     limits: ServeLimits | None = None,
     device: str = "cpu",
     tokenizer: Tokenizer | None = None,
 ) -> FastAPI:
     """The web app serving `model` (a model object, with GPT-2's tokenizer unless `tokenizer`
-    is given, or anything `gptlab.hub.resolve_model` takes, with its own) under `name`; the
-    worker thread starts and stops with the app's lifespan."""
+    is given; a loaded `LLM`, or anything `gptlab.load` takes, with its own) under `name`;
+    the worker thread starts and stops with the app's lifespan."""
     service = Service.load(model, name, limits, device, tokenizer)
 
     @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gptlab.errors import GptlabError
 from gptlab.families import Model
+from gptlab.llm import LLM
 from gptlab.serve.app import create_app
 from gptlab.settings import ServeLimits
 
@@ -33,7 +34,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_server(
-    model_spec: Model | str | Path,
+    model_spec: Model | LLM | str | Path,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     name: str | None = None,
