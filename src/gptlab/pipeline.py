@@ -52,7 +52,7 @@ from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json
 from gptlab.judge import JudgeUnavailable, evaluate_responses
 from gptlab.llm import load
 from gptlab.pretrain import pretrain
-from gptlab.report import quote, write_report
+from gptlab.report import pipeline_command, quote, write_report
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
 from gptlab.settings import (
     BASES,
@@ -451,14 +451,6 @@ def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
     ]
 
 
-def judge_command(c: PipelineConfig) -> str:
-    """The command that (re)runs the judge stage of this run folder."""
-    return (
-        f"gptlab pipeline --out {c.out} --judge-model {c.judge_model} "
-        f"--judge-url {c.judge_url} --judge-api {c.judge_api}"
-    )
-
-
 class JudgeStage(Stage):
     name = "judge"
     needs = "respond"
@@ -485,7 +477,7 @@ class JudgeStage(Stage):
                 )
             )
         except JudgeUnavailable as exc:
-            skipped = {"reason": str(exc), "command": judge_command(c)}
+            skipped = {"reason": str(exc), "command": pipeline_command(c.to_json())}
             atomic_write_json(self.folder / "skipped.json", skipped)
             print(
                 f"gptlab pipeline: judge skipped ({exc}); once a judge runs: {skipped['command']}"
@@ -587,7 +579,7 @@ def prepare(c: PipelineConfig) -> RunDir:
                     "choose another --out"
                 )
     settings = {k: v for k, v in c.to_json().items() if k != "force"}  # force is for one run
-    config = {"task": "pipeline", "pipeline": settings, "judge_command": judge_command(c)}
+    config = {"task": "pipeline", "pipeline": settings, "judge_command": pipeline_command(settings)}
     run.prepare(config, resume=True)
     return run
 

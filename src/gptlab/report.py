@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from gptlab.cli.flags import command_line
 from gptlab.io import atomic_write_text, read_json
+from gptlab.settings import PipelineConfig
 
 
 def hardware() -> dict[str, str]:
@@ -143,20 +145,18 @@ def render(out: Path, summary: dict[str, Any], samples: dict[str, list[str]]) ->
     return "\n".join(lines)
 
 
+def pipeline_command(p: dict[str, Any]) -> str:
+    """The command that runs the pipeline of settings `p` (config.json's "pipeline") again:
+    it continues that run folder, reruns nothing finished, and keeps every setting that
+    differs from its default; base, folder, seed and judge are always spelled out."""
+    first = ("--base", "--out", "--seed", "--judge-model", "--judge-url", "--judge-api")
+    return command_line("pipeline", PipelineConfig, {**p, "force": []}, first)
+
+
 def reproduce(p: dict[str, Any]) -> list[str]:
-    cmd = f"gptlab pipeline --base {p['base']} --out {p['out']} --seed {p['seed']}"
-    if p.get("tiny"):
-        cmd += " --tiny"
-    if p.get("instruct_lora"):
-        cmd += f" --instruct-lora {p['instruct_lora']}"
-    device = p.get("device", {}).get("device", "auto")
-    if device != "auto":
-        cmd += f" --device {device}"
-    cmd += f" --judge-model {p['judge_model']} --judge-url {p['judge_url']}"
-    cmd += f" --judge-api {p['judge_api']}"
     return [
         "pip install -e .  # from the gptlab repository",
-        cmd,
+        pipeline_command(p),
         "# the same command continues an interrupted run; --force STAGE reruns a stage",
     ]
 
