@@ -19,6 +19,7 @@ import torch
 
 from gptlab.cli.flags import command_line
 from gptlab.io import atomic_write_text, read_json
+from gptlab.runs import CONFIG, RESULTS
 from gptlab.settings import PipelineConfig
 
 
@@ -92,11 +93,11 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any], samples: list[st
         return lines
     if info["status"] != "done":
         return [*lines, "Not run yet.", ""]
-    results = _flatten(read_json(folder / "results.json"))
+    results = _flatten(read_json(folder / RESULTS))
     rows = [(k, v) for k, v in results.items() if k != "task"]
     lines += [table(rows, ("metric", "value")), ""]
-    if (folder / "config.json").is_file():
-        lines += [f"Configuration: [{stage}/config.json]({stage}/config.json)", ""]
+    if (folder / CONFIG).is_file():
+        lines += [f"Configuration: [{stage}/{CONFIG}]({stage}/{CONFIG})", ""]
     for png in sorted(folder.rglob("*.png")):
         rel = png.relative_to(out).as_posix()
         lines += [f"![{stage}: {png.stem}]({rel})", ""]
@@ -106,7 +107,7 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any], samples: list[st
 
 def render(out: Path, summary: dict[str, Any], samples: dict[str, list[str]]) -> str:
     """The page; `samples` holds each stage's own lines (gptlab.pipeline.Stage.report_lines)."""
-    config = read_json(out / "config.json")
+    config = read_json(out / CONFIG)
     stages: dict[str, dict[str, Any]] = summary["stages"]
     seconds: dict[str, float] = summary["seconds"]
     done = all(info["status"] in ("done", "skipped") for info in stages.values())
