@@ -3,16 +3,27 @@ and loads no heavy library; every flag mistake is one line with exit status 2.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import MISSING
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gptlab.cli import VERBS, build_parser
-from gptlab.cli.flags import build, specs
-from gptlab.settings import ClassifierConfig, InstructConfig, PretrainConfig, resume_conflicts
+from gptlab.cli.flags import Spec, build, is_group, specs, to_argv
+from gptlab.errors import GptlabError
+from gptlab.settings import (
+    ClassifierConfig,
+    InstructConfig,
+    PretrainConfig,
+    TrainArgs,
+    resume_conflicts,
+)
 
 from .test_cli import SRC, gptlab
 
@@ -157,3 +168,104 @@ def test_a_moved_run_folder_resumes_with_its_paths_moved() -> None:
         "n": 3,
     }
     assert moved(saved, Path("/a/run/x"), Path("/a/run/x")) is saved
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One command-line field of a settings class: where it sits in the JSON (`path`), its
+    name for Settings.flat, and its spec."""
+
+    path: tuple[str, ...]
+    flat: str
+    spec: Spec
+
+    def json(self, settings: Any) -> Any:
+        value = settings.to_json()
+        for key in self.path:
+            value = value[key]
+        return value
+
+    def typed(self, value: Any) -> Any:
+        """A JSON value as the field holds it (tuples, paths)."""
+        if isinstance(value, list):
+            return tuple(value)
+        return Path(value) if self.spec.base is Path and value is not None else value
+
+
+def leaves(cls: type, path: tuple[str, ...] = (), prefix: str = "") -> Iterator[Leaf]:
+    for spec in specs(cls):
+        if is_group(spec):
+            inner = "_".join(p for p in (prefix, spec.meta.get("prefix") or "") if p)
+            yield from leaves(spec.base, (*path, spec.name), inner)
+        else:
+            flat = f"{prefix}_{spec.name}" if prefix else spec.name
+            yield Leaf((*path, spec.name), flat, spec)
+
+
+def other_values(spec: Spec, default: Any) -> list[Any]:
+    """Values (as JSON) other than `default` that a field might take, tried in turn."""
+    if spec.meta.get("const", MISSING) is not MISSING:
+        return [list(spec.meta["const"])]
+    if spec.base is bool:
+        return [not default]
+    if spec.meta.get("choices"):
+        options = [c for c in spec.meta["choices"] if c != default and [c] != default]
+        return [[options[-1]]] if spec.many else options[:1]
+    if spec.many:
+        return [["a b", "c"]]
+    if spec.base is int:
+        return [(default or 0) + 2, (default or 2) - 1]
+    if spec.base is float:
+        return [(default or 0.5) / 2]
+    return ["a folder/with space", "cpu"]  # cpu: the one other value --device accepts
+
+
+# What a field needs beside it before it may change (the settings' own checks).
+NEEDS = {"pretrain_on_texts": {"base": "random"}}
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_settings_to_argv_and_back_for_every_field(verb: str) -> None:
+    """Every command-line field of every verb, changed on its own (the required and
+    positional ones filled in): to_argv, the verb's parser and build give back the same
+    settings."""
+    cls = VERBS[verb].settings
+    fields = list(leaves(cls))
+    required = {
+        leaf.flat: leaf.typed("x.json" if leaf.spec.base is Path else "x")
+        for leaf in fields
+        if leaf.spec.meta.get("required")
+        or (leaf.spec.meta.get("positional") and not leaf.spec.many)
+    }
+
+    def round_trip(settings: Any) -> Any:
+        argv = to_argv(cls, settings.to_json())
+        return build(cls, build_parser([verb]).parse_args([verb, *argv]), cls())
+
+    base = cls.flat(**required)
+    assert round_trip(base) == base
+    for leaf in fields:
+        tried = []
+        for value in other_values(leaf.spec, leaf.json(base)):
+            changes = {**required, **NEEDS.get(leaf.flat, {}), leaf.flat: leaf.typed(value)}
+            try:
+                changed = cls.flat(**changes)
+            except GptlabError as exc:  # e.g. a number out of the field's range: the next one
+                tried.append(f"{value!r}: {exc}")
+                continue
+            assert leaf.json(changed) == value
+            assert round_trip(changed) == changed, (
+                leaf.flat,
+                value,
+                to_argv(cls, changed.to_json()),
+            )
+            break
+        else:
+            pytest.fail(f"{verb} {leaf.flat}: no other value builds ({tried})")
+
+
+def test_settings_no_flag_can_say_are_refused() -> None:
+    c = PretrainConfig().replace(train=TrainArgs(grad_clip=None))
+    assert to_argv(PretrainConfig, PretrainConfig().to_json()) == []
+    with pytest.raises(GptlabError, match="--grad-clip: none cannot be given"):
+        to_argv(PretrainConfig, c.to_json())

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -26,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from gptlab.cli import main
+from gptlab.cli import build_parser, main
+from gptlab.cli.flags import build
 from gptlab.hub import resolve_model
 from gptlab.instruct import answer_stats
 from gptlab.pipeline import BaseStage, Context, degenerate_remark, with_dependents
@@ -293,6 +295,29 @@ def test_unreachable_judge_is_skipped_with_its_command(
     assert not (run / "judge" / "results.json").exists()
     report = (run / "report.md").read_text(encoding="utf-8")
     assert "Skipped:" in report and skipped["command"] in report
+
+
+def test_the_printed_command_continues_the_same_run(
+    reference: Path, tmp_path: Path, capsys
+) -> None:
+    """The command a skipped judge names (and report.md repeats) is this run's settings as
+    flags: it parses back to them, and running it continues the run folder rather than
+    clashing with its base and size."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "judge")
+    assert main(pipeline_args(run)) == 0
+    argv = shlex.split(load_json(run / "judge" / "skipped.json")["command"])
+    assert argv[:4] == ["gptlab", "pipeline", "--base", "scratch"]
+    stored = load_json(run / "config.json")["pipeline"]
+    parsed = build(PipelineConfig, build_parser(argv[1:]).parse_args(argv[1:]), PipelineConfig())
+    assert {k: v for k, v in parsed.to_json().items() if k != "force"} == stored
+    capsys.readouterr()
+    assert main(argv[1:]) == 0
+    out = capsys.readouterr().out
+    for stage in STAGES[:-1]:
+        assert f"stage {stage} already complete" in out
+    assert "judge skipped" in out  # nothing listens at DEAD: asked again, skipped again
 
 
 def test_force_reruns_a_stage_and_what_depends_on_it(

@@ -16,6 +16,12 @@ make.
 own vocabulary; a folder's tokenizer.json (a Hugging Face folder, or a gptlab model or run
 folder that was saved with one); GPT-2's for everything else of GPT-2's (TF checkpoints, HF
 GPT-2 files, gptlab folders without a tokenizer.json, the pretrained names).
+
+This is the floor under `gptlab.load` (gptlab.llm), which every verb and the server run
+models through: `resolve_with_tokenizer` is what it calls. `resolve_model` alone serves
+`convert` (which keeps a model whose tokenizer is unknown) and the fine-tuning bases
+(`base_language_model`, `base_with_tokenizer`: "random" or a spec, refusing a classifier).
+Each returns its model on the device it was asked for.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -45,7 +51,7 @@ from gptlab.formats.hf import is_hf_folder, load_hf_safetensors
 from gptlab.formats.hf_llama import INDEX, is_hf_llama_folder, load_hf_llama
 from gptlab.formats.openai_tf import has_tf_files, is_tf_checkpoint, load_tf_checkpoint
 from gptlab.io import atomic_write_json, read_json_object
-from gptlab.model import Decoder as Model
+from gptlab.model import Decoder
 
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 OPENAI_FILES = (
@@ -66,17 +72,19 @@ HF_REPOS = {
 }
 
 
-def _foreign(model: Model, path: Path) -> tuple[Model, dict[str, Any]]:
+def _foreign(model: Decoder, path: Path) -> tuple[Decoder, dict[str, Any]]:
     """A model read from another program's files, with the config.json gptlab would write."""
     return model, {"format": "gptlab", "model": config_to_dict(model.cfg), "source": str(path)}
 
 
-def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Model, dict[str, Any]]:
-    """The model (in eval mode) and its gptlab config for anything `--model` accepts (see the
-    module docstring); a spec that is none of them is one GptlabError saying why."""
+def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Decoder, dict[str, Any]]:
+    """The model (in eval mode, on `device`) and its gptlab config for anything `--model`
+    accepts (see the module docstring); a spec that is none of them is one GptlabError saying
+    why."""
     path = _local(spec)
     if is_tf_checkpoint(path) or (path.is_dir() and has_tf_files(path)):
-        return _foreign(load_tf_checkpoint(path), path)  # a missing index is reported there
+        model = load_tf_checkpoint(path).to(device)  # a missing index is reported there
+        return _foreign(model, path)
     if path.is_file() and path.suffix == ".safetensors":
         return _foreign(load_hf_safetensors(path, device), path)
     if _is_gguf(path):  # a missing file is said there
@@ -123,18 +131,25 @@ def load_tokenizer(spec: str | Path) -> text.Tokenizer:
     return text.gpt2()
 
 
-def resolve_with_tokenizer(
-    spec: str | Path, device: str = "cpu"
-) -> tuple[Model, dict[str, Any], text.Tokenizer]:
-    """`resolve_model(spec)` and `load_tokenizer(spec)` together, as generation needs them; a
-    GGUF file is read once for both (its header alone takes seconds to parse)."""
+class Resolved(NamedTuple):
+    """A model, its gptlab config (config.json's contents) and its tokenizer."""
+
+    model: Decoder
+    meta: dict[str, Any]
+    tokenizer: text.Tokenizer
+
+
+def resolve_with_tokenizer(spec: str | Path, device: str = "cpu") -> Resolved:
+    """`resolve_model(spec, device)` and `load_tokenizer(spec)` together, as running a model
+    needs them (gptlab.load); a GGUF file is read once for both (its header alone takes
+    seconds to parse)."""
     path = Path(spec)
     if _is_gguf(path):
         cfg, tensors, metadata = read_gguf(path)
         model, meta = _foreign(build_llama(cfg, tensors).to(device), path)
-        return model, meta, text.from_gguf_metadata(metadata, source=path)
+        return Resolved(model, meta, text.from_gguf_metadata(metadata, source=path))
     model, meta = resolve_model(spec, device)
-    return model, meta, load_tokenizer(spec)
+    return Resolved(model, meta, load_tokenizer(spec))
 
 
 def _local(spec: str | Path) -> Path:
@@ -156,7 +171,7 @@ def _is_gguf(path: Path) -> bool:
     return path.suffix.lower() == ".gguf" and not path.is_dir()
 
 
-def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") -> Model:
+def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") -> Decoder:
     """The language model a fine-tuning job starts from: "random" (the `preset` of either
     family, initialised from `seed`) or anything `resolve_model` accepts; a classifier is
     refused."""
@@ -169,7 +184,7 @@ def base_language_model(base: str, preset: str, seed: int, device: str = "cpu") 
 
 def base_with_tokenizer(
     base: str, preset: str, seed: int, device: str = "cpu"
-) -> tuple[Model, text.Tokenizer]:
+) -> tuple[Decoder, text.Tokenizer]:
     """`base_language_model` and the base's tokenizer (GPT-2's for "random": the presets
     fine-tuning starts from have its vocabulary); a tokenizer whose ids the model's vocabulary
     cannot hold is refused."""
@@ -187,7 +202,7 @@ def base_with_tokenizer(
     return model, tokenizer
 
 
-def _language_model(base: str, model: Model) -> Model:
+def _language_model(base: str, model: Decoder) -> Decoder:
     if model.cfg.n_classes is not None:
         raise GptlabError(f"{base}: is a classifier; pass a language model as --base")
     return model

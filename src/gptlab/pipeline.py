@@ -40,9 +40,7 @@ import torch
 from gptlab.classify import finetune_classifier, load_splits
 from gptlab.data import bundled
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.families import family_of
-from gptlab.generation import generate_text
-from gptlab.hub import ensure_pretrained, resolve_with_tokenizer
+from gptlab.hub import ensure_pretrained
 from gptlab.instruct import (
     answer_stats,
     finetune_instruct,
@@ -52,8 +50,9 @@ from gptlab.instruct import (
 )
 from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json_object, read_utf8
 from gptlab.judge import JudgeUnavailable, evaluate_responses
+from gptlab.llm import load
 from gptlab.pretrain import pretrain
-from gptlab.report import quote, write_report
+from gptlab.report import pipeline_command, quote, write_report
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
 from gptlab.settings import (
     BASES,
@@ -168,7 +167,7 @@ class Context:
 
     def base(self) -> dict[str, Any]:
         """The base stage's results (every later stage builds on it)."""
-        return read_json_object(self.out / "base" / RESULTS)
+        return read_json_object(BaseStage(self).results)
 
     def recipe(self) -> Recipe:
         return recipe_for(self.c, self.base()["base"])
@@ -182,7 +181,9 @@ class Context:
 
 
 class Stage(ABC):
-    """One step of the pipeline, in its own folder RUN/<name>/."""
+    """One step of the pipeline, in its own folder RUN/<name>/. Each stage declares the files
+    it writes as properties (results.json, and the stage's own), and its neighbours and the
+    report read them there, never by a name of their own."""
 
     name: ClassVar[str]
     needs: ClassVar[str | None] = None  # forcing that stage reruns this one too
@@ -194,6 +195,16 @@ class Stage(ABC):
     @property
     def folder(self) -> Path:
         return self.ctx.out / self.name
+
+    @property
+    def results(self) -> Path:
+        """Written last, atomically: the stage is complete when it exists."""
+        return self.folder / RESULTS
+
+    @property
+    def skipped(self) -> Path:
+        """Why a stage that may be skipped was, and the command that runs it later."""
+        return self.folder / "skipped.json"
 
     @abstractmethod
     def run(self) -> dict[str, Any] | None:
@@ -208,11 +219,26 @@ class BaseStage(Stage):
     name = "base"
     headline = ("base", "family", "steps", "val_loss", "val_ppl", "params")
 
+    @property
+    def choice(self) -> Path:
+        """The base `auto` became, kept so a rerun never switches base halfway."""
+        return self.folder / "choice.json"
+
+    @property
+    def pretrain_run(self) -> Path:
+        """The pretraining run of a from-scratch base (its model in pretrain/model)."""
+        return self.folder / "pretrain"
+
+    @property
+    def samples(self) -> Path:
+        """The base model's greedy continuations of SAMPLE_PROMPTS."""
+        return self.folder / "samples.json"
+
     def choose(self) -> tuple[str, str]:
         """(base, note): `auto` becomes gpt2-small when its weights are cached or
         downloadable, otherwise scratch, saying why. The choice is kept in choice.json so a
         rerun never switches base halfway."""
-        c, choice_path = self.ctx.c, self.folder / "choice.json"
+        c, choice_path = self.ctx.c, self.choice
         if choice_path.is_file():
             choice = read_json_object(choice_path)
             return choice["base"], choice["note"]
@@ -270,31 +296,29 @@ class BaseStage(Stage):
         results: dict[str, Any] = {"task": "base", "base": base, "note": note}
         if base == "scratch":
             results.update(self.pretrain_scratch(recipe))
-            model_dir: str | Path = self.folder / "pretrain" / MODEL
+            model_dir: str | Path = self.pretrain_run / MODEL
         elif is_model_path(base):
             model_dir = base
         else:
             model_dir = ensure_pretrained(base, ctx.c.weights_cache, ctx.c.weights_url)
-        model, _, tokenizer = resolve_with_tokenizer(model_dir, device=str(ctx.device))
-        sampling = Sampling(max_new_tokens=recipe.sample_tokens)
+        llm = load(model_dir, device=ctx.device)
         prompts = list(SAMPLE_PROMPTS)
-        continuations = generate_text(model.to(ctx.device), prompts, sampling, tokenizer)
+        continuations = llm.generate(prompts, max_new_tokens=recipe.sample_tokens)
         samples = [{"prompt": p, "text": t} for p, t in zip(prompts, continuations, strict=True)]
-        atomic_write_json(self.folder / "samples.json", samples)
+        atomic_write_json(self.samples, samples)
         return {
             **results,
             "model": str(model_dir),
-            "family": family_of(model.cfg),
-            "tokenizer": tokenizer.name,
-            "chat_template": tokenizer.chat_template is not None,
-            "params": model.num_params(),
+            "family": llm.family,
+            "tokenizer": llm.tokenizer.name,
+            "chat_template": llm.tokenizer.chat_template is not None,
+            "params": llm.model.num_params(),
         }
 
     def report_lines(self) -> list[str]:
-        path = self.folder / "samples.json"
-        if not path.is_file():
+        if not self.samples.is_file():
             return []
-        samples = read_json(path)
+        samples = read_json(self.samples)
         base = self.ctx.base()
         lines = []
         if is_model_path(base["base"]):
@@ -336,6 +360,21 @@ class InstructStage(Stage):
     needs = "base"
     headline = ("steps", "train_loss", "val_loss", "val_ppl")
 
+    @property
+    def model(self) -> Path:
+        """The instruction-tuned model folder."""
+        return self.folder / MODEL
+
+    @property
+    def test_data(self) -> Path:
+        """The test split of the instruction data, which the model never trained on."""
+        return self.folder / "test.json"
+
+    @property
+    def samples(self) -> Path:
+        """The sample answers written at each evaluation."""
+        return self.folder / SAMPLES
+
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         recipe = ctx.recipe()
@@ -358,10 +397,9 @@ class InstructStage(Stage):
         return finetune_instruct(config, resume=has_run(self.folder))
 
     def report_lines(self) -> list[str]:
-        path = self.folder / SAMPLES
-        if not path.is_file() or not is_complete(self.folder):
+        if not self.samples.is_file() or not is_complete(self.folder):
             return []
-        results = read_json_object(self.folder / RESULTS)
+        results = read_json_object(self.results)
         lora = results.get("lora")
         trained = (
             f"LoRA adapters of rank {lora['rank']} (alpha {lora['alpha']:g}) on "
@@ -374,7 +412,7 @@ class InstructStage(Stage):
             f"{results['total_params']:,} parameters.",
             "",
         ]
-        last = read_utf8(path).strip().splitlines()[-2:]
+        last = read_utf8(self.samples).strip().splitlines()[-2:]
         return [*lines, "Samples during training (validation entry):", "", "```", *last, "```", ""]
 
 
@@ -392,14 +430,19 @@ class RespondStage(Stage):
         "degenerate",
     )
 
+    @property
+    def responses(self) -> Path:
+        """The test split's entries, each with the model's `model_response`."""
+        return self.folder / "responses.json"
+
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         tokens = ctx.recipe().response_tokens
-        instruct = ctx.out / InstructStage.name
+        instruct = InstructStage(ctx)
         path = respond(
-            str(instruct / MODEL),
-            instruct / "test.json",
-            self.folder / "responses.json",
+            str(instruct.model),
+            instruct.test_data,
+            self.responses,
             Sampling(max_new_tokens=tokens),
             device=str(ctx.device),
         )
@@ -416,10 +459,9 @@ class RespondStage(Stage):
         }
 
     def report_lines(self) -> list[str]:
-        path = self.folder / "responses.json"
-        if not path.is_file():
+        if not self.responses.is_file():
             return []
-        entries = read_json(path)
+        entries = read_json(self.responses)
         stats = answer_stats([e["model_response"] for e in entries])
         lines = degenerate_remark(stats, "answers", self.ctx.base()["base"])
         lines += ["First responses on the test split:", ""]
@@ -453,18 +495,16 @@ def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
     ]
 
 
-def judge_command(c: PipelineConfig) -> str:
-    """The command that (re)runs the judge stage of this run folder."""
-    return (
-        f"gptlab pipeline --out {c.out} --judge-model {c.judge_model} "
-        f"--judge-url {c.judge_url} --judge-api {c.judge_api}"
-    )
-
-
 class JudgeStage(Stage):
     name = "judge"
     needs = "respond"
     headline = ("judge", "average", "median", "scored", "invalid")
+
+    @property
+    def scores(self) -> Path:
+        """The judge's reply to each response, appended as they arrive (a rerun asks only
+        about the rest)."""
+        return self.folder / "scores.jsonl"
 
     def run(self) -> dict[str, Any] | None:
         """The judge's scores, or None (skipped, with the reason in judge/skipped.json) when
@@ -473,39 +513,39 @@ class JudgeStage(Stage):
         c = self.ctx.c
         # The judge logs one record per finished scoring; one from an attempt killed before
         # its results.json would be a duplicate (the scores themselves are in scores.jsonl).
-        (self.folder / "metrics.jsonl").unlink(missing_ok=True)
+        RunDir(self.folder).metrics_path.unlink(missing_ok=True)
         try:
             results = evaluate_responses(
                 JudgeConfig(
-                    responses=self.ctx.out / RespondStage.name / "responses.json",
+                    responses=RespondStage(self.ctx).responses,
                     judge_model=c.judge_model,
                     url=c.judge_url,
                     api=c.judge_api,
                     seed=c.seed,
-                    scores=self.folder / "scores.jsonl",
+                    scores=self.scores,
                     out=self.folder,
                 )
             )
         except JudgeUnavailable as exc:
-            skipped = {"reason": str(exc), "command": judge_command(c)}
-            atomic_write_json(self.folder / "skipped.json", skipped)
+            skipped = {"reason": str(exc), "command": pipeline_command(c.to_json())}
+            atomic_write_json(self.skipped, skipped)
             print(
                 f"gptlab pipeline: judge skipped ({exc}); once a judge runs: {skipped['command']}"
             )
             return None
-        (self.folder / "skipped.json").unlink(missing_ok=True)
+        self.skipped.unlink(missing_ok=True)
         return results
 
     def report_lines(self) -> list[str]:
         if not is_complete(self.folder):
             return []
-        results = read_json_object(self.folder / RESULTS)
+        results = read_json_object(self.results)
         lines = []
         if results.get("scored") == 0:
             lines += [
                 f"None of the judge's replies to the {results.get('n')} answers held a score "
                 "from 0 to 100, so there is no average and no histogram; its replies are in "
-                "judge/scores.jsonl.",
+                f"{self.scores.relative_to(self.ctx.out).as_posix()}.",
                 "",
             ]
         lowest = results.get("lowest", [])[:SAMPLE_RESPONSES]
@@ -589,7 +629,7 @@ def prepare(c: PipelineConfig) -> RunDir:
                     "choose another --out"
                 )
     settings = {k: v for k, v in c.to_json().items() if k != "force"}  # force is for one run
-    config = {"task": "pipeline", "pipeline": settings, "judge_command": judge_command(c)}
+    config = {"task": "pipeline", "pipeline": settings, "judge_command": pipeline_command(settings)}
     run.prepare(config, resume=True)
     return run
 
@@ -631,7 +671,7 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
             run.log(time_record(stage.name, "skipped", start))
             continue
         run.log(time_record(stage.name, "done", start))
-        atomic_write_json(stage.folder / RESULTS, results)
+        atomic_write_json(stage.results, results)
     summary = summarize(c.out, stages)
     write_report(c.out, summary, {stage.name: stage.report_lines() for stage in stages})
     atomic_write_json(c.out / RESULTS, summary)
@@ -672,11 +712,11 @@ def summarize(out: Path, stages: Sequence[Stage]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for stage in stages:
         if is_complete(stage.folder):
-            results = read_json_object(stage.folder / RESULTS)
+            results = read_json_object(stage.results)
             metrics = {k: results[k] for k in stage.headline if k in results}
             summary[stage.name] = {"status": "done", **metrics}
-        elif (stage.folder / "skipped.json").is_file():
-            skipped = read_json_object(stage.folder / "skipped.json")
+        elif stage.skipped.is_file():
+            skipped = read_json_object(stage.skipped)
             summary[stage.name] = {"status": "skipped", **skipped}
         else:
             summary[stage.name] = {"status": "not run"}

@@ -17,7 +17,10 @@ from typing import Any
 
 import torch
 
+from gptlab.cli.flags import command_line
 from gptlab.io import atomic_write_text, read_json
+from gptlab.runs import CONFIG, RESULTS
+from gptlab.settings import PipelineConfig
 
 
 def hardware() -> dict[str, str]:
@@ -90,11 +93,11 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any], samples: list[st
         return lines
     if info["status"] != "done":
         return [*lines, "Not run yet.", ""]
-    results = _flatten(read_json(folder / "results.json"))
+    results = _flatten(read_json(folder / RESULTS))
     rows = [(k, v) for k, v in results.items() if k != "task"]
     lines += [table(rows, ("metric", "value")), ""]
-    if (folder / "config.json").is_file():
-        lines += [f"Configuration: [{stage}/config.json]({stage}/config.json)", ""]
+    if (folder / CONFIG).is_file():
+        lines += [f"Configuration: [{stage}/{CONFIG}]({stage}/{CONFIG})", ""]
     for png in sorted(folder.rglob("*.png")):
         rel = png.relative_to(out).as_posix()
         lines += [f"![{stage}: {png.stem}]({rel})", ""]
@@ -104,7 +107,7 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any], samples: list[st
 
 def render(out: Path, summary: dict[str, Any], samples: dict[str, list[str]]) -> str:
     """The page; `samples` holds each stage's own lines (gptlab.pipeline.Stage.report_lines)."""
-    config = read_json(out / "config.json")
+    config = read_json(out / CONFIG)
     stages: dict[str, dict[str, Any]] = summary["stages"]
     seconds: dict[str, float] = summary["seconds"]
     done = all(info["status"] in ("done", "skipped") for info in stages.values())
@@ -143,20 +146,18 @@ def render(out: Path, summary: dict[str, Any], samples: dict[str, list[str]]) ->
     return "\n".join(lines)
 
 
+def pipeline_command(p: dict[str, Any]) -> str:
+    """The command that runs the pipeline of settings `p` (config.json's "pipeline") again:
+    it continues that run folder, reruns nothing finished, and keeps every setting that
+    differs from its default; base, folder, seed and judge are always spelled out."""
+    first = ("--base", "--out", "--seed", "--judge-model", "--judge-url", "--judge-api")
+    return command_line("pipeline", PipelineConfig, {**p, "force": []}, first)
+
+
 def reproduce(p: dict[str, Any]) -> list[str]:
-    cmd = f"gptlab pipeline --base {p['base']} --out {p['out']} --seed {p['seed']}"
-    if p.get("tiny"):
-        cmd += " --tiny"
-    if p.get("instruct_lora"):
-        cmd += f" --instruct-lora {p['instruct_lora']}"
-    device = p.get("device", {}).get("device", "auto")
-    if device != "auto":
-        cmd += f" --device {device}"
-    cmd += f" --judge-model {p['judge_model']} --judge-url {p['judge_url']}"
-    cmd += f" --judge-api {p['judge_api']}"
     return [
         "pip install -e .  # from the gptlab repository",
-        cmd,
+        pipeline_command(p),
         "# the same command continues an interrupted run; --force STAGE reruns a stage",
     ]
 

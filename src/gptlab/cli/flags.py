@@ -5,19 +5,24 @@ choices and default (shown in `--help`); every bool gets `--x` and `--no-x`; a n
 becomes a section of `--help`, its flags unprefixed unless the group asks for a prefix. The
 range checks are not argparse's: they run when the settings are built (Settings.__post_init__),
 so a library caller gets the same message as the command line.
+
+`command_line` goes the other way: settings (as config.json records them) to the command that
+the parser turns back into the same settings, for the commands a run folder tells its user.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
+from gptlab.errors import GptlabError
 from gptlab.settings import FlagError, show_value, type_hints
 
 
@@ -132,3 +137,61 @@ def build(
         if not prefix:
             raise
         raise FlagError(f"{prefix}-{exc.flag[2:]}", str(exc).split(": ", 1)[1]) from None
+
+
+# ---- settings back to the command line -------------------------------------------------------
+
+
+def _leaves(
+    cls: type, values: dict[str, Any], defaults: dict[str, Any], prefix: str = ""
+) -> Iterator[tuple[Spec, str, Any, Any]]:
+    """(spec, flag prefix, value, default) of every command-line field, groups flattened; a
+    field `values` lacks (a config.json of an older gptlab) keeps its default."""
+    for spec in specs(cls):
+        default = defaults[spec.name]
+        value = values.get(spec.name, default)
+        if is_group(spec):
+            inner = "-".join(p for p in (prefix, spec.meta.get("prefix") or "") if p)
+            yield from _leaves(spec.base, value, default, inner)
+        else:
+            yield spec, prefix, value, default
+
+
+def _field_argv(spec: Spec, prefix: str, value: Any, default: Any, always: bool) -> list[str]:
+    """The arguments that set one field to `value` (JSON), none where the default does."""
+    flag, positional = _flag(spec, prefix), bool(spec.meta.get("positional"))
+    shown = always or positional or spec.meta.get("required")
+    if (value == default and not shown) or (value is None and default is None):
+        return []
+    const = spec.meta.get("const", MISSING)
+    if const is not MISSING and value == list(const):
+        return [flag]
+    if spec.base is bool:
+        return [flag] if value else [f"--no-{flag[2:]}"]
+    if const is not MISSING or value is None or (value == [] and not positional):
+        raise GptlabError(f"{flag}: {show_value(value)} cannot be given on the command line")
+    values = list(map(str, value)) if spec.many else [str(value)]
+    return values if positional else [flag, *values]
+
+
+def to_argv(cls: type, values: dict[str, Any], first: Sequence[str] = ()) -> list[str]:
+    """The arguments that `build(cls, parser.parse_args(...))` turns back into the settings
+    `values` (as `Settings.to_json` gives them): positional ones first, then the flags named
+    in `first` (always, in that order), then every other field that differs from its
+    default. A value no flag can say is one GptlabError."""
+    leaves = list(_leaves(cls, values, cls().to_json()))
+    by_flag = {_flag(spec, prefix): (spec, prefix, v, d) for spec, prefix, v, d in leaves}
+    unknown = [flag for flag in first if flag not in by_flag]
+    if unknown:
+        raise GptlabError(f"{cls.__name__} has no flag {unknown[0]}")
+    rest = [flag for flag in by_flag if flag not in first]
+    positional = [f for f in rest if by_flag[f][0].meta.get("positional")]
+    argv: list[str] = []
+    for flag in [*positional, *first, *(f for f in rest if f not in positional)]:
+        argv += _field_argv(*by_flag[flag], always=flag in first)
+    return argv
+
+
+def command_line(verb: str, cls: type, values: dict[str, Any], first: Sequence[str] = ()) -> str:
+    """`gptlab VERB ...` for the settings `values` (see `to_argv`), quoted for a shell."""
+    return shlex.join(["gptlab", verb, *to_argv(cls, values, first)])

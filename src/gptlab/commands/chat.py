@@ -11,20 +11,18 @@ from __future__ import annotations
 import sys
 
 from gptlab.generation import stream_text
-from gptlab.hub import resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
-from gptlab.prompts import format_prompt, own_chat_template
+from gptlab.llm import load
+from gptlab.prompts import format_prompt
 from gptlab.settings import ChatConfig
-from gptlab.training import pick_device
 
 INPUT_SEPARATOR = "||"
 
 
 def run(c: ChatConfig) -> int:
-    device = pick_device(c.device.device)
-    model, meta, tokenizer = resolve_with_tokenizer(c.model, device=str(device))
-    model.to(device).eval()
-    templated = own_chat_template(meta, tokenizer.chat_template) is not None
+    llm = load(c.model, device=c.device.device)
+    model, tokenizer = llm.model, llm.tokenizer
+    templated = llm.chat_template is not None
     messages: list[dict[str, str]] = []
     interactive = sys.stdin.isatty()
     if interactive:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from gptlab.classify import classify_texts
 from gptlab.errors import GptlabError
-from gptlab.hub import resolve_with_tokenizer
 from gptlab.io import atomic_write_text, read_utf8
+from gptlab.llm import load
 from gptlab.settings import ClassifyConfig
-from gptlab.training import pick_device
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -31,14 +30,14 @@ def _read_lines(path: Path) -> list[str]:
 def run(c: ClassifyConfig) -> int:
     if bool(c.texts) == (c.input is not None):
         raise GptlabError("give either TEXT arguments or --input FILE")
-    device = pick_device(c.device.device)
-    model, meta, tokenizer = resolve_with_tokenizer(c.model, device=str(device))
+    llm = load(c.model, device=c.device.device)
+    meta = llm.metadata
     if meta.get("task") != "classify" or "labels" not in meta:
         raise GptlabError(f"{c.model}: not a classifier (train one with finetune-classifier)")
     labels = meta["labels"]
     texts = list(c.texts) if c.input is None else _read_lines(c.input)
     predictions = classify_texts(
-        model.to(device), texts, device, c.batch_size, meta.get("max_length"), tokenizer
+        llm.model, texts, llm.device, c.batch_size, meta.get("max_length"), llm.tokenizer
     )
     if c.input is None:
         for label, prob in predictions:

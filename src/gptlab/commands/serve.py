@@ -8,7 +8,6 @@ import torch
 from gptlab.errors import GptlabError
 from gptlab.serve.server import run_server
 from gptlab.settings import ServeConfig
-from gptlab.training import pick_device
 
 
 def run(c: ServeConfig) -> int:
@@ -23,9 +22,15 @@ def run(c: ServeConfig) -> int:
 
     if c.threads:
         torch.set_num_threads(c.threads)
-    device = str(pick_device(c.device.device))
-    model = c.model or None
     run_server(
-        model, c.host, c.port, c.name, c.limits, device, ready, runs=c.runs, api_key=c.api_key
+        c.model or None,
+        c.host,
+        c.port,
+        c.name,
+        c.limits,
+        c.device.device,
+        on_ready=ready,
+        runs=c.runs,
+        api_key=c.api_key,
     )
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from gptlab.llm import LLM
 from gptlab.model import Decoder
 from gptlab.serve import ollama, openai, web
 from gptlab.serve.errors import RequestGuard, add_error_handlers
@@ -18,7 +19,7 @@ from gptlab.text import Tokenizer
 
 
 def create_app(
-    model: Decoder | str | Path | None,
+    model: Decoder | LLM | str | Path | None,
     name: str | None = None,
     limits: ServeLimits | None = None,
     device: str = "cpu",
@@ -27,9 +28,9 @@ def create_app(
     api_key: str | None = None,
 ) -> FastAPI:
     """The web app serving `model` (a model object, with GPT-2's tokenizer unless `tokenizer`
-    is given, or anything `gptlab.hub.resolve_model` takes, with its own) under `name`; the
-    worker thread starts and stops with the app's lifespan. The web page, the runs browser of
-    `runs` and the `api_key` check: gptlab.serve.web. No `model`: the runs browser alone."""
+    is given; a loaded `LLM`, or anything `gptlab.load` takes, with its own) under `name`;
+    the worker thread starts and stops with the app's lifespan. The web page, the runs browser
+    of `runs` and the `api_key` check: gptlab.serve.web. No `model`: the runs browser alone."""
     service = None if model is None else Service.load(model, name, limits, device, tokenizer)
 
     @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.llm import LLM
 from gptlab.model import Decoder
 from gptlab.serve.app import create_app
 from gptlab.settings import ServeLimits
@@ -33,7 +34,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_server(
-    model_spec: Decoder | str | Path | None,
+    model_spec: Decoder | LLM | str | Path | None,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     name: str | None = None,

@@ -19,8 +19,8 @@ from fastapi import Depends, Request
 
 from gptlab import text
 from gptlab.errors import GptlabError
-from gptlab.hub import resolve_model, resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
+from gptlab.llm import LLM, load
 from gptlab.model import Decoder
 from gptlab.prompts import format_prompt, own_chat_template
 from gptlab.serve.engine import ApiError, Engine, Job
@@ -46,26 +46,26 @@ class Service:
     @classmethod
     def load(
         cls,
-        model: Decoder | str | Path,
+        model: Decoder | LLM | str | Path,
         name: str | None = None,
         limits: ServeLimits | None = None,
         device: str = "cpu",
         tokenizer: text.Tokenizer | None = None,
     ) -> Service:
-        """Serve `model`: a model object (GPT-2's tokenizer unless `tokenizer` is given), or
-        anything `gptlab.hub.resolve_model` takes, with its own tokenizer (a GGUF file is read
-        once for both), named after its file or folder unless `name` is given."""
+        """Serve `model`: a model object (GPT-2's tokenizer unless `tokenizer` is given), a
+        loaded `LLM`, or anything `gptlab.load` takes (loaded on `device`), with its own
+        tokenizer unless `tokenizer` is given, named after its file or folder unless `name`
+        is given."""
         limits = limits or ServeLimits()
         fmt, meta = "safetensors", {}
-        if not isinstance(model, Decoder):
-            spec = Path(str(model))
+        if not isinstance(model, (Decoder, LLM)):
+            model = load(model, device=device)
+        if isinstance(model, LLM):
+            spec = Path(model.spec)
             name = name or spec.name
             fmt = "gguf" if spec.suffix.lower() == ".gguf" else fmt
-            if tokenizer is None:
-                model, meta, tokenizer = resolve_with_tokenizer(spec, device=device)
-            else:
-                model, meta = resolve_model(spec, device=device)
-            model.to(device)
+            meta, tokenizer = model.metadata, tokenizer or model.tokenizer
+            model = model.model
         tokenizer = tokenizer if tokenizer is not None else text.gpt2()
         model.eval()
         if model.cfg.n_classes is not None:
