@@ -220,8 +220,9 @@ def other_values(spec: Spec, default: Any) -> list[Any]:
     return ["a folder/with space", "cpu"]  # cpu: the one other value --device accepts
 
 
-# What a field needs beside it before it may change (the settings' own checks).
-NEEDS = {"pretrain_on_texts": {"base": "random"}}
+# What a field needs beside it before it may change (the settings' own checks; serve: a
+# host off loopback needs --api-key).
+NEEDS = {"pretrain_on_texts": {"base": "random"}, "host": {"api_key": "k"}}
 
 
 @pytest.mark.parametrize("verb", list(VERBS))
