@@ -430,3 +430,26 @@ def test_classify_command_text_and_csv(
     assert main(["classify", "--model", str(run), "--input", str(tmp_path / "gap.txt")]) == 2
     assert "gap.txt:2: empty line" in capsys.readouterr().err
     assert main(["classify", "--model", str(run / "checkpoints" / "nowhere"), "x"]) == 2
+
+
+def test_eval_interval_given_is_honoured_and_best_model_kept(tmp_path: Path, toy_tsv: Path) -> None:
+    """--eval-interval N evaluates every N steps (and at the last), not once per epoch, and
+    the saved model is the one with the best validation accuracy of those evaluations."""
+    run = tmp_path / "run"
+    assert main(["finetune-classifier", "--base", "random", "--preset", "gpt-nano", "--data",
+                 str(toy_tsv), "--no-balance", "--epochs", "2", "--batch-size", "4", "--lr", "3e-3",
+                 "--trainable", "all", "--device", "cpu", "--eval-interval", "3",
+                 "--out", str(run)]) == 0  # fmt: skip
+    records = RunDir(run).metrics()
+    per_epoch = 42 // 4
+    steps = [3, 6, 9, 12, 15, 18, 2 * per_epoch]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == steps
+    accuracy = [r for r in records if r["kind"] == "accuracy"]
+    assert [r["step"] for r in accuracy] == steps
+    assert [r["epoch"] for r in accuracy] == [s / per_epoch for s in steps]
+    best = max(accuracy, key=lambda r: r["val_acc"])  # the first of equals: saved on a rise
+    _, meta = load_model_folder(run / "model")
+    assert (meta["step"], meta["val_acc"]) == (best["step"], best["val_acc"])
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    assert results["best_val_accuracy"] == best["val_acc"]
+    assert results["best_epoch"] == best["step"] / per_epoch

@@ -17,7 +17,8 @@ head train by default; `all` and LoRA are options.
 Speed: when the frozen blocks have no dropout, their output for a text never changes, so it is
 computed once ("cached prefix") and the epochs train only the tail on those hidden states. The
 loop is gptlab.training.train (atomic checkpoints, exact resume, SIGINT), evaluated once per
-epoch; the best model by validation accuracy is kept in RUN/model and scored on the test split.
+epoch (or every --eval-interval steps); the best model by validation accuracy is kept in
+RUN/model and scored on the test split.
 
 From scratch (`base="random"`), a random model knows no language; `pretrain_on_texts` first
 pretrains it with gptlab.pretrain on the unlabelled in-domain text that training may see (the
@@ -544,8 +545,9 @@ def finetune_classifier(
 
 
 class ClassifierTraining(TrainingJob[ClassifierConfig]):
-    """Evaluated once per epoch; the best model by validation accuracy is kept in RUN/model
-    and scored on the test split at the end."""
+    """Evaluated once per epoch, or every `eval_interval` steps when one is given; the best
+    model by validation accuracy is kept in RUN/model and scored on the test split at the
+    end."""
 
     task = "classify"
     loss_title = "classification loss"
@@ -610,10 +612,11 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
 
         train_batches, val_batches = batches("train", True), batches("val", False)
         self.per_epoch = per_epoch = train_batches.per_epoch
-        # evaluated once per epoch
+        # evaluated once per epoch unless --eval-interval says otherwise
+        eval_interval = c.train.eval_interval or per_epoch
         log_interval = min(c.train.log_interval, per_epoch)
         self.c = c.replace(
-            train=c.train.replace(eval_interval=per_epoch, log_interval=log_interval)
+            train=c.train.replace(eval_interval=eval_interval, log_interval=log_interval)
         )
         self.meta = {"task": "classify", "labels": list(data.labels), "max_length": max_length}
         self.loss_fn = ClassificationLoss(frozen if self.cached else None)
