@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -45,7 +44,7 @@ from gptlab.data import ResumableBatches, bundled
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.generation import generate, trim_at_stop
 from gptlab.hub import base_with_tokenizer, resolve_with_tokenizer
-from gptlab.io import atomic_write_json, read_utf8
+from gptlab.io import append_jsonl, atomic_write_json, read_jsonl, read_utf8
 from gptlab.jobs.base import Plan, Session, TrainingJob
 from gptlab.lora import apply_lora, merge_lora
 from gptlab.model import GPT, IGNORE_INDEX
@@ -558,26 +557,14 @@ def progress_header(
 def _read_progress(path: Path, header: dict[str, Any], n_entries: int) -> dict[int, str]:
     """Responses already written by an earlier run with the same inputs (a last line cut by a
     crash is ignored)."""
-    if not path.exists():
-        return {}
-    lines = read_utf8(path).splitlines()
-    if not lines:
-        return {}
-    try:
-        first = json.loads(lines[0])
-    except json.JSONDecodeError:
-        first = None
-    if first != header:
+    records = read_jsonl(path)
+    if records and records[0] != header:
         raise GptlabError(
             f"{path}: progress of a run with another model, data or sampling; delete it or "
             "choose another --out"
         )
     done: dict[int, str] = {}
-    for line in lines[1:]:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in records[1:]:
         if not 0 <= record.get("index", -1) < n_entries:
             raise GptlabError(f"{path}: entry index {record.get('index')} is out of range")
         done[record["index"]] = record["model_response"]
@@ -613,22 +600,16 @@ def respond(
         fmt = model_prompt_format(meta, tokenizer, prompt_format)
         todo.sort(key=lambda i: len(entry_prompt(entries[i])))
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not progress.exists() or progress.stat().st_size == 0
-        with (
-            open(progress, "a", encoding="utf-8") as f,
-            tqdm(total=len(entries), initial=len(done), desc="respond", unit="entry") as bar,
-        ):
-            if fresh:
-                f.write(json.dumps(header) + "\n")
+        if not read_jsonl(progress):
+            append_jsonl(progress, header)
+        with tqdm(total=len(entries), initial=len(done), desc="respond", unit="entry") as bar:
             try:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
                     answers = generate_responses(model, [entries[i] for i in batch], sampling, fmt)
                     for i, answer in zip(batch, answers, strict=True):
-                        f.write(json.dumps({"index": i, "model_response": answer}) + "\n")
+                        append_jsonl(progress, {"index": i, "model_response": answer})
                         done[i] = answer
-                    f.flush()
-                    os.fsync(f.fileno())
                     bar.update(len(batch))
             except KeyboardInterrupt:
                 raise Interrupted(
