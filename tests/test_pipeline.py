@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 
 from gptlab.cli import main
+from gptlab.device import pick_device
 from gptlab.hub import resolve_model
 from gptlab.instruct import answer_stats
 from gptlab.pipeline import BaseStage, Context, degenerate_remark, with_dependents
 from gptlab.runs import RunDir
 from gptlab.settings import STAGES, PipelineConfig
-from gptlab.training import pick_device
 from tests.serve_process import save_tiny_model, served
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -49,6 +49,7 @@ from gptlab import distributed
 from gptlab import text as text_tokenizers
 from gptlab.checkpoints import build_model, load_model_folder, read_config, save_model
 from gptlab.data import ResumableBatches, bundled
+from gptlab.device import autocast
 from gptlab.download import download_file
 from gptlab.errors import GptlabError
 from gptlab.families import Model
@@ -61,7 +62,7 @@ from gptlab.pretrain import pretrain
 from gptlab.runs import MODEL, has_run, is_complete
 from gptlab.settings import TRAINABLE, ClassifierConfig, PretrainConfig, TrainArgs
 from gptlab.tokenizer import EOT_ID
-from gptlab.training import TrainResult, autocast
+from gptlab.training import TrainResult
 
 SMS_SPAM = "SMSSpamCollection"
 UCI_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from gptlab import distributed, text
 from gptlab.checkpoints import save_model
 from gptlab.data import ResumableBatches, bundled
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.generation import generate, trim_at_stop
 from gptlab.hub import base_with_tokenizer, resolve_with_tokenizer
@@ -53,7 +54,7 @@ from gptlab.runs import MODEL
 from gptlab.settings import PROMPT_FORMATS, InstructConfig, Sampling
 from gptlab.text import Tokenizer
 from gptlab.tokenizer import EOT_ID
-from gptlab.training import TrainResult, perplexity, pick_device
+from gptlab.training import TrainResult, perplexity
 
 log = logging.getLogger("gptlab")
 

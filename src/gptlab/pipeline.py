@@ -39,6 +39,7 @@ import torch
 
 from gptlab.classify import finetune_classifier, load_splits
 from gptlab.data import bundled
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.families import family_of
 from gptlab.generation import generate_text
@@ -67,7 +68,6 @@ from gptlab.settings import (
     Sampling,
     TrainArgs,
 )
-from gptlab.training import pick_device
 
 log = logging.getLogger("gptlab")
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import sys
 
+from gptlab.device import pick_device
 from gptlab.generation import stream_text
 from gptlab.hub import resolve_with_tokenizer
 from gptlab.instruct import instruct_sampling
 from gptlab.prompts import format_prompt, own_chat_template
 from gptlab.settings import ChatConfig
-from gptlab.training import pick_device
 
 INPUT_SEPARATOR = "||"
 

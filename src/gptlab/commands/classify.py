@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from gptlab.classify import classify_texts
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_with_tokenizer
 from gptlab.io import atomic_write_text, read_utf8
 from gptlab.settings import ClassifyConfig
-from gptlab.training import pick_device
 
 
 def _read_lines(path: Path) -> list[str]:

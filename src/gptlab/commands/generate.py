@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import torch
 
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.generation import GenerationStats, TextStream, generate_tokens, tokenizer_sampling
 from gptlab.hub import resolve_with_tokenizer
 from gptlab.settings import GenerateConfig
-from gptlab.training import pick_device
 
 
 def run(c: GenerateConfig) -> int:

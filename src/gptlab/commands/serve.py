@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from gptlab.device import pick_device
 from gptlab.serve.server import run_server
 from gptlab.settings import ServeConfig
-from gptlab.training import pick_device
 
 
 def run(c: ServeConfig) -> int:

@@ -28,6 +28,7 @@ import torch
 
 from gptlab import distributed
 from gptlab.checkpoints import has_checkpoint
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_json, read_json_object
 from gptlab.model import GPT
@@ -39,7 +40,6 @@ from gptlab.training import (
     TrainConfig,
     TrainResult,
     lm_loss,
-    pick_device,
     train,
 )
 
