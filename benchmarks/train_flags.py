@@ -2,8 +2,8 @@
 
 For gpt2-small and gpt2-medium (random init), times optimizer steps of the training loop's
 own pieces (gptlab.training: apply_speed_flags, make_optimizer, lm_loss; gptlab.device:
-autocast, to_device) under a baseline (TrainConfig defaults) and with one flag flipped at a time, and prints
-tokens/s, the ratio to the baseline and, on a known GPU, model FLOPs utilisation.
+autocast, to_device) under a baseline (TrainConfig defaults) and with one flag flipped at a
+time, and prints tokens/s, the ratio to the baseline and, on a known GPU, model FLOPs utilisation.
 
     PYTHONPATH=src python benchmarks/train_flags.py                  # CPU: short, small batch
     PYTHONPATH=src python benchmarks/train_flags.py --device cuda    # GPU: batch filling the card

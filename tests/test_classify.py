@@ -14,30 +14,33 @@ import pytest
 import torch
 
 from gptlab.checkpoints import load_model_folder, save_model
-from gptlab.classify import (
-    ClassificationDataset,
-    balance,
+from gptlab.classifier import (
     cache_prefix,
     class_logits,
     classifier_from,
     classify_texts,
-    collate,
-    download_sms_spam,
-    extract_sms_spam,
-    finetune_classifier,
-    load_sms_spam,
-    load_splits,
     metrics,
-    pad_batch,
-    read_labelled,
+    save_classifier,
     set_trainable,
-    split,
 )
 from gptlab.cli import main
 from gptlab.config import GPTConfig
 from gptlab.data import bundled
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_model
+from gptlab.jobs.classify import finetune_classifier
+from gptlab.labelled import (
+    ClassificationDataset,
+    balance,
+    collate,
+    download_sms_spam,
+    extract_sms_spam,
+    load_sms_spam,
+    load_splits,
+    pad_batch,
+    read_labelled,
+    split,
+)
 from gptlab.lora import LoRALinear
 from gptlab.model import GPT
 from gptlab.runs import RunDir
@@ -350,11 +353,9 @@ def test_save_reload_and_lora_merge_keep_outputs(tmp_path: Path) -> None:
     for module in model.modules():
         if isinstance(module, LoRALinear):
             torch.nn.init.normal_(module.lora_b, std=0.1)  # make the adapters matter
-    from gptlab.classify import _save_classifier
-
     with torch.no_grad():
         expected = class_logits(model.eval(), x, last)
-        _save_classifier(model, tmp_path / "m", {"task": "classify", "labels": list("abcd")})
+        save_classifier(model, tmp_path / "m", {"task": "classify", "labels": list("abcd")})
         reloaded, meta = load_model_folder(tmp_path / "m")
         got = class_logits(reloaded, x, last)
     assert meta["labels"] == list("abcd") and reloaded.cfg.n_classes == 4

@@ -17,19 +17,17 @@ from tokenizers.processors import TemplateProcessing
 
 from gptlab import text
 from gptlab.checkpoints import TOKENIZER, save_model
-from gptlab.classify import (
-    ClassificationDataset,
+from gptlab.classifier import (
     cache_prefix,
     class_logits,
     classifier_from,
     classify_texts,
-    collate,
-    encode_text,
     predict_proba,
     set_trainable,
 )
 from gptlab.cli import main
 from gptlab.hub import load_tokenizer, resolve_model
+from gptlab.labelled import ClassificationDataset, collate, encode_text
 from gptlab.llama import Llama, LlamaConfig
 from gptlab.runs import RunDir
 

@@ -29,8 +29,8 @@ import pytest
 from gptlab.cli import main
 from gptlab.device import pick_device
 from gptlab.hub import resolve_model
-from gptlab.instruct import answer_stats
 from gptlab.pipeline import BaseStage, Context, degenerate_remark, with_dependents
+from gptlab.respond import answer_stats
 from gptlab.runs import RunDir
 from gptlab.settings import STAGES, PipelineConfig
 from tests.serve_process import save_tiny_model, served

@@ -6,8 +6,8 @@ import torch
 from gptlab.checkpoints import read_safetensors
 from gptlab.config import GPTConfig
 from gptlab.data import ResumableBatches, SlidingWindowDataset
+from gptlab.jobs.pretrain import pretrain
 from gptlab.model import GPT
-from gptlab.pretrain import pretrain
 from gptlab.runs import SAMPLE_STEP, RunDir
 from gptlab.settings import PretrainConfig
 from gptlab.training import TrainConfig, lr_factor, train

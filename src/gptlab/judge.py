@@ -28,7 +28,7 @@ import httpx
 from tqdm import tqdm
 
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.instruct import load_entries
+from gptlab.instructions import load_entries
 from gptlab.io import (
     append_jsonl,
     atomic_write,

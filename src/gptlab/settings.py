@@ -382,7 +382,7 @@ TRAINABLE = ("last-block", "last-k", "all", "lora")
 LORA_TARGETS = ("qkv", "attn_proj", "fc", "ff_proj")
 GPT2_LORA_LAYERS = ("attn.qkv", "attn.proj", "ff.fc", "ff.proj")  # the roles' order
 LLAMA_LORA_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "ff.gate", "ff.up", "ff.down")
-# How instruction entries are shown to the model (gptlab.instruct.prompt_format).
+# How instruction entries are shown to the model (gptlab.instructions.prompt_format).
 PROMPT_FORMATS = ("alpaca", "chat")
 
 

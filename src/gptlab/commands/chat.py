@@ -13,8 +13,8 @@ import sys
 from gptlab.device import pick_device
 from gptlab.generation import stream_text
 from gptlab.hub import resolve_with_tokenizer
-from gptlab.instruct import instruct_sampling
 from gptlab.prompts import format_prompt, own_chat_template
+from gptlab.respond import instruct_sampling
 from gptlab.settings import ChatConfig
 
 INPUT_SEPARATOR = "||"

@@ -7,7 +7,7 @@ import io
 import sys
 from pathlib import Path
 
-from gptlab.classify import classify_texts
+from gptlab.classifier import classify_texts
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_with_tokenizer

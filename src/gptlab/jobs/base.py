@@ -31,7 +31,7 @@ from gptlab.checkpoints import has_checkpoint
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_json, read_json_object
-from gptlab.model import GPT
+from gptlab.model import Decoder
 from gptlab.runs import CONFIG, RESULTS, RunDir, has_run
 from gptlab.settings import resume_conflicts
 from gptlab.training import (
@@ -62,7 +62,7 @@ class Session:
 class Plan:
     """What a job hands the training loop."""
 
-    model: GPT
+    model: Decoder
     train_batches: BatchSource
     val_batches: BatchSource
     max_steps: int

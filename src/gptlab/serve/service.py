@@ -21,9 +21,9 @@ from gptlab import text
 from gptlab.errors import GptlabError
 from gptlab.families import Model
 from gptlab.hub import resolve_model, resolve_with_tokenizer
-from gptlab.instruct import instruct_sampling
 from gptlab.model import Decoder
 from gptlab.prompts import format_prompt, own_chat_template
+from gptlab.respond import instruct_sampling
 from gptlab.serve.engine import ApiError, Engine, Job
 from gptlab.serve.schemas import Stop
 from gptlab.settings import Sampling, ServeLimits
