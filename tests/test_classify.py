@@ -135,12 +135,12 @@ def test_pad_batch_and_last_index_exact() -> None:
 
 def test_collate_encodes_and_keeps_literal_eot_as_text() -> None:
     ds = ClassificationDataset.from_texts([("hi there", 1), ("<|endoftext|>", 0)], max_length=64)
-    x, last, y, name = collate([ds[0], ds[1]], "train")
+    x, last, y = collate([ds[0], ds[1]])
     eot_text = encode("<|endoftext|>", allow_eot=False)
     assert EOT_ID not in eot_text
     assert x[1, : len(eot_text)].tolist() == eot_text
     assert last.tolist() == [len(encode("hi there")) - 1, len(eot_text) - 1]
-    assert y.tolist() == [1, 0] and name == "train"
+    assert y.tolist() == [1, 0]
     assert len(ClassificationDataset.from_texts([("word " * 50, 0)], max_length=7)[0][0]) == 7
 
 
@@ -287,7 +287,7 @@ def test_cached_prefix_hidden_states_match_full_forward() -> None:
     frozen = set_trainable(model, "last-block")
     ds = ClassificationDataset.from_texts([("a b c d", 0), ("hello", 1), ("x y", 0)], 32)
     cached = cache_prefix(model, ds, frozen, CPU, batch_size=2)
-    plain_batch, cached_batch = collate(ds.items, "val"), collate(cached.items, "val")
+    plain_batch, cached_batch = collate(ds.items), collate(cached.items)
     with torch.no_grad():
         plain = class_logits(model, plain_batch[0], plain_batch[1])
         tail = class_logits(model, cached_batch[0], cached_batch[1], start=frozen)

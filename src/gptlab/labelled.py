@@ -212,16 +212,15 @@ def pad_batch(
 
 def collate(
     items: list[tuple[torch.Tensor, int]],
-    split: str,
     pad_to: int | None = None,
     pad_id: int = EOT_ID,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """A batch (inputs, last index, labels, split name); token ids pad with `pad_id` (the
-    tokenizer's; GPT-2's <|endoftext|> by default), hidden states with zeros (causal attention
-    never lets the last real position see them)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch (inputs, last index, labels); token ids pad with `pad_id` (the tokenizer's;
+    GPT-2's <|endoftext|> by default), hidden states with zeros (causal attention never lets
+    the last real position see them)."""
     seqs = [seq for seq, _ in items]
     x, last = pad_batch(seqs, pad_id if seqs[0].dim() == 1 else 0.0, pad_to)
-    return x, last, torch.tensor([label for _, label in items]), split
+    return x, last, torch.tensor([label for _, label in items])
 
 
 @dataclass

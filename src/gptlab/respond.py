@@ -125,27 +125,42 @@ def respond(
         model, meta, tokenizer = resolve_with_tokenizer(model_spec, device=str(dev))
         model.to(dev).eval()
         fmt = model_prompt_format(meta, tokenizer, prompt_format)
-        todo.sort(key=lambda i: len(entry_prompt(entries[i])))
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        if not read_jsonl(progress):
+        if not read_jsonl(progress):  # a new file (or one whose header a crash cut short)
             append_jsonl(progress, header)
-        with tqdm(total=len(entries), initial=len(done), desc="respond", unit="entry") as bar:
-            try:
-                for start in range(0, len(todo), batch_size):
-                    batch = todo[start : start + batch_size]
-                    answers = generate_responses(model, [entries[i] for i in batch], sampling, fmt)
-                    for i, answer in zip(batch, answers, strict=True):
-                        append_jsonl(progress, {"index": i, "model_response": answer})
-                        done[i] = answer
-                    bar.update(len(batch))
-            except KeyboardInterrupt:
-                raise Interrupted(
-                    f"interrupted after {len(done)} of {len(entries)} entries; progress saved in "
-                    f"{progress} (rerun the same command to continue)"
-                ) from None
+        _answer(model, fmt, entries, todo, done, progress, sampling, batch_size)
     atomic_write_json(out_path, [{**e, "model_response": done[i]} for i, e in enumerate(entries)])
     progress.unlink(missing_ok=True)
     return out_path
+
+
+def _answer(
+    model: Decoder,
+    fmt: PromptFormat,
+    entries: list[dict[str, Any]],
+    todo: list[int],
+    done: dict[int, str],
+    progress: Path,
+    sampling: Sampling,
+    batch_size: int,
+) -> None:
+    """Generate the responses of entries `todo` in batches of similar prompt lengths, each
+    appended to the `progress` journal and to `done` as it comes."""
+    todo = sorted(todo, key=lambda i: len(entry_prompt(entries[i])))
+    with tqdm(total=len(entries), initial=len(done), desc="respond", unit="entry") as bar:
+        try:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                answers = generate_responses(model, [entries[i] for i in batch], sampling, fmt)
+                for i, answer in zip(batch, answers, strict=True):
+                    append_jsonl(progress, {"index": i, "model_response": answer})
+                    done[i] = answer
+                bar.update(len(batch))
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted after {len(done)} of {len(entries)} entries; progress saved in "
+                f"{progress} (rerun the same command to continue)"
+            ) from None
 
 
 def answer_stats(answers: Sequence[str]) -> dict[str, Any]:

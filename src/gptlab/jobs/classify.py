@@ -39,36 +39,57 @@ from gptlab.classifier import (
 )
 from gptlab.data import ResumableBatches
 from gptlab.hub import base_with_tokenizer
-from gptlab.jobs.base import Plan, Session, TrainingJob
+from gptlab.jobs.base import Session, TrainingJob
 from gptlab.jobs.pretrain import pretrain_on_texts
 from gptlab.labelled import ClassificationDataset, collate, load_splits
 from gptlab.model import Decoder
 from gptlab.runs import MODEL
 from gptlab.settings import ClassifierConfig, PretrainConfig, TrainArgs
-from gptlab.training import TrainResult
+from gptlab.training import Plan, TrainResult
 
 
-class ClassificationLoss:
-    """The loss function for gptlab.training.train (mean cross-entropy per example). In eval
-    mode it also counts correct predictions per split, so the epoch-end evaluation that train()
-    runs gives accuracy without a second pass over the data."""
+def _logits_and_loss(
+    model: nn.Module, batch: Any, start: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x, last, y = batch
+    logits = class_logits(model, x, last, start)  # type: ignore[arg-type]
+    return logits, F.cross_entropy(logits.float(), y)
 
-    def __init__(self, start: int | None) -> None:
-        self.start = start
+
+def classification_loss(
+    model: nn.Module, batch: Any, start: int | None = None
+) -> tuple[torch.Tensor, int]:
+    """The loss function for gptlab.training.train: mean cross-entropy per example, from token
+    ids or, with `start`, from cached hidden states entering block `start`."""
+    return _logits_and_loss(model, batch, start)[1], len(batch[2])
+
+
+class Accuracy:
+    """The classifier's evaluation metrics (gptlab.training.EvalMetrics): accuracy per split,
+    counted from the very logits the evaluation loss comes from, so no second pass over the
+    data; logged as the "accuracy" record, with the epoch it was measured at."""
+
+    kind = "accuracy"
+
+    def __init__(self, start: int | None, per_epoch: int) -> None:
+        self.start, self.per_epoch = start, per_epoch
         self.tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
-    def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-        x, last, y, split_name = batch
-        logits = class_logits(model, x, last, self.start)  # type: ignore[arg-type]
-        if not model.training:
-            counts = self.tally[split_name]
-            counts[0] += int((logits.argmax(-1) == y).sum())
-            counts[1] += len(y)
-        return F.cross_entropy(logits.float(), y), len(y)
+    def loss(self, model: nn.Module, batch: Any, split: str) -> tuple[torch.Tensor, int]:
+        logits, loss = _logits_and_loss(model, batch, self.start)
+        y, counts = batch[2], self.tally[split]
+        counts[0] += int((logits.argmax(-1) == y).sum())
+        counts[1] += len(y)
+        return loss, len(y)
 
-    def accuracy(self, split_name: str) -> float:
-        correct, total = self.tally.pop(split_name, [0, 0])
-        return correct / max(total, 1)
+    def collect(self, step: int) -> dict[str, Any]:
+        correct = {split: c / max(n, 1) for split, (c, n) in self.tally.items()}
+        self.tally.clear()
+        return {
+            "epoch": step / self.per_epoch,
+            "train_acc": correct.get("train", 0.0),
+            "val_acc": correct.get("val", 0.0),
+        }
 
 
 def finetune_classifier(
@@ -118,8 +139,40 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         model = classifier_from(base, len(data.labels), c.dropout, c.train.seed)
         del base
         frozen = set_trainable(model, c.trainable, c.trainable_blocks, c.lora_rank, c.lora_alpha)
-        max_length = min(c.max_length or model.cfg.context_length, model.cfg.context_length)
         model.to(s.device)
+        train_batches, val_batches = self.batches(s, model, frozen)
+        self.per_epoch = per_epoch = train_batches.per_epoch
+        # evaluated once per epoch unless --eval-interval says otherwise
+        eval_interval = c.train.eval_interval or per_epoch
+        log_interval = min(c.train.log_interval, per_epoch)
+        self.c = c.replace(
+            train=c.train.replace(eval_interval=eval_interval, log_interval=log_interval)
+        )
+        self.best_path = s.run.path / MODEL
+        self.best = (
+            read_config(self.best_path)["val_acc"] if s.resume and self.best_path.is_dir() else -1.0
+        )
+        self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        start = frozen if self.cached else None
+        return Plan(
+            model,
+            train_batches,
+            val_batches,
+            c.train.max_steps or c.train.epochs * per_epoch,
+            meta=self.meta,
+            loss_fn=partial(classification_loss, start=start),
+            language_model=False,
+            eval_metrics=Accuracy(start, per_epoch),
+        )
+
+    def batches(
+        self, s: Session, model: Decoder, frozen: int
+    ) -> tuple[ResumableBatches, ResumableBatches]:
+        """Training and validation batches of the encoded splits, the `frozen` blocks' output
+        computed once where it can be (`cached`)."""
+        c, data, pad_id = self.c, self.data, self.tokenizer.pad_id
+        max_length = min(c.max_length or model.cfg.context_length, model.cfg.context_length)
+        self.meta = {"task": "classify", "labels": list(data.labels), "max_length": max_length}
         self.datasets = datasets = {
             name: ClassificationDataset.from_texts(ex, max_length, self.tokenizer)
             for name, ex in (("train", data.train), ("val", data.val), ("test", data.test))
@@ -129,9 +182,8 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         self.cached = c.cache_prefix and frozen > 0 and c.dropout == 0.0 and s.d.world == 1
         if self.cached:
             for name in ("train", "val"):
-                datasets[name] = cache_prefix(
-                    model, datasets[name], frozen, s.device, pad_id=self.tokenizer.pad_id
-                )
+                datasets[name] = cache_prefix(model, datasets[name], frozen, s.device, 32, pad_id)
+        collate_fn = partial(collate, pad_to=pad_to, pad_id=pad_id)
 
         def batches(name: str, shuffle: bool) -> ResumableBatches:
             return ResumableBatches(
@@ -140,52 +192,19 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
                 shuffle=shuffle,
                 seed=c.train.seed,
                 drop_last=shuffle,
-                collate_fn=partial(
-                    collate, split=name, pad_to=pad_to, pad_id=self.tokenizer.pad_id
-                ),
+                collate_fn=collate_fn,
             )
 
-        train_batches, val_batches = batches("train", True), batches("val", False)
-        self.per_epoch = per_epoch = train_batches.per_epoch
-        # evaluated once per epoch unless --eval-interval says otherwise
-        eval_interval = c.train.eval_interval or per_epoch
-        log_interval = min(c.train.log_interval, per_epoch)
-        self.c = c.replace(
-            train=c.train.replace(eval_interval=eval_interval, log_interval=log_interval)
-        )
-        self.meta = {"task": "classify", "labels": list(data.labels), "max_length": max_length}
-        self.loss_fn = ClassificationLoss(frozen if self.cached else None)
-        self.best_path = s.run.path / MODEL
-        self.best = (
-            read_config(self.best_path)["val_acc"] if s.resume and self.best_path.is_dir() else -1.0
-        )
-        self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return Plan(
-            model,
-            train_batches,
-            val_batches,
-            c.train.max_steps or c.train.epochs * per_epoch,
-            meta=self.meta,
-            loss_fn=self.loss_fn,
-            language_model=False,
-        )
+        return batches("train", True), batches("val", False)
 
-    def on_eval(self, s: Session, plan: Plan, step: int) -> None:
-        # Every process evaluates the same batches, so the tallies agree.
-        train_acc, val_acc = self.loss_fn.accuracy("train"), self.loss_fn.accuracy("val")
+    def on_eval(self, s: Session, plan: Plan, step: int, metrics: dict[str, Any]) -> None:
         if not s.d.is_main:
             return
-        epoch = step / self.per_epoch
-        s.run.log(
-            {
-                "kind": "accuracy",
-                "step": step,
-                "epoch": epoch,
-                "train_acc": train_acc,
-                "val_acc": val_acc,
-            }
+        val_acc = metrics["val_acc"]
+        tqdm.write(
+            f"epoch {metrics['epoch']:g}: train acc {metrics['train_acc']:.3f}, "
+            f"val acc {val_acc:.3f}"
         )
-        tqdm.write(f"epoch {epoch:g}: train acc {train_acc:.3f}, val acc {val_acc:.3f}")
         if val_acc > self.best:
             self.best = val_acc
             meta = {**self.meta, "step": step, "val_acc": val_acc}

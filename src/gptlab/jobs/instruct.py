@@ -29,12 +29,12 @@ from gptlab.instructions import (
     split_entries,
 )
 from gptlab.io import atomic_write_json
-from gptlab.jobs.base import Plan, Session, TrainingJob
+from gptlab.jobs.base import Session, TrainingJob
 from gptlab.lora import apply_lora, merge_lora
 from gptlab.respond import generate_responses
 from gptlab.runs import MODEL
 from gptlab.settings import InstructConfig, Sampling
-from gptlab.training import TrainResult, perplexity
+from gptlab.training import Plan, TrainResult, perplexity
 
 log = logging.getLogger("gptlab")
 
@@ -54,17 +54,7 @@ class InstructionTuning(TrainingJob[InstructConfig]):
 
     def prepare(self, s: Session) -> dict[str, Any]:
         c = self.c
-        entries = load_entries(c.data)
-        self.train_entries, self.val_entries, self.test_entries = split_entries(
-            entries, c.train.seed
-        )
-        self.source = str(c.data or f"bundled {BUNDLED_DATA}")
-        if not self.train_entries or not self.val_entries:  # no batch size would help
-            raise GptlabError(
-                f"{self.source}: too few entries ({len(entries)}): the 85/5/10 split leaves "
-                f"{len(self.train_entries)} for training and {len(self.val_entries)} for "
-                "validation (at least one each)"
-            )
+        self.split_data()
         with distributed.main_first():  # rank 0 downloads and converts a pretrained base
             self.model, self.tokenizer = base_with_tokenizer(
                 c.base, c.preset, c.train.seed, str(s.device)
@@ -74,47 +64,14 @@ class InstructionTuning(TrainingJob[InstructConfig]):
         self.max_length = c.max_length or context
         if not 2 <= self.max_length <= context:
             raise GptlabError(f"--max-length must be between 2 and the context {context}")
-        t = c.train
-        self.train_ds = InstructionDataset(self.train_entries, self.format)
-        val_ds = InstructionDataset(self.val_entries, self.format)
-        lengths = self.train_ds.lengths(self.max_length)
-        collate_fn = partial(
-            collate,
-            max_length=self.max_length,
-            mask_prompt=c.mask_prompt,
-            end_id=self.format.end_id,
-            pad_id=self.tokenizer.pad_id,
-        )
-        pin = s.device.type == "cuda" and c.speed.pin_memory
-        plain = ResumableBatches(
-            self.train_ds,
-            t.batch_size,
-            shuffle=True,
-            seed=t.seed,
-            collate_fn=collate_fn,
-            pin_memory=pin,
-        )
-        grouped = LengthGroupedBatches(
-            self.train_ds, lengths, t.batch_size, t.seed, collate_fn=collate_fn, pin_memory=pin
-        )
-        self.train_batches = grouped if c.group_by_length else plain
-        self.val_batches = ResumableBatches(
-            val_ds, t.batch_size, shuffle=False, drop_last=False, collate_fn=collate_fn
-        )
-        self.padding = {
-            "plain": padding_fraction(plain.epoch_batches(0), lengths),
-            "grouped": padding_fraction(grouped.epoch_batches(0), lengths),
-        }
-        self.steps_per_epoch = max(1, self.train_batches.per_epoch // t.grad_accum)
+        self.batches(s)
+        self.steps_per_epoch = max(1, self.train_batches.per_epoch // c.train.grad_accum)
         self.lora = None
         if c.lora_rank is not None:
-            torch.manual_seed(t.seed)
+            torch.manual_seed(c.train.seed)
             adapters = apply_lora(self.model, c.lora_rank, c.lora_alpha, c.lora_targets)
-            self.lora = {
-                "rank": c.lora_rank,
-                "alpha": c.lora_alpha,
-                "targets": list(c.lora_targets),
-            }
+            targets = list(c.lora_targets)
+            self.lora = {"rank": c.lora_rank, "alpha": c.lora_alpha, "targets": targets}
             log.info("LoRA: %s adapter parameters", f"{adapters:,}")
         self.trainable = self.model.num_params(trainable_only=True)
         return {
@@ -128,6 +85,53 @@ class InstructionTuning(TrainingJob[InstructConfig]):
                 "max_length": self.max_length,
                 "padding_fraction": self.padding,
             },
+        }
+
+    def split_data(self) -> None:
+        """The entries, split 85/5/10; too few for a training and a validation entry is one
+        line."""
+        c = self.c
+        entries = load_entries(c.data)
+        self.train_entries, self.val_entries, self.test_entries = split_entries(
+            entries, c.train.seed
+        )
+        self.source = str(c.data or f"bundled {BUNDLED_DATA}")
+        if not self.train_entries or not self.val_entries:  # no batch size would help
+            raise GptlabError(
+                f"{self.source}: too few entries ({len(entries)}): the 85/5/10 split leaves "
+                f"{len(self.train_entries)} for training and {len(self.val_entries)} for "
+                "validation (at least one each)"
+            )
+
+    def batches(self, s: Session) -> None:
+        """Training batches (length-grouped or plain) and validation batches in the prompt
+        format, and the padding each kind of training batch would hold."""
+        c, t = self.c, self.c.train
+        self.train_ds = InstructionDataset(self.train_entries, self.format)
+        val_ds = InstructionDataset(self.val_entries, self.format)
+        lengths = self.train_ds.lengths(self.max_length)
+        collate_fn = partial(
+            collate,
+            max_length=self.max_length,
+            mask_prompt=c.mask_prompt,
+            end_id=self.format.end_id,
+            pad_id=self.tokenizer.pad_id,
+        )
+        pin = s.device.type == "cuda" and c.speed.pin_memory
+        plain = ResumableBatches(
+            self.train_ds, t.batch_size, shuffle=True, seed=t.seed, collate_fn=collate_fn,
+            pin_memory=pin,
+        )  # fmt: skip
+        grouped = LengthGroupedBatches(
+            self.train_ds, lengths, t.batch_size, t.seed, collate_fn=collate_fn, pin_memory=pin
+        )
+        self.train_batches = grouped if c.group_by_length else plain
+        self.val_batches = ResumableBatches(
+            val_ds, t.batch_size, shuffle=False, drop_last=False, collate_fn=collate_fn
+        )
+        self.padding = {
+            "plain": padding_fraction(plain.epoch_batches(0), lengths),
+            "grouped": padding_fraction(grouped.epoch_batches(0), lengths),
         }
 
     def build(self, s: Session) -> Plan:
@@ -145,7 +149,7 @@ class InstructionTuning(TrainingJob[InstructConfig]):
             tokenizer=self.tokenizer,
         )
 
-    def on_eval(self, s: Session, plan: Plan, step: int) -> None:
+    def on_eval(self, s: Session, plan: Plan, step: int, metrics: dict[str, Any]) -> None:
         entry = self.val_entries[0]
         sampling = Sampling(max_new_tokens=self.c.sample_tokens)
         answer = generate_responses(plan.model, [entry], sampling, self.format)[0]

@@ -29,11 +29,11 @@ from gptlab.errors import GptlabError
 from gptlab.families import config_to_dict, get_preset, new_model
 from gptlab.generation import generate_text
 from gptlab.io import atomic_write_text, read_json_object
-from gptlab.jobs.base import Plan, Session, TrainingJob
+from gptlab.jobs.base import Session, TrainingJob
 from gptlab.runs import MODEL, RESULTS, has_run, is_complete
 from gptlab.settings import PretrainConfig, Sampling
 from gptlab.shards import RandomWindows, ShardStream
-from gptlab.training import BatchSource, TrainResult, perplexity
+from gptlab.training import BatchSource, Plan, TrainResult, perplexity
 
 GPT2_VOCAB = 50257  # the ids gptlab.tokenizer gives a corpus
 # Evaluation batches when reading shards (their validation part may be huge).
@@ -125,7 +125,7 @@ class Pretraining(TrainingJob[PretrainConfig]):
         max_steps = t.max_steps or t.epochs * self.steps_per_epoch
         return Plan(new_model(self.model_cfg), *self.batches, max_steps, meta={"task": "lm"})
 
-    def on_eval(self, s: Session, plan: Plan, step: int) -> None:
+    def on_eval(self, s: Session, plan: Plan, step: int, metrics: dict[str, Any]) -> None:
         # Every process generates: under FSDP a forward pass needs all of them.
         c = self.c
         sampling = Sampling(max_new_tokens=c.sample_tokens)
