@@ -220,6 +220,17 @@ class TrainResult:
     val_loss: float
     seconds: float
 
+    def lm_results(self) -> dict[str, Any]:
+        """What a language model's results.json says of its training."""
+        return {
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_ppl": perplexity(self.val_loss),
+            "train_seconds": self.seconds,
+        }
+
 
 class EvalMetrics(Protocol):
     """Named numbers an evaluation measures beside its losses, from the same forward passes

@@ -34,7 +34,7 @@ from gptlab.lora import apply_lora, merge_lora
 from gptlab.respond import generate_responses
 from gptlab.runs import MODEL
 from gptlab.settings import InstructConfig, Sampling
-from gptlab.training import Plan, TrainResult, perplexity
+from gptlab.training import Plan, TrainResult
 
 log = logging.getLogger("gptlab")
 
@@ -188,12 +188,7 @@ class InstructionTuning(TrainingJob[InstructConfig]):
             "base": c.base,
             "model": str(model_dir),
             "test_data": str(s.run.path / "test.json"),
-            "steps": result.step,
-            "tokens_seen": result.tokens_seen,
-            "train_loss": result.train_loss,
-            "val_loss": result.val_loss,
-            "val_ppl": perplexity(result.val_loss),
-            "train_seconds": result.seconds,
+            **result.lm_results(),
             "tokens_per_s": result.tokens_seen / max(result.seconds, 1e-9),
             "examples": {
                 "train": len(self.train_ds),

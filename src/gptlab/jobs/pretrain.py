@@ -33,7 +33,7 @@ from gptlab.jobs.base import Session, TrainingJob
 from gptlab.runs import MODEL, RESULTS, has_run, is_complete
 from gptlab.settings import PretrainConfig, Sampling
 from gptlab.shards import RandomWindows, ShardStream
-from gptlab.training import BatchSource, Plan, TrainResult, perplexity
+from gptlab.training import BatchSource, Plan, TrainResult
 
 GPT2_VOCAB = 50257  # the ids gptlab.tokenizer gives a corpus
 # Evaluation batches when reading shards (their validation part may be huge).
@@ -138,12 +138,4 @@ class Pretraining(TrainingJob[PretrainConfig]):
         self, s: Session, plan: Plan, result: TrainResult, weights: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
         save_model(plan.model, s.run.path / MODEL, {"task": "lm"}, weights)
-        return {
-            "task": "pretrain",
-            "steps": result.step,
-            "tokens_seen": result.tokens_seen,
-            "train_loss": result.train_loss,
-            "val_loss": result.val_loss,
-            "val_ppl": perplexity(result.val_loss),
-            "train_seconds": result.seconds,
-        }
+        return {"task": "pretrain", **result.lm_results()}
