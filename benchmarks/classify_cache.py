@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from gptlab.classify import balance, finetune_classifier, load_sms_spam
+from gptlab.jobs.classify import finetune_classifier
+from gptlab.labelled import balance, load_sms_spam
 from gptlab.settings import ClassifierConfig
 
 

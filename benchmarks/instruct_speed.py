@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from gptlab.config import get_preset
 from gptlab.cpu import head_loss
 from gptlab.data import ResumableBatches
-from gptlab.instruct import (
+from gptlab.instructions import (
     InstructionDataset,
     LengthGroupedBatches,
     collate,

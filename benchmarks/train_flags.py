@@ -1,9 +1,9 @@
 """Training throughput with each speed flag on and off, so every flag's gain is measured.
 
 For gpt2-small and gpt2-medium (random init), times optimizer steps of the training loop's
-own pieces (gptlab.training: apply_speed_flags, make_optimizer, autocast, to_device, lm_loss)
-under a baseline (TrainConfig defaults) and with one flag flipped at a time, and prints
-tokens/s, the ratio to the baseline and, on a known GPU, model FLOPs utilisation.
+own pieces (gptlab.training: apply_speed_flags, make_optimizer, lm_loss; gptlab.device:
+autocast, to_device) under a baseline (TrainConfig defaults) and with one flag flipped at a
+time, and prints tokens/s, the ratio to the baseline and, on a known GPU, model FLOPs utilisation.
 
     PYTHONPATH=src python benchmarks/train_flags.py                  # CPU: short, small batch
     PYTHONPATH=src python benchmarks/train_flags.py --device cuda    # GPU: batch filling the card
@@ -20,16 +20,14 @@ import time
 import torch
 
 from gptlab.config import get_preset
+from gptlab.device import autocast, peak_flops, to_device
 from gptlab.model import GPT
 from gptlab.training import (
     TrainConfig,
     apply_speed_flags,
-    autocast,
     flops_per_token,
     lm_loss,
     make_optimizer,
-    peak_flops,
-    to_device,
 )
 
 # Variant name -> (TrainConfig changes, attention implementation).
@@ -107,7 +105,7 @@ def main() -> None:
                 print(f"{preset:<12} {name:<24} {'out of memory':>10}")
                 continue
             base = base or tps
-            peak = peak_flops(device, cfg)
+            peak = peak_flops(device, cfg.speed.peak_tflops)
             mfu = f"{tps * flops_per_token(model, seq) / peak:.1%}" if peak else "-"
             print(
                 f"{preset:<12} {name:<24} {tps:>10,.0f} {tps / base:>10.2f}x {mfu:>6}", flush=True

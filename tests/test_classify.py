@@ -14,30 +14,33 @@ import pytest
 import torch
 
 from gptlab.checkpoints import load_model_folder, save_model
-from gptlab.classify import (
-    ClassificationDataset,
-    balance,
+from gptlab.classifier import (
     cache_prefix,
     class_logits,
     classifier_from,
     classify_texts,
-    collate,
-    download_sms_spam,
-    extract_sms_spam,
-    finetune_classifier,
-    load_sms_spam,
-    load_splits,
     metrics,
-    pad_batch,
-    read_labelled,
+    save_classifier,
     set_trainable,
-    split,
 )
 from gptlab.cli import main
 from gptlab.config import GPTConfig
 from gptlab.data import bundled
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_model
+from gptlab.jobs.classify import finetune_classifier
+from gptlab.labelled import (
+    ClassificationDataset,
+    balance,
+    collate,
+    download_sms_spam,
+    extract_sms_spam,
+    load_sms_spam,
+    load_splits,
+    pad_batch,
+    read_labelled,
+    split,
+)
 from gptlab.lora import LoRALinear
 from gptlab.model import GPT
 from gptlab.runs import RunDir
@@ -132,12 +135,12 @@ def test_pad_batch_and_last_index_exact() -> None:
 
 def test_collate_encodes_and_keeps_literal_eot_as_text() -> None:
     ds = ClassificationDataset.from_texts([("hi there", 1), ("<|endoftext|>", 0)], max_length=64)
-    x, last, y, name = collate([ds[0], ds[1]], "train")
+    x, last, y = collate([ds[0], ds[1]])
     eot_text = encode("<|endoftext|>", allow_eot=False)
     assert EOT_ID not in eot_text
     assert x[1, : len(eot_text)].tolist() == eot_text
     assert last.tolist() == [len(encode("hi there")) - 1, len(eot_text) - 1]
-    assert y.tolist() == [1, 0] and name == "train"
+    assert y.tolist() == [1, 0]
     assert len(ClassificationDataset.from_texts([("word " * 50, 0)], max_length=7)[0][0]) == 7
 
 
@@ -284,7 +287,7 @@ def test_cached_prefix_hidden_states_match_full_forward() -> None:
     frozen = set_trainable(model, "last-block")
     ds = ClassificationDataset.from_texts([("a b c d", 0), ("hello", 1), ("x y", 0)], 32)
     cached = cache_prefix(model, ds, frozen, CPU, batch_size=2)
-    plain_batch, cached_batch = collate(ds.items, "val"), collate(cached.items, "val")
+    plain_batch, cached_batch = collate(ds.items), collate(cached.items)
     with torch.no_grad():
         plain = class_logits(model, plain_batch[0], plain_batch[1])
         tail = class_logits(model, cached_batch[0], cached_batch[1], start=frozen)
@@ -350,11 +353,9 @@ def test_save_reload_and_lora_merge_keep_outputs(tmp_path: Path) -> None:
     for module in model.modules():
         if isinstance(module, LoRALinear):
             torch.nn.init.normal_(module.lora_b, std=0.1)  # make the adapters matter
-    from gptlab.classify import _save_classifier
-
     with torch.no_grad():
         expected = class_logits(model.eval(), x, last)
-        _save_classifier(model, tmp_path / "m", {"task": "classify", "labels": list("abcd")})
+        save_classifier(model, tmp_path / "m", {"task": "classify", "labels": list("abcd")})
         reloaded, meta = load_model_folder(tmp_path / "m")
         got = class_logits(reloaded, x, last)
     assert meta["labels"] == list("abcd") and reloaded.cfg.n_classes == 4
@@ -430,3 +431,26 @@ def test_classify_command_text_and_csv(
     assert main(["classify", "--model", str(run), "--input", str(tmp_path / "gap.txt")]) == 2
     assert "gap.txt:2: empty line" in capsys.readouterr().err
     assert main(["classify", "--model", str(run / "checkpoints" / "nowhere"), "x"]) == 2
+
+
+def test_eval_interval_given_is_honoured_and_best_model_kept(tmp_path: Path, toy_tsv: Path) -> None:
+    """--eval-interval N evaluates every N steps (and at the last), not once per epoch, and
+    the saved model is the one with the best validation accuracy of those evaluations."""
+    run = tmp_path / "run"
+    assert main(["finetune-classifier", "--base", "random", "--preset", "gpt-nano", "--data",
+                 str(toy_tsv), "--no-balance", "--epochs", "2", "--batch-size", "4", "--lr", "3e-3",
+                 "--trainable", "all", "--device", "cpu", "--eval-interval", "3",
+                 "--out", str(run)]) == 0  # fmt: skip
+    records = RunDir(run).metrics()
+    per_epoch = 42 // 4
+    steps = [3, 6, 9, 12, 15, 18, 2 * per_epoch]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == steps
+    accuracy = [r for r in records if r["kind"] == "accuracy"]
+    assert [r["step"] for r in accuracy] == steps
+    assert [r["epoch"] for r in accuracy] == [s / per_epoch for s in steps]
+    best = max(accuracy, key=lambda r: r["val_acc"])  # the first of equals: saved on a rise
+    _, meta = load_model_folder(run / "model")
+    assert (meta["step"], meta["val_acc"]) == (best["step"], best["val_acc"])
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    assert results["best_val_accuracy"] == best["val_acc"]
+    assert results["best_epoch"] == best["step"] / per_epoch

@@ -17,20 +17,18 @@ from tokenizers.processors import TemplateProcessing
 
 from gptlab import text
 from gptlab.checkpoints import TOKENIZER, save_model
-from gptlab.classify import (
-    ClassificationDataset,
+from gptlab.classifier import (
     cache_prefix,
     class_logits,
     classifier_from,
     classify_texts,
-    collate,
-    encode_text,
     predict_proba,
     set_trainable,
 )
 from gptlab.cli import main
 from gptlab.config import LlamaConfig
 from gptlab.hub import load_tokenizer, resolve_model
+from gptlab.labelled import ClassificationDataset, collate, encode_text
 from gptlab.llama import Llama
 from gptlab.runs import RunDir
 
@@ -83,11 +81,11 @@ def test_batches_are_the_tokenizers_ids_padded_with_its_pad_id(smol: text.HFToke
     ds = ClassificationDataset.from_texts([(t, i % 2) for i, t in enumerate(TEXTS)], 64, smol)
     ids = [smol.encode(t, allow_special=False) for t in TEXTS]
     assert 2 not in ids[2]  # the literal special token is plain text, never padding
-    x, last, y, name = collate([ds[0], ds[1], ds[2]], "val", pad_id=smol.pad_id)
+    x, last, y = collate([ds[0], ds[1], ds[2]], pad_id=smol.pad_id)
     width = max(map(len, ids))
     assert x.tolist() == [row + [2] * (width - len(row)) for row in ids]
     assert last.tolist() == [len(row) - 1 for row in ids]
-    assert y.tolist() == [0, 1, 0] and name == "val"
+    assert y.tolist() == [0, 1, 0]
     assert encode_text(TEXTS[0], 3, smol).tolist() == ids[0][:3]
 
 
@@ -109,7 +107,7 @@ def test_bos_comes_first_where_the_tokenizer_adds_it(smol: text.HFTokenizer) -> 
 def test_logits_at_the_last_real_token_equal_the_unpadded_text(smol: text.HFTokenizer) -> None:
     model = tiny_classifier()
     ds = ClassificationDataset.from_texts([(t, 0) for t in TEXTS], 64, smol)
-    x, last, _, _ = collate(ds.items, "val", pad_id=smol.pad_id)
+    x, last, _ = collate(ds.items, pad_id=smol.pad_id)
     alone = torch.cat([model(seq[None], select=torch.tensor([len(seq) - 1])) for seq, _ in ds])
     torch.testing.assert_close(class_logits(model, x, last), alone, rtol=1e-5, atol=1e-5)
     probs = predict_proba(model, [seq for seq, _ in ds], CPU, batch_size=2, pad_id=smol.pad_id)
@@ -117,7 +115,7 @@ def test_logits_at_the_last_real_token_equal_the_unpadded_text(smol: text.HFToke
     # the cached prefix (frozen blocks run once) and its tail keep the rotary positions
     frozen = set_trainable(model, "last-block")
     cached = cache_prefix(model, ds, frozen, CPU, batch_size=2, pad_id=smol.pad_id)
-    h, h_last, _, _ = collate(cached.items, "val")
+    h, h_last, _ = collate(cached.items)
     tail = class_logits(model, h, h_last, start=frozen)
     torch.testing.assert_close(tail, alone, rtol=1e-5, atol=1e-5)
 

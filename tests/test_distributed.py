@@ -18,8 +18,8 @@ from gptlab.data import bundled
 from gptlab.distributed import Dist, rows
 from gptlab.errors import GptlabError
 from gptlab.io import read_utf8
+from gptlab.jobs.pretrain import pretrain
 from gptlab.model import GPT
-from gptlab.pretrain import pretrain
 from gptlab.runs import RunDir
 from gptlab.settings import PretrainConfig
 from gptlab.shards import prepare_data

@@ -18,23 +18,20 @@ from gptlab.cpu import head_loss
 from gptlab.data import ResumableBatches
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_model
-from gptlab.instruct import (
+from gptlab.instructions import (
     InstructionDataset,
     LengthGroupedBatches,
-    answer_stats,
     collate,
     entry_prompt,
-    finetune_instruct,
     load_entries,
     padding_fraction,
-    progress_header,
-    progress_path,
-    respond,
     split_entries,
     tokenize_entry,
 )
+from gptlab.jobs.instruct import finetune_instruct
 from gptlab.lora import apply_lora
 from gptlab.model import GPT
+from gptlab.respond import answer_stats, progress_header, progress_path, respond
 from gptlab.settings import InstructConfig, Sampling
 from gptlab.tokenizer import EOT_ID, encode
 from gptlab.training import lm_loss

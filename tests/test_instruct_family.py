@@ -19,18 +19,18 @@ from gptlab.config import LlamaConfig
 from gptlab.errors import GptlabError
 from gptlab.generation import generate
 from gptlab.hub import load_tokenizer, resolve_with_tokenizer
-from gptlab.instruct import (
+from gptlab.instructions import (
     PromptFormat,
     collate,
     entry_prompt,
-    finetune_instruct,
     prompt_format,
-    respond,
     split_entries,
     tokenize_entry,
     user_message,
 )
+from gptlab.jobs.instruct import finetune_instruct
 from gptlab.llama import Llama
+from gptlab.respond import respond
 from gptlab.settings import InstructConfig, Sampling, TrainArgs
 from tests.serve_process import gptlab_command, gptlab_env
 from tests.test_instruct import SEED, TINY, write_json

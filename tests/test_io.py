@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_write, atomic_write_text, read_json, read_json_object
+from gptlab.io import (
+    append_jsonl,
+    atomic_write,
+    atomic_write_text,
+    read_json,
+    read_json_object,
+    read_jsonl,
+)
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
@@ -67,3 +74,33 @@ def test_written_files_get_the_permissions_the_umask_gives(tmp_path: Path, umask
     for path in (tmp_path / "out.csv", folder / "config.json", folder / "model.safetensors"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out.csv"]  # no temporaries
+
+
+def test_jsonl_journal_survives_a_torn_last_line_and_names_a_bad_middle_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.jsonl"
+    assert read_jsonl(path) == []  # not started yet
+    append_jsonl(path, {"step": 1})
+    append_jsonl(path, {"step": 2, "text": "é"})
+    # A crash mid-write: the last record cut short, in the middle of a two-byte character.
+    whole = path.read_bytes()
+    cut = whole + '{"step": 3, "text": "é'.encode()[:-1]
+    path.write_bytes(cut)
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2, "text": "é"}]
+    # The next append drops the cut line, so it never ends up between two whole ones.
+    append_jsonl(path, {"step": 3})
+    assert path.read_bytes() == whole + b'{"step": 3}\n'
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2, "text": "é"}, {"step": 3}]
+    # A whole record that only lost its newline is kept, and ended before the next one.
+    path.write_bytes(whole + b'{"step": 3}')
+    assert read_jsonl(path)[-1] == {"step": 3}
+    append_jsonl(path, {"step": 4})
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3, 4]
+    # A bad line before the last is no crash's doing: one line naming the file and line.
+    path.write_bytes(b'{"step": 1}\n{"step": 2,\n\n{"step": 3}\n')
+    with pytest.raises(GptlabError, match=r"j\.jsonl:2: not a JSON line \(Expecting"):
+        read_jsonl(path)
+    path.write_bytes(b'{"step": 1}\n"\xff"\n{"step": 3}\n')
+    with pytest.raises(GptlabError, match=r"j\.jsonl:2: not a JSON line \(not valid UTF-8\)"):
+        read_jsonl(path)

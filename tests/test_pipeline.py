@@ -29,12 +29,12 @@ import pytest
 
 from gptlab.cli import build_parser, main
 from gptlab.cli.flags import build
+from gptlab.device import pick_device
 from gptlab.hub import resolve_model
-from gptlab.instruct import answer_stats
 from gptlab.pipeline import BaseStage, Context, degenerate_remark, with_dependents
+from gptlab.respond import answer_stats
 from gptlab.runs import RunDir
 from gptlab.settings import STAGES, PipelineConfig
-from gptlab.training import pick_device
 from tests.serve_process import save_tiny_model, served
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -6,11 +6,11 @@ import torch
 from gptlab.checkpoints import read_safetensors
 from gptlab.config import GPTConfig
 from gptlab.data import ResumableBatches, SlidingWindowDataset
+from gptlab.jobs.pretrain import pretrain
 from gptlab.model import GPT
-from gptlab.pretrain import pretrain
 from gptlab.runs import SAMPLE_STEP, RunDir
 from gptlab.settings import PretrainConfig
-from gptlab.training import TrainConfig, lr_factor, train
+from gptlab.training import Plan, TrainConfig, lr_factor, train
 
 CFG = GPTConfig(
     vocab_size=50257, context_length=16, emb_dim=32, n_layers=2, n_heads=2, drop_rate=0.1
@@ -46,9 +46,8 @@ def _run(path: Path, max_steps: int, resume: bool = False, stop_after: int | Non
     cfg = TrainConfig.of(
         max_steps=max_steps, lr=3e-3, warmup_steps=2, grad_accum=2, eval_interval=3, eval_batches=2
     )
-    train(
-        model, train_b, val_b, cfg, run, torch.device("cpu"), resume=resume, stop_after=stop_after
-    )
+    plan = Plan(model, train_b, val_b, max_steps)
+    train(plan, cfg, run, torch.device("cpu"), resume=resume, stop_after=stop_after)
     return model
 
 

@@ -9,7 +9,7 @@ from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, SlidingWindowDataset, read_corpus, tokenize_corpus
 from gptlab.model import GPT
 from gptlab.runs import RunDir
-from gptlab.training import TrainConfig, flops_per_token, make_optimizer, train
+from gptlab.training import Plan, TrainConfig, flops_per_token, make_optimizer, train
 
 # A small vocabulary (token ids folded into it) keeps the output layer from dominating.
 CFG = get_preset("gpt-nano").replace(context_length=16, vocab_size=512)
@@ -26,7 +26,8 @@ def trained(ds: SlidingWindowDataset, out: Path, dropout: float = 0.0, **flags) 
     cfg = TrainConfig.of(max_steps=3, eval_interval=3, eval_batches=1, lr=1e-3, **flags)
     batches = ResumableBatches(ds, 4, shuffle=True, seed=1)
     out.mkdir()
-    train(model, batches, ResumableBatches(ds, 4, False), cfg, RunDir(out), torch.device("cpu"))
+    plan = Plan(model, batches, ResumableBatches(ds, 4, False), cfg.max_steps)
+    train(plan, cfg, RunDir(out), torch.device("cpu"))
     return model
 
 

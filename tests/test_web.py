@@ -23,7 +23,7 @@ import pytest
 
 from gptlab.generation import generate_text
 from gptlab.hub import resolve_model
-from gptlab.instruct import instruct_sampling
+from gptlab.respond import instruct_sampling
 from gptlab.runs import RunDir
 from gptlab.serve.service import messages_to_prompt
 from gptlab.settings import Sampling

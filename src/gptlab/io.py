@@ -5,6 +5,10 @@ reader sees the old file or the complete new one, never a partial one; its permi
 those the umask gives a new file. Every text or JSON file it reads goes through `read_utf8` /
 `read_json`, so a missing file, bad bytes or bad JSON gives one `GptlabError` with the path
 (and line) instead of a traceback.
+
+Journals (metrics.jsonl, respond's progress, the judge's scores) are JSON Lines appended one
+durable record at a time (`append_jsonl`) and read back by `read_jsonl`, which tolerates the
+one thing a crash can leave: a last line cut short.
 """
 
 from __future__ import annotations
@@ -73,17 +77,21 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def read_utf8(path: Path, what: str = "file") -> str:
-    """Read a text file, with one clear error for a missing or non-UTF-8 file; `what` names
-    the file in the not-found message (e.g. "model config")."""
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise GptlabError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise GptlabError(f"{path}: is a folder, expected a file") from None
     except OSError as exc:
         raise GptlabError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def read_utf8(path: Path, what: str = "file") -> str:
+    """Read a text file, with one clear error for a missing or non-UTF-8 file; `what` names
+    the file in the not-found message (e.g. "model config")."""
+    data = _read_bytes(path, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -107,3 +115,64 @@ def read_json_object(path: Path, what: str = "JSON file") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise GptlabError(f"{path}: expected a JSON object, got a {type(data).__name__}")
     return data
+
+
+def append_line(path: str | Path, line: str, whole: Callable[[bytes], bool] | None = None) -> None:
+    """Append one line in a single write and fsync it: a kill leaves the file with or without
+    it, at worst with the line cut short (no newline). Such a last line, left by an earlier
+    kill, is cut off first, or ended where `whole(it)` says it is complete, so every line but
+    the last is always whole."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.fstat(fd).st_size
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            start = Path(path).read_bytes().rfind(b"\n") + 1
+            if whole is not None and whole(os.pread(fd, end - start, start)):
+                data = b"\n" + data
+            else:
+                os.ftruncate(fd, start)
+        while data:  # one write unless the disk is nearly full
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_line(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError for a cut character
+        return False
+    return True
+
+
+def append_jsonl(path: str | Path, record: Any) -> None:
+    """Append `record` to a JSON Lines journal as one durable line (see `append_line`)."""
+    append_line(path, json.dumps(record), whole=_json_line)
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """The records of a JSON Lines journal written by `append_jsonl` (none when it does not
+    exist yet). A last line without its newline that is not whole JSON was cut by a crash
+    mid-write and is skipped; a bad line anywhere else is one GptlabError naming the file and
+    the line (blank lines are skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    *lines, last = _read_bytes(path, "journal").split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not valid UTF-8"
+            raise GptlabError(
+                f"{path}:{number}: not a JSON line ({reason}); delete or fix that line"
+            ) from None
+    if last.strip():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(last))
+    return records

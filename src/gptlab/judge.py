@@ -28,8 +28,14 @@ import httpx
 from tqdm import tqdm
 
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.instruct import load_entries
-from gptlab.io import atomic_write, atomic_write_json, atomic_write_text
+from gptlab.instructions import load_entries
+from gptlab.io import (
+    append_jsonl,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+)
 from gptlab.runs import RunDir
 from gptlab.settings import JudgeConfig
 
@@ -83,28 +89,15 @@ def entry_key(entry: dict[str, str]) -> str:
 
 def load_scores(path: Path, entries: list[dict[str, str]], judge: str) -> dict[int, dict]:
     """Stored scores that still match their entry and judge; a line cut by a crash is skipped."""
-    if not path.is_file():
-        return {}
     done: dict[int, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for record in read_jsonl(path):
         try:
-            record = json.loads(line)
             i = record["index"]
             if record["judge"] == judge and record["key"] == entry_key(entries[i]):
                 done[i] = record
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError):
             continue
     return done
-
-
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one line and fsync it; a line left unfinished by a crash is closed first, so the
-    new record never merges into it."""
-    with open(path, "ab+") as f:
-        torn = f.tell() > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
-        f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def parse_score(reply: str) -> int | None:
@@ -270,7 +263,7 @@ async def judge_all(
         async def worker() -> None:
             while pending:
                 i = pending.pop(0)
-                append_record(path, await judge_entry(client, cfg, i, entries[i]))
+                append_jsonl(path, await judge_entry(client, cfg, i, entries[i]))
                 bar.update()
 
         tasks = [asyncio.create_task(worker()) for _ in range(min(cfg.concurrency, len(todo)))]

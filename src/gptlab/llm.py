@@ -21,6 +21,7 @@ from typing import Any, overload
 import torch
 
 from gptlab import text
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.families import family_of
 from gptlab.generation import GenerationStats, TextStream, generate_text, generate_tokens
@@ -28,7 +29,6 @@ from gptlab.hub import resolve_with_tokenizer
 from gptlab.model import Decoder
 from gptlab.prompts import own_chat_template
 from gptlab.settings import Sampling
-from gptlab.training import pick_device
 
 DTYPES = {
     "float32": torch.float32,

@@ -6,8 +6,8 @@ RUN/base/           the base model: a from-scratch pretraining run in base/pretr
                     corpus), or a pointer to OpenAI's GPT-2 weights or to the given model (a
                     .gguf file, a Hugging Face or gptlab folder, of either family, whose own
                     tokenizer every later stage uses); samples.json
-RUN/classify/       SMS spam classification fine-tuning (gptlab.classify)
-RUN/instruct/       instruction fine-tuning (gptlab.instruct); the test split in test.json
+RUN/classify/       SMS spam classification fine-tuning (gptlab.jobs.classify)
+RUN/instruct/       instruction fine-tuning (gptlab.jobs.instruct); the test split in test.json
 RUN/respond/        the instruction model's responses to the test split (responses.json)
 RUN/judge/          the judge's scores (gptlab.judge), or skipped.json when no judge answered
 RUN/report.md       every stage's metrics, plots, samples, timings, hardware, commands
@@ -37,22 +37,20 @@ from typing import Any, ClassVar
 
 import torch
 
-from gptlab.classify import finetune_classifier, load_splits
 from gptlab.data import bundled
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.hub import ensure_pretrained
-from gptlab.instruct import (
-    answer_stats,
-    finetune_instruct,
-    load_entries,
-    respond,
-    training_texts,
-)
+from gptlab.instructions import load_entries, training_texts
 from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json_object, read_utf8
+from gptlab.jobs.classify import finetune_classifier
+from gptlab.jobs.instruct import finetune_instruct
+from gptlab.jobs.pretrain import pretrain_on_texts
 from gptlab.judge import JudgeUnavailable, evaluate_responses
+from gptlab.labelled import load_splits
 from gptlab.llm import load
-from gptlab.pretrain import pretrain
 from gptlab.report import pipeline_command, quote, write_report
+from gptlab.respond import answer_stats, respond
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
 from gptlab.settings import (
     BASES,
@@ -66,7 +64,6 @@ from gptlab.settings import (
     Sampling,
     TrainArgs,
 )
-from gptlab.training import pick_device
 
 log = logging.getLogger("gptlab")
 
@@ -271,23 +268,19 @@ class BaseStage(Stage):
         return [story, *texts]
 
     def pretrain_scratch(self, recipe: Recipe) -> dict[str, Any]:
-        pre = self.folder / "pretrain"
-        corpus = pre / "corpus.txt"
-        if not has_run(pre):
-            atomic_write_text(corpus, "<|endoftext|>".join(self.corpus_texts()))
-        if not is_complete(pre):
-            config = PretrainConfig(
-                out=pre,
-                corpus=corpus,
-                preset=recipe.scratch_preset,
-                context=recipe.pretrain_context,
-                sample_tokens=recipe.sample_tokens,
-                train=self.ctx.train_args(recipe.pretrain),
-                runtime=self.ctx.runtime(),
-            )
-            pretrain(config, resume=has_run(pre))
-        results = {k: v for k, v in read_json_object(pre / RESULTS).items() if k != "task"}
-        return {**results, "corpus": str(corpus)}
+        config = PretrainConfig(
+            out=self.folder / "pretrain",
+            preset=recipe.scratch_preset,
+            context=recipe.pretrain_context,
+            sample_tokens=recipe.sample_tokens,
+            train=self.ctx.train_args(recipe.pretrain),
+            runtime=self.ctx.runtime(),
+        )
+        results = pretrain_on_texts(config, self.corpus_texts)
+        return {
+            **{k: v for k, v in results.items() if k != "task"},
+            "corpus": str(config.out / "corpus.txt"),
+        }
 
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -474,7 +467,7 @@ class RespondStage(Stage):
 
 
 def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
-    """A plain sentence for report.md when `stats` (gptlab.instruct.answer_stats) show that the
+    """A plain sentence for report.md when `stats` (gptlab.respond.answer_stats) show that the
     model's output says nothing, with what would improve it; nothing otherwise."""
     if not stats["degenerate"]:
         return []

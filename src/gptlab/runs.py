@@ -15,13 +15,12 @@ resumable job and pipeline stage asks of a folder.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_write, atomic_write_json
+from gptlab.io import append_jsonl, append_line, atomic_write, atomic_write_json, read_jsonl
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -66,24 +65,18 @@ class RunDir:
             raise GptlabError(f"{self.path}: not writable") from None
 
     def log(self, record: dict[str, Any]) -> None:
-        _append_line(self.metrics_path, json.dumps(record))
+        append_jsonl(self.metrics_path, record)
 
     def add_sample(self, step: int, text: str) -> None:
         """Append a sample to samples.txt as soon as it is made, on one line (newlines shown
         as \\n), so that an interruption loses none and a resume can cut the file at a step."""
         flat = text.replace("\r", "\\r").replace("\n", "\\n")
-        _append_line(self.path / SAMPLES, f"[step {step}] {flat}")
+        append_line(self.path / SAMPLES, f"[step {step}] {flat}")
 
     def metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        records = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash mid-write
-        return records
+        """The records of metrics.jsonl (gptlab.io.read_jsonl: a last line cut by a crash is
+        skipped)."""
+        return read_jsonl(self.metrics_path)
 
     def truncate_metrics(self, step: int) -> None:
         """Forget records logged after `step`: that of the checkpoint being resumed, or 0 in a
@@ -135,19 +128,3 @@ class RunDir:
         atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=110))
         plt.close(fig)
         return out
-
-
-def _append_line(path: Path, line: str) -> None:
-    """Append one line in a single write and make it durable: a kill leaves the file with or
-    without it (at worst a last line cut short, which readers skip as unreadable)."""
-    data = (line + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        end = os.fstat(fd).st_size
-        if end and os.pread(fd, 1, end - 1) != b"\n":
-            data = b"\n" + data  # end the cut line, so that it cannot swallow this one
-        while data:  # one write unless the disk is nearly full
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -260,6 +260,15 @@ class TrainArgs(Settings):
 
 
 @dataclass
+class ClassifierTrainArgs(TrainArgs):
+    """training: optimizer, schedule, batches, evaluation and checkpoints"""
+
+    eval_interval: int | None = arg(  # type: ignore[assignment]
+        None, "evaluate and checkpoint every N steps (none: once per epoch)", min=1, resumable=True
+    )
+
+
+@dataclass
 class SpeedFlags(Settings):
     """speed (see docs/scale.md)"""
 
@@ -368,7 +377,7 @@ class PretrainConfig(Settings):
 
 
 TRAINABLE = ("last-block", "last-k", "all", "lora")
-# How instruction entries are shown to the model (gptlab.instruct.prompt_format).
+# How instruction entries are shown to the model (gptlab.instructions.prompt_format).
 PROMPT_FORMATS = ("alpaca", "chat")
 
 
@@ -410,8 +419,8 @@ class ClassifierConfig(Settings):
         "balancing (never validation or test)",
     )
     pretrain: TextPretraining = arg(factory=TextPretraining, prefix="pretrain")
-    train: TrainArgs = arg(
-        factory=lambda: TrainArgs(
+    train: ClassifierTrainArgs = arg(
+        factory=lambda: ClassifierTrainArgs(
             epochs=5, batch_size=8, lr=5e-5, min_lr_ratio=1.0, grad_clip=None, log_interval=10
         )
     )

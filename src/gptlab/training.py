@@ -13,6 +13,11 @@ TF32 matmuls, fused AdamW, pinned-memory asynchronous batch copies (all on by de
 no-op where it does not apply), and opt-in `torch.compile`, gradient checkpointing (activation
 memory for compute) and FSDP. Throughput is logged as tokens/s and, where the accelerator's
 peak is known, model FLOPs utilisation (MFU).
+
+A job hands `train` a `Plan` (model, batches, step count, loss, checkpoint metadata and an
+optional `EvalMetrics`, the numbers an evaluation measures beside its losses); the run's
+position is a `TrainState` that saves itself into each checkpoint and restores itself from
+one. Device facts (the device, autocast, batch moves, peak FLOP/s) are gptlab.device's.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -39,8 +45,9 @@ from gptlab.checkpoints import (
     save_checkpoint,
 )
 from gptlab.cpu import head_loss
+from gptlab.device import autocast, peak_flops, to_device
 from gptlab.errors import GptlabError, Interrupted
-from gptlab.model import GPT, IGNORE_INDEX
+from gptlab.model import IGNORE_INDEX, Decoder
 from gptlab.runs import RunDir
 from gptlab.settings import SpeedFlags, TrainArgs
 
@@ -58,56 +65,6 @@ class BatchSource(Protocol):
     def iterate(self, position: int = 0) -> Iterator[Any]: ...
 
     def first(self, n_batches: int | None) -> Iterator[Any]: ...
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The device `name` names, checked to exist here, so that a missing GPU is one line
-    before a job creates anything (torch itself only fails at the first tensor moved there);
-    `auto` is the best available one."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise GptlabError(f"unknown device {name!r}") from None
-        _check_available(name, device)
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _check_available(name: str, device: torch.device) -> None:
-    fallback = "use --device cpu or auto"
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise GptlabError(
-                f"--device {name}: no CUDA device is available here (torch "
-                f"{torch.__version__}); {fallback}"
-            )
-        if device.index is not None and device.index >= count:
-            raise GptlabError(
-                f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
-                f"cuda:{count - 1}; {fallback}"
-            )
-    elif device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if not (mps and mps.is_available()):
-            raise GptlabError(
-                f"--device {name}: no MPS device is available here (torch "
-                f"{torch.__version__}); {fallback}"
-            )
-
-
-def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
-    """bf16 autocast where it pays (GPU, precision auto or bf16); plain fp32 otherwise."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return nullcontext()
-    if precision not in ("auto", "bf16"):
-        raise GptlabError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -178,7 +135,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the targets that are not IGNORE_INDEX, and their
-    count. The model computes it in its forward pass (see GPT.head_loss); a batch
+    count. The model computes it in its forward pass (see Decoder.head_loss); a batch
     without targets (prompts cut by --max-length and masked) gives 0, not NaN.
 
     Under torchrun each process holds some rows of the global batch, and instruction rows hold
@@ -190,41 +147,14 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple
     return model(x, targets=y) * (world / max(distributed.global_sum(n), 1)), n
 
 
-def to_device(batch: Any, device: torch.device, pin: bool = False) -> Any:
-    """Move a batch; with `pin` (CUDA only), through page-locked memory so that the copy runs
-    asynchronously while the GPU is still busy with the previous micro-step."""
-    if isinstance(batch, torch.Tensor):
-        if pin and device.type == "cuda" and not batch.is_pinned():
-            batch = batch.pin_memory()
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(b, device, pin) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, pin) for k, v in batch.items()}
-    return batch
-
-
-# Dense bf16 peak FLOP/s by GPU name, for model FLOPs utilisation.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-
-
-def peak_flops(device: torch.device, cfg: TrainConfig) -> float | None:
-    if cfg.speed.peak_tflops:
-        return cfg.speed.peak_tflops * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def flops_per_token(model: GPT, seq_len: int) -> float:
+def flops_per_token(model: Decoder, seq_len: int) -> float:
     """Training FLOPs per token: 6 per parameter (forward and backward matmuls) plus the
     attention scores, 12 * layers * width * sequence (PaLM's appendix B estimate)."""
     c = model.cfg
     return 6 * model.num_params() + 12 * c.n_layers * c.emb_dim * seq_len
 
 
-def apply_speed_flags(model: GPT, cfg: TrainConfig, device: torch.device) -> None:
+def apply_speed_flags(model: Decoder, cfg: TrainConfig, device: torch.device) -> None:
     """Process-wide and model settings for the flags that need no wrapping, and the CPU
     head loss (gptlab.cpu.head_loss: the same loss, computed faster; it steps aside on GPU)."""
     if device.type == "cuda":
@@ -290,6 +220,101 @@ class TrainResult:
     val_loss: float
     seconds: float
 
+    def lm_results(self) -> dict[str, Any]:
+        """What a language model's results.json says of its training."""
+        return {
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_ppl": perplexity(self.val_loss),
+            "train_seconds": self.seconds,
+        }
+
+
+class EvalMetrics(Protocol):
+    """Named numbers an evaluation measures beside its losses, from the same forward passes
+    (a classifier's accuracy per split; later DPO's reward margins). In evaluation, `loss`
+    stands in for the plan's loss function on the batches of `split` ("train", then "val")
+    and tallies what it sees; `collect` then returns the numbers and starts the tallies over.
+    The loop logs them to metrics.jsonl as one record of kind `kind` and hands them to the
+    job's `on_eval`. Every process evaluates the same batches, so their tallies agree."""
+
+    kind: str
+
+    def loss(self, model: nn.Module, batch: Any, split: str) -> tuple[torch.Tensor, int]: ...
+
+    def collect(self, step: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class Plan:
+    """What a job hands the training loop."""
+
+    model: Decoder
+    train_batches: BatchSource
+    val_batches: BatchSource
+    max_steps: int  # the job's step count (from its epochs or --max-steps): TrainConfig's
+    meta: dict[str, Any] = field(default_factory=dict)  # model folder metadata, in checkpoints
+    loss_fn: LossFn = lm_loss
+    language_model: bool = True  # its loss is next-token cross-entropy: perplexity means something
+    tokenizer: Any = None  # saved in every checkpoint (a gptlab.text tokenizer; None: GPT-2's)
+    eval_metrics: EvalMetrics | None = None
+
+
+OnEval = Callable[[int, dict[str, Any]], None]  # (step, the evaluation's EvalMetrics numbers)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands, saved in every checkpoint (train_state.pt, with the optimizer and
+    RNG states and the TrainConfig) and restored from it on --resume, so a resumed run goes on
+    exactly as one never interrupted."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds spent in optimizer steps
+    last_eval: tuple[float, float] = (math.nan, math.nan)  # (train, val) loss
+
+    @classmethod
+    def restore(
+        cls, saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> TrainState:
+        """The state a checkpoint's train_state.pt holds; puts its optimizer state into
+        `optimizer` and, on rank 0, its RNG state into torch (the saved RNG state is rank 0's;
+        other ranks keep their own seeds)."""
+        distributed.load_optimizer_state(model, optimizer, saved["optimizer"])
+        if distributed.current().is_main:
+            _set_rng_state(saved["rng"])
+        return cls(saved["step"], saved["tokens_seen"], saved["elapsed"], tuple(saved["last_eval"]))
+
+    def save(
+        self, run: RunDir, plan: Plan, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+    ) -> None:
+        """Checkpoint this step: every process takes part (a collective under FSDP), rank 0
+        writes checkpoints/step-NNNNNN/ (see gptlab.checkpoints.save_checkpoint)."""
+        weights = distributed.model_state(plan.model)
+        opt_state = distributed.optimizer_state(plan.model, optimizer)
+        if distributed.current().is_main:
+            saved = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "elapsed": self.elapsed,
+                "last_eval": list(self.last_eval),
+                "optimizer": opt_state,
+                "rng": _rng_state(),
+                "train_config": cfg.to_json(),
+            }
+            keep = cfg.train.keep_checkpoints
+            save_checkpoint(
+                run.path, self.step, plan.model, saved, plan.meta, keep=keep, weights=weights,
+                tokenizer=plan.tokenizer,
+            )  # fmt: skip
+        distributed.barrier()
+
+    def result(self) -> TrainResult:
+        return TrainResult(self.step, self.tokens_seen, *self.last_eval, self.elapsed)
+
 
 def say_resumed(run: RunDir, step: int, cfg: TrainConfig, per_epoch: int, found: bool) -> None:
     """Where --resume picks up: the checkpoint's step and epoch, or that there was none."""
@@ -310,28 +335,45 @@ def say_resumed(run: RunDir, step: int, cfg: TrainConfig, per_epoch: int, found:
 
 
 def train(
-    model: GPT,
-    train_batches: BatchSource,
-    val_batches: BatchSource,
+    plan: Plan,
     cfg: TrainConfig,
     run: RunDir,
     device: torch.device,
-    loss_fn: LossFn = lm_loss,
+    *,
     resume: bool = False,
-    meta: dict[str, Any] | None = None,
-    on_eval: Callable[[int], None] | None = None,
+    on_eval: OnEval | None = None,
     stop_after: int | None = None,
-    language_model: bool = True,
-    tokenizer: Any = None,
 ) -> TrainResult:
-    """Train `model` for `cfg.max_steps` optimizer steps, evaluating and checkpointing every
-    `cfg.eval_interval` steps. `stop_after` ends the call early at that step, after its
+    """Train `plan.model` for `cfg.max_steps` optimizer steps, evaluating and checkpointing
+    every `cfg.eval_interval` steps. `stop_after` ends the call early at that step, after its
     checkpoint, as an interruption would (used to split a run in two). Under torchrun every
     process calls this; `on_eval` runs on all of them (FSDP needs every rank in a forward).
-    Perplexity is logged only for a `language_model`: of a classifier's loss it means nothing.
-    Checkpoints hold `tokenizer` (a gptlab.text tokenizer other than GPT-2's) beside the model."""
-    d = distributed.current()
-    torch.manual_seed(cfg.train.seed + d.rank)  # ranks draw different dropout masks
+    Perplexity is logged only for a `plan.language_model`: of a classifier's loss it means
+    nothing. Checkpoints hold `plan.tokenizer` (one other than GPT-2's) beside the model."""
+    d, model = distributed.current(), plan.model
+    _place(model, cfg, device, d.rank)
+    checkpoint = latest_checkpoint(run.path) if resume else None
+    saved = load_train_state(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None:
+        model.load_state_dict(read_safetensors(checkpoint / "model.safetensors"), strict=False)
+    wrapped = distributed.wrap(model, device, cfg.speed.fsdp)
+    optimizer = make_optimizer(model, cfg, device)
+    state = TrainState() if saved is None else TrainState.restore(saved, model, optimizer)
+    if d.is_main:  # forget what an attempt logged after its last checkpoint (or its first)
+        run.truncate_metrics(state.step)
+        run.truncate_samples(state.step)
+        if resume:
+            say_resumed(run, state.step, cfg, plan.train_batches.per_epoch, checkpoint is not None)
+    if state.step >= cfg.max_steps:
+        return state.result()
+    if cfg.speed.compile:
+        model.compile(backend=cfg.speed.compile_backend)
+    return _Loop(plan, cfg, run, device, wrapped, optimizer, state).run(on_eval, stop_after)
+
+
+def _place(model: Decoder, cfg: TrainConfig, device: torch.device, rank: int) -> None:
+    """Seed, speed flags, and the model on `device` in training mode with contiguous weights."""
+    torch.manual_seed(cfg.train.seed + rank)  # ranks draw different dropout masks
     apply_speed_flags(model, cfg, device)
     model.to(device).train()
     # Every weight contiguous: fused AdamW copies other layouts at each step and FSDP refuses
@@ -339,156 +381,157 @@ def train(
     for p in model.parameters():
         if not p.is_contiguous():
             p.data = p.data.contiguous()
-    step, tokens_seen, elapsed = 0, 0, 0.0
-    last_eval = (float("nan"), float("nan"))
-    state = None
-    if resume and (ckpt := latest_checkpoint(run.path)) is not None:
-        state = load_train_state(ckpt)
-        model.load_state_dict(read_safetensors(ckpt / "model.safetensors"), strict=False)
-    wrapped = distributed.wrap(model, device, cfg.speed.fsdp)
-    optimizer = make_optimizer(model, cfg, device)
-    if state is not None:
-        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
-        if d.is_main:  # the saved RNG state is rank 0's; other ranks keep their own seeds
-            _set_rng_state(state["rng"])
-        step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
-        last_eval = tuple(state["last_eval"])  # type: ignore[assignment]
-    if d.is_main:  # forget what an attempt logged after its last checkpoint (or its first)
-        run.truncate_metrics(step)
-        run.truncate_samples(step)
-        if resume:
-            say_resumed(run, step, cfg, train_batches.per_epoch, state is not None)
-    if step >= cfg.max_steps:
-        return TrainResult(step, tokens_seen, *last_eval, elapsed)
-    if cfg.speed.compile:
-        model.compile(backend=cfg.speed.compile_backend)
-    record_metric = run.log if d.is_main else lambda record: None
-    peak = peak_flops(device, cfg)
 
-    def checkpoint() -> None:
-        weights = distributed.model_state(model)  # collective under FSDP
-        opt_state = distributed.optimizer_state(model, optimizer)
-        if d.is_main:
-            state = {
-                "step": step,
-                "tokens_seen": tokens_seen,
-                "elapsed": elapsed,
-                "last_eval": list(last_eval),
-                "optimizer": opt_state,
-                "rng": _rng_state(),
-                "train_config": cfg.to_json(),
-            }
-            save_checkpoint(
-                run.path,
-                step,
-                model,
-                state,
-                meta,
-                keep=cfg.train.keep_checkpoints,
-                weights=weights,
-                tokenizer=tokenizer,
-            )
-        distributed.barrier()
 
-    def next_batch() -> Any:
-        return to_device(distributed.rows(next(batches), d), device, cfg.speed.pin_memory)
+class _Loop:
+    """The steps of one `train` call, from `state.step` to the plan's last (or `stop_after`):
+    its parts share the plan, the wrapped model, the optimizer and the state."""
 
-    def evaluate(source: BatchSource) -> float:
-        # Every process evaluates the same batches, so all agree without communication.
-        return evaluate_loss(
-            wrapped, source.first(cfg.train.eval_batches), loss_fn, device, cfg.precision
+    def __init__(
+        self,
+        plan: Plan,
+        cfg: TrainConfig,
+        run: RunDir,
+        device: torch.device,
+        wrapped: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: TrainState,
+    ) -> None:
+        self.plan, self.cfg, self.run_dir, self.device = plan, cfg, run, device
+        self.wrapped, self.optimizer, self.state = wrapped, optimizer, state
+        self.d = distributed.current()
+        self.peak = peak_flops(device, cfg.speed.peak_tflops)
+        self.batches = plan.train_batches.iterate(state.step * cfg.train.grad_accum)
+        self.pending = self.next_batch()  # read ahead, while the accelerator works
+        self.window_tokens, self.window_start = 0, time.perf_counter()  # tokens/s window
+        self.seq_len = 0  # of the latest batch, for MFU
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.d.is_main:
+            self.run_dir.log(record)
+
+    def next_batch(self) -> Any:
+        rows = distributed.rows(next(self.batches), self.d)
+        return to_device(rows, self.device, self.cfg.speed.pin_memory)
+
+    def run(self, on_eval: OnEval | None, stop_after: int | None) -> TrainResult:
+        cfg, state = self.cfg, self.state
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=state.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.d.is_main,
         )
+        with sigint_flag() as interrupted, bar:
+            while state.step < cfg.max_steps:
+                loss, stop = self.step(interrupted.is_set())
+                if state.step % cfg.log_interval == 0:
+                    self.log_train(loss, bar)
+                bar.update(1)
+                # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
+                # exactly what an uninterrupted one does; checkpoint there and when stopping.
+                if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:
+                    self.evaluate(bar, on_eval)
+                    state.save(self.run_dir, self.plan, self.optimizer, cfg)
+                elif stop or state.step == stop_after:
+                    state.save(self.run_dir, self.plan, self.optimizer, cfg)
+                if stop:
+                    raise Interrupted(
+                        f"interrupted at step {state.step}; checkpoint saved in "
+                        f"{self.run_dir.path}/checkpoints (rerun with --resume to continue)"
+                    )
+                if state.step == stop_after:
+                    break
+        return state.result()
 
-    batches = train_batches.iterate(step * cfg.train.grad_accum)
-    bar = tqdm(
-        total=cfg.max_steps,
-        initial=step,
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not d.is_main,
-    )
-    window_tokens, window_start = 0, time.perf_counter()
-    pending = next_batch()
-    with sigint_flag() as interrupted, bar:
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.train.lr * lr_factor(step, cfg)
-            step_loss = torch.zeros((), device=device)
-            for micro in range(cfg.train.grad_accum):
-                batch = pending
-                last = micro == cfg.train.grad_accum - 1
-                with (
-                    nullcontext() if last else distributed.no_grad_sync(wrapped),
-                    autocast(device, cfg.precision),
-                ):
-                    loss, _n = loss_fn(wrapped, batch)
-                    (loss / cfg.train.grad_accum).backward()
-                # Read the next batch while the accelerator works through this one.
-                pending = next_batch()
-                step_loss += loss.detach().float() / cfg.train.grad_accum
-                # ids (B, T) or hidden states (B, T, D); every process holds B / world rows
-                n_tokens = math.prod(batch[0].shape[:2]) * d.world
-                tokens_seen += n_tokens
-                window_tokens += n_tokens
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            mean_loss, stop = distributed.reduce_step(float(step_loss), interrupted.is_set())
-            elapsed += time.perf_counter() - t0
-            if not math.isfinite(mean_loss):
-                raise GptlabError(f"training loss became {mean_loss} at step {step}; lower --lr")
-            if step % cfg.log_interval == 0:
-                now = time.perf_counter()
-                tps = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0, now
-                record = {
-                    "kind": "train",
-                    "step": step,
-                    "loss": mean_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "tokens": tokens_seen,
-                    "tokens_per_s": round(tps, 1),
-                }
-                if peak:
-                    seq = batch[0].shape[1]
-                    mfu = tps * flops_per_token(model, seq) / (peak * d.world)
-                    record["mfu"] = float(f"{mfu:.4g}")
-                record_metric(record)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
-            bar.update(1)
-            # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
-            # exactly what an uninterrupted one does; checkpoint there and when stopping.
-            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                train_loss, val_loss = evaluate(train_batches), evaluate(val_batches)
-                last_eval = (train_loss, val_loss)
-                record = {
-                    "kind": "eval",
-                    "step": step,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                }
-                line = f"step {step}: train loss {train_loss:.3f}, val loss {val_loss:.3f}"
-                if language_model:
-                    record["train_ppl"] = perplexity(train_loss)
-                    record["val_ppl"] = perplexity(val_loss)
-                    line += f" (ppl {perplexity(val_loss):.1f})"
-                record_metric({**record, "tokens": tokens_seen})
-                if d.is_main:
-                    bar.write(line)
-                if on_eval is not None:
-                    on_eval(step)
-                checkpoint()
-            elif stop or step == stop_after:
-                checkpoint()
-            if stop:
-                raise Interrupted(
-                    f"interrupted at step {step}; checkpoint saved in "
-                    f"{run.path}/checkpoints (rerun with --resume to continue)"
-                )
-            if step == stop_after:
-                break
-    return TrainResult(step, tokens_seen, last_eval[0], last_eval[1], elapsed)
+    def step(self, interrupted: bool) -> tuple[float, bool]:
+        """One optimizer step over `grad_accum` micro-batches: (its loss, the mean over every
+        process, and whether any process was interrupted)."""
+        cfg, state = self.cfg, self.state
+        t0 = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.train.lr * lr_factor(state.step, cfg)
+        step_loss = torch.zeros((), device=self.device)
+        for micro in range(cfg.train.grad_accum):
+            step_loss += self.micro_step(last=micro == cfg.train.grad_accum - 1)
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.plan.model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        mean_loss, stop = distributed.reduce_step(float(step_loss), interrupted)
+        state.elapsed += time.perf_counter() - t0
+        if not math.isfinite(mean_loss):
+            raise GptlabError(f"training loss became {mean_loss} at step {state.step}; lower --lr")
+        return mean_loss, stop
+
+    def micro_step(self, last: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch (gradients synchronised on the `last`);
+        its share of the step's loss."""
+        batch, accum = self.pending, self.cfg.train.grad_accum
+        with (
+            nullcontext() if last else distributed.no_grad_sync(self.wrapped),
+            autocast(self.device, self.cfg.precision),
+        ):
+            loss, _n = self.plan.loss_fn(self.wrapped, batch)
+            (loss / accum).backward()
+        self.pending = self.next_batch()
+        # ids (B, T) or hidden states (B, T, D); every process holds B / world rows
+        n_tokens = math.prod(batch[0].shape[:2]) * self.d.world
+        self.state.tokens_seen += n_tokens
+        self.window_tokens += n_tokens
+        self.seq_len = batch[0].shape[1]
+        return loss.detach().float() / accum
+
+    def log_train(self, loss: float, bar: tqdm) -> None:
+        """The training record: loss, learning rate, tokens, throughput (and MFU) since the
+        last one."""
+        now = time.perf_counter()
+        tps = self.window_tokens / max(now - self.window_start, 1e-9)
+        self.window_tokens, self.window_start = 0, now
+        record = {
+            "kind": "train",
+            "step": self.state.step,
+            "loss": loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens": self.state.tokens_seen,
+            "tokens_per_s": round(tps, 1),
+        }
+        if self.peak:
+            mfu = tps * flops_per_token(self.plan.model, self.seq_len) / (self.peak * self.d.world)
+            record["mfu"] = float(f"{mfu:.4g}")
+        self.log(record)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+
+    def evaluate(self, bar: tqdm, on_eval: OnEval | None) -> None:
+        """Train and validation loss (and the plan's EvalMetrics), logged and shown; then
+        the job's `on_eval`."""
+        plan, state, step = self.plan, self.state, self.state.step
+        train_loss, val_loss = self.eval_loss("train"), self.eval_loss("val")
+        state.last_eval = (train_loss, val_loss)
+        record = {"kind": "eval", "step": step, "train_loss": train_loss, "val_loss": val_loss}
+        line = f"step {step}: train loss {train_loss:.3f}, val loss {val_loss:.3f}"
+        if plan.language_model:
+            record["train_ppl"] = perplexity(train_loss)
+            record["val_ppl"] = perplexity(val_loss)
+            line += f" (ppl {perplexity(val_loss):.1f})"
+        self.log({**record, "tokens": state.tokens_seen})
+        if self.d.is_main:
+            bar.write(line)
+        extra, metrics = plan.eval_metrics, {}
+        if extra is not None:
+            metrics = extra.collect(step)
+            self.log({"kind": extra.kind, "step": step, **metrics})
+        if on_eval is not None:
+            on_eval(step, metrics)
+
+    def eval_loss(self, split: str) -> float:
+        """Mean loss over the split's first `eval_batches` batches. Every process evaluates
+        the same batches, so all agree without communication."""
+        source = self.plan.train_batches if split == "train" else self.plan.val_batches
+        extra = self.plan.eval_metrics
+        loss_fn = self.plan.loss_fn if extra is None else partial(extra.loss, split=split)
+        batches = source.first(self.cfg.train.eval_batches)
+        return evaluate_loss(self.wrapped, batches, loss_fn, self.device, self.cfg.precision)

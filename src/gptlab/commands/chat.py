@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 
 from gptlab.generation import stream_text
-from gptlab.instruct import instruct_sampling
 from gptlab.llm import load
 from gptlab.prompts import format_prompt
+from gptlab.respond import instruct_sampling
 from gptlab.settings import ChatConfig
 
 INPUT_SEPARATOR = "||"

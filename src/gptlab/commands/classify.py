@@ -7,7 +7,7 @@ import io
 import sys
 from pathlib import Path
 
-from gptlab.classify import classify_texts
+from gptlab.classifier import classify_texts
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_text, read_utf8
 from gptlab.llm import load

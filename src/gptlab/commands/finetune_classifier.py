@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from gptlab import distributed
-from gptlab.classify import finetune_classifier
+from gptlab.jobs.classify import finetune_classifier
 from gptlab.runs import MODEL
 from gptlab.settings import ClassifierConfig
 

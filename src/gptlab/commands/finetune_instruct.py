@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gptlab import distributed
-from gptlab.instruct import finetune_instruct
+from gptlab.jobs.instruct import finetune_instruct
 from gptlab.settings import InstructConfig
 
 

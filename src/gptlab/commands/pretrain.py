@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gptlab import distributed
-from gptlab.pretrain import pretrain
+from gptlab.jobs.pretrain import pretrain
 from gptlab.runs import SAMPLES
 from gptlab.settings import PretrainConfig
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gptlab.instruct import respond
+from gptlab.respond import respond
 from gptlab.settings import RespondConfig
 
 

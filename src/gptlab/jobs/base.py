@@ -2,7 +2,8 @@
 
 A job (pretraining, classification, instruction fine-tuning) says only what differs: what it
 checks and loads before its run folder exists (`prepare`), the model and batches it trains
-(`build`), what it does at each evaluation (`on_eval`), its plots, and its final results.
+(`build`, a gptlab.training.Plan), what it does at each evaluation (`on_eval`), its plots,
+and its final results.
 `TrainingJob.run` does the rest, in this order, for all of them: join torchrun's processes
 and pick the device; check the global batch; `prepare` (a mistake here leaves nothing
 behind); write config.json (rank 0; refused over an existing run unless resuming); `build`;
@@ -28,20 +29,12 @@ import torch
 
 from gptlab import distributed
 from gptlab.checkpoints import has_checkpoint
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_json, read_json_object
-from gptlab.model import GPT
 from gptlab.runs import CONFIG, RESULTS, RunDir, has_run
 from gptlab.settings import resume_conflicts
-from gptlab.training import (
-    BatchSource,
-    LossFn,
-    TrainConfig,
-    TrainResult,
-    lm_loss,
-    pick_device,
-    train,
-)
+from gptlab.training import Plan, TrainConfig, TrainResult, train
 
 C = TypeVar("C")
 
@@ -56,20 +49,6 @@ class Session:
     device: torch.device
     run: RunDir
     resume: bool
-
-
-@dataclass
-class Plan:
-    """What a job hands the training loop."""
-
-    model: GPT
-    train_batches: BatchSource
-    val_batches: BatchSource
-    max_steps: int
-    meta: dict[str, Any]  # the model folder's metadata in every checkpoint
-    loss_fn: LossFn = lm_loss
-    language_model: bool = True  # its loss is next-token cross-entropy: perplexity means something
-    tokenizer: Any = None  # saved in every checkpoint (a gptlab.text tokenizer; None: GPT-2's)
 
 
 class TrainingJob(ABC, Generic[C]):
@@ -91,8 +70,9 @@ class TrainingJob(ABC, Generic[C]):
     def build(self, s: Session) -> Plan:
         """The model, batches and step count, once the run folder exists."""
 
-    def on_eval(self, s: Session, plan: Plan, step: int) -> None:
-        """After each evaluation, on every process (FSDP needs all of them in a forward)."""
+    def on_eval(self, s: Session, plan: Plan, step: int, metrics: dict[str, Any]) -> None:
+        """After each evaluation, on every process (FSDP needs all of them in a forward);
+        `metrics` are what the plan's EvalMetrics measured (none without)."""
 
     def plots(self, s: Session) -> None:
         s.run.plot(
@@ -157,19 +137,13 @@ class TrainingJob(ABC, Generic[C]):
         c: Any = self.c
         cfg = TrainConfig(plan.max_steps, c.train, c.speed, c.runtime.precision)
         result = train(
-            plan.model,
-            plan.train_batches,
-            plan.val_batches,
+            plan,
             cfg,
             s.run,
             s.device,
-            loss_fn=plan.loss_fn,
             resume=s.resume,
-            meta=plan.meta,
-            on_eval=lambda step: self.on_eval(s, plan, step),
+            on_eval=lambda step, metrics: self.on_eval(s, plan, step, metrics),
             stop_after=stop_after,
-            language_model=plan.language_model,
-            tokenizer=plan.tokenizer,
         )
         finished = result.step >= plan.max_steps
         weights = distributed.model_state(plan.model) if finished else {}

@@ -19,10 +19,10 @@ from fastapi import Depends, Request
 
 from gptlab import text
 from gptlab.errors import GptlabError
-from gptlab.instruct import instruct_sampling
 from gptlab.llm import LLM, load
 from gptlab.model import Decoder
 from gptlab.prompts import format_prompt, own_chat_template
+from gptlab.respond import instruct_sampling
 from gptlab.serve.engine import ApiError, Engine, Job
 from gptlab.serve.schemas import Stop
 from gptlab.settings import Sampling, ServeLimits

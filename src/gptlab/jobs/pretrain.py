@@ -10,25 +10,31 @@ With `data_dir` (a folder made by `gptlab prepare-data`) training reads random w
 memory-mapped shards instead (see gptlab.shards): the last `val_fraction` of the tokens
 validates, and an "epoch" is as many windows as the training tokens hold side by side. Under
 torchrun every process runs this function; rank 0 alone writes the run folder.
+
+`pretrain_on_texts` pretrains on a list of texts (the classifier's --pretrain-on-texts, the
+pipeline's from-scratch base): the one place that writes such a corpus and resumes its run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from gptlab import distributed
 from gptlab.checkpoints import save_model
 from gptlab.config import get_preset
 from gptlab.data import ResumableBatches, pretraining_datasets, read_corpus, tokenize_corpus
 from gptlab.errors import GptlabError
 from gptlab.families import config_to_dict, new_model
 from gptlab.generation import generate_text
-from gptlab.jobs.base import Plan, Session, TrainingJob
-from gptlab.runs import MODEL
+from gptlab.io import atomic_write_text, read_json_object
+from gptlab.jobs.base import Session, TrainingJob
+from gptlab.runs import MODEL, RESULTS, has_run, is_complete
 from gptlab.settings import PretrainConfig, Sampling
 from gptlab.shards import RandomWindows, ShardStream
-from gptlab.training import BatchSource, TrainResult, perplexity
+from gptlab.training import BatchSource, Plan, TrainResult
 
 GPT2_VOCAB = 50257  # the ids gptlab.tokenizer gives a corpus
 # Evaluation batches when reading shards (their validation part may be huge).
@@ -41,6 +47,22 @@ def pretrain(
     """Run (or resume) a pretraining job in `c.out`; returns results.json ({} unless this
     process finished the run)."""
     return Pretraining(c).run(resume, stop_after)
+
+
+def pretrain_on_texts(c: PretrainConfig, texts: Callable[[], Sequence[str]]) -> dict[str, Any]:
+    """Pretrain in `c.out` on `texts()` joined by <|endoftext|> into OUT/corpus.txt, written
+    (by rank 0) only when the run starts: an interrupted run resumes on its own corpus, a
+    finished one is left as it is. Returns its results.json; under torchrun every process
+    calls this."""
+    corpus = c.out / "corpus.txt"
+    if not is_complete(c.out):
+        resume = has_run(c.out)
+        if not resume and distributed.current().is_main:
+            atomic_write_text(corpus, "<|endoftext|>".join(texts()))
+        distributed.barrier()
+        pretrain(c.replace(corpus=corpus), resume=resume)
+        distributed.barrier()  # rank 0 writes the model folder after the others return
+    return read_json_object(c.out / RESULTS)
 
 
 class Pretraining(TrainingJob[PretrainConfig]):
@@ -104,7 +126,7 @@ class Pretraining(TrainingJob[PretrainConfig]):
         max_steps = t.max_steps or t.epochs * self.steps_per_epoch
         return Plan(new_model(self.model_cfg), *self.batches, max_steps, meta={"task": "lm"})
 
-    def on_eval(self, s: Session, plan: Plan, step: int) -> None:
+    def on_eval(self, s: Session, plan: Plan, step: int, metrics: dict[str, Any]) -> None:
         # Every process generates: under FSDP a forward pass needs all of them.
         c = self.c
         sampling = Sampling(max_new_tokens=c.sample_tokens)
@@ -117,12 +139,4 @@ class Pretraining(TrainingJob[PretrainConfig]):
         self, s: Session, plan: Plan, result: TrainResult, weights: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
         save_model(plan.model, s.run.path / MODEL, {"task": "lm"}, weights)
-        return {
-            "task": "pretrain",
-            "steps": result.step,
-            "tokens_seen": result.tokens_seen,
-            "train_loss": result.train_loss,
-            "val_loss": result.val_loss,
-            "val_ppl": perplexity(result.val_loss),
-            "train_seconds": result.seconds,
-        }
+        return {"task": "pretrain", **result.lm_results()}
