@@ -183,5 +183,6 @@ def test_download_and_convert_say_what_they_read_and_write() -> None:
     assert "Hugging Face repository" in download and "owner/name" in download
     convert = verb_help("convert")
     assert "GGUF" in convert and "Hugging Face repository" in convert
+    assert "NAME.Modelfile" in convert
     top = gptlab("--help").stdout
     assert "GGUF" in " ".join(top.split())

@@ -78,7 +78,7 @@ VERBS: dict[str, Verb] = {
         "name such as gpt2-small) and write OUT: a gptlab model folder; with --to hf a Hugging "
         "Face folder that transformers' from_pretrained loads; with --to gguf one GGUF file "
         "NAME.gguf for llama.cpp and Ollama (--dtype f32 or f16 recommended) and beside it "
-        "an Ollama Modelfile.",
+        "the Ollama Modelfile NAME.Modelfile.",
     ),
     "finetune-instruct": Verb(
         settings.InstructConfig,
