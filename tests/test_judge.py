@@ -94,7 +94,7 @@ def by_response(prompt: str) -> str:
         return "What a lovely response!"
     if word == "answer-late":
         return "42" if "nothing else" in prompt else "Great work."
-    return f"Score: {word.removeprefix('answer-')}/100"
+    return word.removeprefix("answer-")
 
 
 @pytest.fixture
@@ -122,18 +122,24 @@ def config(responses: Path, url: str, **kw: object) -> JudgeConfig:
     return JudgeConfig(responses=responses, url=url, backoff=0.01, **kw)
 
 
-def test_parse_score_takes_the_first_integer_from_0_to_100() -> None:
+def test_only_a_bare_integer_from_0_to_100_is_a_score() -> None:
+    """The prompt asks for the integer only: a number inside any other reply is part of what
+    the judge said, not its score."""
     cases = {
         "85": 85,
         " 100\n": 100,
-        "Score: 7/100": 7,
-        "I'd say 250, no, 90": 90,
         "0": 0,
+        "85.": 85,
+        "2 + 2 = 4.": None,
+        "45 kilometers is 45,000 meters.": None,
+        "Score: 7/100": None,
+        "85/100": None,
+        "I'd say 250, no, 90": None,
+        "101": None,
         "8.5": None,
-        "3.0 out of 10": 10,
+        "-5": None,
         "excellent": None,
         "": None,
-        "2024 was a year": None,
     }
     assert {text: parse_score(text) for text in cases} == cases
 
@@ -306,6 +312,35 @@ def test_cli_fails_when_no_judge_reply_is_usable_and_draws_no_plot(tmp_path: Pat
     assert not (tmp_path / "r-judge" / "scores.png").exists()
 
 
+def test_cli_counts_numbers_inside_a_reply_as_unusable(tmp_path: Path) -> None:
+    """A small judge that repeats the answer it grades ("2 + 2 = 4.") gives no score: such a
+    reply is counted and shown as unusable, never read as a score of 2."""
+
+    def echo(prompt: str) -> str:
+        response = prompt.split("Model response:\n")[1].split("\n\n")[0]
+        return "90" if response == "Paris." else response
+
+    parrot = FakeJudge(echo)
+    answers = ["2 + 2 = 4.", "Paris.", "45 kilometers is 45,000 meters."]
+    try:
+        path = write_responses(tmp_path / "r.json", answers)
+        done = evaluate_cli("--responses", str(path), "--url", parrot.url, "--backoff", "0.01")
+    finally:
+        parrot.close()
+    assert done.returncode == 0, done.stderr
+    assert len(parrot.prompts) == 5  # the two unusable replies were asked again, strictly
+    assert "average score 90.0 (median 90) over 1 of 3 responses; 2 invalid judge replies" in (
+        done.stdout
+    )
+    assert "  unusable reply: #0: '2 + 2 = 4.'" in done.stdout
+    results = json.loads((tmp_path / "r-judge" / "results.json").read_text())
+    assert (results["scored"], results["invalid"], results["average"]) == (1, 2, 90)
+    assert results["unusable"] == [
+        {"index": 0, "reply": "2 + 2 = 4."},
+        {"index": 2, "reply": "45 kilometers is 45,000 meters."},
+    ]
+
+
 # ---- end to end: `gptlab evaluate` with `gptlab serve` as the judge ---------------------------
 
 
@@ -322,11 +357,12 @@ def test_cli_evaluate_with_gptlab_serve_as_the_judge(tmp_path: Path) -> None:
             env=gptlab_env(),
             timeout=300,
         )
-        assert done.returncode == 0, done.stderr
         results = json.loads((tmp_path / "responses-judge" / "results.json").read_text())
         assert results["n"] == 3 and results["scored"] + results["invalid"] == 3
-        # A random tiny model does not answer with a number: invalid, and asked twice.
-        assert results["invalid"] >= 1
+        # A random tiny model does not answer with a bare number: invalid, and asked twice;
+        # with no score at all the command says so and exits 2.
+        assert results["invalid"] >= 1 and len(results["unusable"]) == results["invalid"]
+        assert done.returncode == (2 if results["scored"] == 0 else 0), done.stderr
         records = [json.loads(x) for x in (tmp_path / "responses.scores.jsonl").open()]
         assert all(len(r["replies"]) == 2 for r in records if r["score"] is None)
         assert f"{results['invalid']} invalid judge replies" in done.stdout

@@ -2,10 +2,12 @@
 
 For each entry {instruction, input, output, model_response} of a responses file, the judge is
 asked to score the response against the reference output from 0 to 100, answering with the
-integer only (temperature 0, a fixed seed). The first integer from 0 to 100 in its reply is
-the score; a reply without one is asked again once with a stricter prompt, then recorded as
-invalid (never as 0). Every score is appended to a JSON Lines file next to the responses the
-moment it arrives, so a rerun after an interruption asks only about the entries still missing.
+integer only (temperature 0, a fixed seed). Only a reply in that form, an integer from 0 to
+100 and nothing else, is a score: a number inside any other reply ("2 + 2 = 4.") is part of
+what the judge said. A reply that is no score is asked again once with a stricter prompt, then
+recorded as invalid (never as 0) and shown in the results as unusable. Every score is appended
+to a JSON Lines file next to the responses the moment it arrives, so a rerun after an
+interruption asks only about the entries still missing.
 
 Before any scoring, the server's model list (/api/tags or /v1/models) says whether the judge
 is there; if not, `JudgeUnavailable` names the command to run. Timeouts, connection errors,
@@ -53,8 +55,9 @@ STRICT_SUFFIX = (
     "\n\nYour answer must be a single integer from 0 to 100 and nothing else: "
     "no words, no punctuation, no explanation."
 )
-# An integer that is not part of a longer number or a decimal ("85", "85/100", not "8.5").
-INTEGER = re.compile(r"(?<![\d.])\d+(?![\d]|\.\d)")
+# The asked-for form: the integer alone, give or take surrounding space and a final period.
+SCORE = re.compile(r"\s*(\d{1,3})\s*\.?\s*")
+UNUSABLE_SHOWN = 200  # characters of an unusable reply kept in results.json
 
 
 class JudgeError(GptlabError):
@@ -101,12 +104,11 @@ def load_scores(path: Path, entries: list[dict[str, str]], judge: str) -> dict[i
 
 
 def parse_score(reply: str) -> int | None:
-    """The first integer from 0 to 100 in the reply, or None."""
-    for match in INTEGER.finditer(reply):
-        value = int(match.group())
-        if value <= 100:
-            return value
-    return None
+    """The score when the whole reply is an integer from 0 to 100, else None."""
+    match = SCORE.fullmatch(reply)
+    if match is None or int(match.group(1)) > 100:
+        return None
+    return int(match.group(1))
 
 
 def score_prompt(entry: dict[str, str]) -> str:
@@ -322,6 +324,11 @@ def summarize(entries: list[dict], records: list[dict], n_lowest: int) -> dict[s
         "scored": len(scores),
         "invalid": len(records) - len(scores),
         "lowest": lowest,
+        "unusable": [
+            {"index": r["index"], "reply": (r["replies"] or [""])[-1][:UNUSABLE_SHOWN]}
+            for r in records
+            if r["score"] is None
+        ],
     }
 
 

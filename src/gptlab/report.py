@@ -47,11 +47,39 @@ def hardware() -> dict[str, str]:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, dict)):
         return f"`{json.dumps(value)}`"
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def count(n: int) -> str:
+    """A parameter count as a reader says it: 7.3M, 1.2B; small counts with separators."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:,}"
+
+
+def readable(results: dict[str, Any]) -> dict[str, Any]:
+    """`results` without empty values, parameter counts as 7.3M, and `degenerate` in words
+    with the counts that make it so."""
+    shown: dict[str, Any] = {}
+    for key, value in results.items():
+        if value == "":
+            continue
+        if key.endswith("params") and isinstance(value, int) and not isinstance(value, bool):
+            value = count(value)
+        elif key == "degenerate" and value is True and "n_responses" in results:
+            value = (
+                f"yes: {results['distinct_responses']} distinct among {results['n_responses']}, "
+                f"{results['empty_responses']} empty"
+            )
+        shown[key] = value
+    return shown
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -93,7 +121,7 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any], samples: list[st
         return lines
     if info["status"] != "done":
         return [*lines, "Not run yet.", ""]
-    results = _flatten(read_json(folder / RESULTS))
+    results = readable(_flatten(read_json(folder / RESULTS)))
     rows = [(k, v) for k, v in results.items() if k != "task"]
     lines += [table(rows, ("metric", "value")), ""]
     if (folder / CONFIG).is_file():
@@ -122,7 +150,8 @@ def render(out: Path, summary: dict[str, Any], samples: dict[str, list[str]]) ->
     ]
     rows = []
     for stage, info in stages.items():
-        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in info.items() if k != "status")
+        shown = readable({k: v for k, v in info.items() if k != "status"})
+        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
         if info["status"] == "skipped":
             metrics = "no judge reachable"
         rows.append((stage, info["status"], metrics, f"{seconds.get(stage, 0.0):.0f}"))

@@ -327,7 +327,11 @@ class Sampling(Settings):
     top_p: float | None = arg(None, "nucleus sampling threshold in (0, 1]", above=0, max=1)
     seed: int | None = arg(None, "seed of the sampling")
     stop_ids: tuple[int, ...] = arg(
-        (EOT_ID,), "do not stop at <|endoftext|>", flag="no-stop", const=()
+        (EOT_ID,),
+        "do not stop at the model's end-of-text tokens (GPT-2's <|endoftext|>, or the "
+        "tokenizer's end-of-turn tokens); without it generation stops there",
+        flag="no-stop",
+        const=(),
     )
     stop_strings: tuple[str, ...] = arg(
         (), "also stop when the output contains TEXT (repeatable)", flag="stop", metavar="TEXT"

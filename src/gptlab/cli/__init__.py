@@ -60,19 +60,25 @@ VERBS: dict[str, Verb] = {
     "download": Verb(
         settings.DownloadConfig,
         "download",
-        "download OpenAI's pretrained GPT-2 weights",
-        "Download a pretrained GPT-2 (OpenAI's TensorFlow checkpoint, or Hugging Face's "
-        "model.safetensors with --source hf), resuming partial files, and convert it once "
-        "into a gptlab model folder in the cache. --model NAME anywhere then loads it.",
+        "download OpenAI's GPT-2 weights or a Hugging Face repository",
+        "Download NAME into the cache: a GPT-2 size (OpenAI's TensorFlow checkpoint, or "
+        "Hugging Face's model.safetensors with --source hf), converted once into a gptlab "
+        "model folder, or a Hugging Face repository by id owner/name (e.g. "
+        "HuggingFaceTB/SmolLM2-135M-Instruct: its safetensors weights, configs, tokenizer and "
+        "chat template; never pickles). Partial files resume and every file's size is "
+        "checked. --model NAME anywhere then loads it.",
     ),
     "convert": Verb(
         settings.ConvertConfig,
         "convert",
-        "convert weights between TensorFlow, Hugging Face and gptlab formats",
-        "Read SOURCE (an OpenAI TF checkpoint folder with hparams.json, a Hugging Face GPT-2 "
-        "model.safetensors file or folder, a gptlab model or run folder, or a pretrained name "
-        "such as gpt2-small) and write OUT as a gptlab model folder, or with --to hf as a "
-        "Hugging Face GPT-2 folder that GPT2LMHeadModel.from_pretrained loads.",
+        "convert weights between TensorFlow, Hugging Face, GGUF and gptlab formats",
+        "Read SOURCE (an OpenAI TF checkpoint folder with hparams.json, a Hugging Face "
+        "model.safetensors file or folder of GPT-2, Llama, SmolLM2 or Qwen3, a Hugging Face "
+        "repository id owner/name, a GGUF file, a gptlab model or run folder, or a pretrained "
+        "name such as gpt2-small) and write OUT: a gptlab model folder; with --to hf a Hugging "
+        "Face folder that transformers' from_pretrained loads; with --to gguf one GGUF file "
+        "NAME.gguf for llama.cpp and Ollama (--dtype f32 or f16 recommended) and beside it "
+        "the Ollama Modelfile NAME.Modelfile.",
     ),
     "finetune-instruct": Verb(
         settings.InstructConfig,
@@ -172,8 +178,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The top-level parser; only the verb named in `argv` gets its flags."""
     parser = Parser(
         prog="gptlab",
-        description="GPT-2 from scratch: pretrain, load OpenAI's weights, fine-tune, evaluate, "
-        "serve.",
+        description="GPT-2 and Llama-family models from scratch: pretrain, load OpenAI's or "
+        "Hugging Face's weights, fine-tune, evaluate, serve, export to GGUF.",
     )
     parser.add_argument("--version", action="version", version=f"gptlab {VERSION}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")

@@ -1,10 +1,11 @@
 """Command-line flags generated from settings dataclasses (gptlab.settings), and back.
 
 A field `batch_size` becomes `--batch-size`, typed from its annotation, with its help text,
-choices and default (shown in `--help`); every bool gets `--x` and `--no-x`; a nested group
-becomes a section of `--help`, its flags unprefixed unless the group asks for a prefix. The
-range checks are not argparse's: they run when the settings are built (Settings.__post_init__),
-so a library caller gets the same message as the command line.
+choices and default (shown in `--help`; a switch such as `--no-stop` shows no default); every
+bool gets `--x` and `--no-x`; a nested group becomes a section of `--help`, its flags
+unprefixed unless the group asks for a prefix. The range checks are not argparse's: they run
+when the settings are built (Settings.__post_init__), so a library caller gets the same
+message as the command line.
 
 `command_line` goes the other way: settings (as config.json records them) to the command that
 the parser turns back into the same settings, for the commands a run folder tells its user.
@@ -84,8 +85,11 @@ def add_settings(
             continue
         help_text = spec.meta.get("help", "").replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": key, "default": default}
-        if spec.meta.get("choices") is not None:
-            kwargs["choices"] = spec.meta["choices"]
+        choices = spec.meta.get("choices")
+        if choices is not None:
+            kwargs["choices"] = choices
+            if not all(choice in help_text for choice in choices):  # the metavar hides them
+                help_text += f" (one of: {', '.join(choices)})"
         if spec.base is not bool:
             kwargs["metavar"] = spec.meta.get("metavar") or spec.name.upper()
         if spec.meta.get("positional"):
@@ -94,7 +98,8 @@ def add_settings(
             kind = spec.base if spec.base in (int, float, Path) else str
             target.add_argument(key, nargs=nargs, type=kind, help=help_text, **kwargs)
             continue
-        if spec.meta.get("const", MISSING) is not MISSING:
+        switch = spec.meta.get("const", MISSING) is not MISSING  # no value of its own to show
+        if switch:
             kwargs.update(action="store_const", const=spec.meta["const"])
         elif spec.base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -106,7 +111,9 @@ def add_settings(
         required = bool(spec.meta.get("required"))
         if required:
             kwargs["required"] = True
-        elif spec.base is not bool and not (default is None and "(none:" in help_text):
+        elif (
+            spec.base is not bool and not switch and not (default is None and "(none:" in help_text)
+        ):
             help_text += f" (default: {show_value(default)})".replace("%", "%%")
         target.add_argument(_flag(spec, prefix), help=help_text, **kwargs)
 

@@ -1,6 +1,6 @@
 """`gptlab convert`: between OpenAI's TF checkpoints, HF GPT-2 safetensors, HF Llama / Qwen3
 folders, GGUF files and gptlab; `--to hf` writes GPT-2 or Llama / Qwen3, `--to gguf` one GGUF
-file (with `--dtype`) and an Ollama Modelfile beside it."""
+file (with `--dtype`) and beside it its Ollama Modelfile, NAME.Modelfile for NAME.gguf."""
 
 from __future__ import annotations
 

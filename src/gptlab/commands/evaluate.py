@@ -16,6 +16,8 @@ def run(config: JudgeConfig) -> int:
     print(summary_line(str(config.responses), results))
     for low in results["lowest"][:3]:
         print(f"  lowest: #{low['index']} score {low['score']}: {low['instruction'][:70]!r}")
+    for bad in results["unusable"][:3]:
+        print(f"  unusable reply: #{bad['index']}: {bad['reply'][:70]!r}")
     if "compare" in results:
         c = results["compare"]
         print(summary_line(c["b"], c["b_summary"]))

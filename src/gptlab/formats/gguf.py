@@ -8,6 +8,10 @@ The metadata handed back holds the scalar keys and the tokenizer's arrays
 (`tokenizer.ggml.tokens`, `.merges`, `.token_type`), from which gptlab.text builds the file's
 tokenizer; `read_gguf_metadata` reads only that.
 
+Before anything else, the file's `general.architecture` is read by walking the header's
+key/value pairs only up to it (`read_architecture`), so a file of another architecture is
+refused at once, whatever the size of its vocabulary.
+
 The file is memory-mapped by gguf.GGUFReader and each tensor is dequantized from the map
 once, so a model costs its float32 size in memory plus the mapped pages, never two copies.
 
@@ -27,6 +31,8 @@ divisor in the file).
 
 from __future__ import annotations
 
+import mmap
+import struct
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -67,15 +73,80 @@ def permute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, half, *rest).transpose(1, 2).reshape(w.shape)
 
 
-def _reader(path: Path) -> Any:
-    import gguf
-
+def _check_magic(path: Path) -> None:
     if not path.is_file():
         raise GptlabError(f"{path}: no such file")
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
         raise GptlabError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+
+
+# Bytes of each scalar value type of GGUF's key/value section, by type number (gguf's
+# GGUFValueType: UINT8 .. INT32, FLOAT32, BOOL, then UINT64, INT64, FLOAT64); 8 is a string,
+# 9 an array.
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+def read_architecture(path: Path) -> str | None:
+    """`general.architecture`, read by walking the key/value pairs only up to it (llama.cpp
+    writes it first), so a file is judged by its architecture before its vocabulary (262,144
+    tokens for Gemma 3) is parsed. None when the header ends or is cut before the key."""
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        try:
+            version = struct.unpack_from("<I", m, 4)[0]
+            order = "<" if version & 0xFFFF else ">"  # a big-endian file's version reads swapped
+            if struct.unpack_from(order + "I", m, 4)[0] not in (2, 3):
+                return None  # the layout differs: the full reader decides
+            n_kv = struct.unpack_from(order + "Q", m, 16)[0]
+            pos = 24
+            for _ in range(n_kv):
+                key, pos = _string(m, pos, order)
+                kind = struct.unpack_from(order + "I", m, pos)[0]
+                if key == "general.architecture" and kind == _STRING:
+                    return _string(m, pos + 4, order)[0]
+                pos = _skip_value(m, pos + 4, kind, order)
+        except (struct.error, ValueError):  # cut short, or not a value type GGUF has
+            return None
+    return None
+
+
+def _string(m: mmap.mmap, pos: int, order: str) -> tuple[str, int]:
+    n = struct.unpack_from(order + "Q", m, pos)[0]
+    if pos + 8 + n > len(m):
+        raise ValueError("string past the end of the file")
+    return m[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace"), pos + 8 + n
+
+
+def _skip_value(m: mmap.mmap, pos: int, kind: int, order: str) -> int:
+    """The position after a value of type `kind` starting at `pos`."""
+    if kind == _STRING:
+        return pos + 8 + struct.unpack_from(order + "Q", m, pos)[0]
+    if kind == _ARRAY:
+        item, count = struct.unpack_from(order + "IQ", m, pos)
+        pos += 12
+        if item in _SCALAR_BYTES:
+            return pos + count * _SCALAR_BYTES[item]
+        for _ in range(count):
+            pos = _skip_value(m, pos, item, order)
+        return pos
+    if kind not in _SCALAR_BYTES:
+        raise ValueError(f"value type {kind}")
+    return pos + _SCALAR_BYTES[kind]
+
+
+def check_architecture(path: Path, arch: Any) -> None:
+    if arch not in ARCHITECTURES:
+        raise GptlabError(
+            f"{path}: unsupported architecture {arch!r}; gptlab reads {', '.join(ARCHITECTURES)}"
+        )
+
+
+def _reader(path: Path) -> Any:
+    import gguf
+
+    _check_magic(path)
     try:
         return gguf.GGUFReader(path)
     except (ValueError, KeyError, IndexError, OSError) as exc:
@@ -108,10 +179,7 @@ def _metadata(reader: Any) -> dict[str, Any]:
 
 def _config(path: Path, reader: Any, meta: dict[str, Any], names: set[str]) -> LlamaConfig:
     arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise GptlabError(
-            f"{path}: unsupported architecture {arch!r}; gptlab reads {', '.join(ARCHITECTURES)}"
-        )
+    check_architecture(path, arch)
 
     def get(key: str, default: Any = None) -> Any:
         value = meta.get(f"{arch}.{key}", default)
@@ -202,6 +270,10 @@ def read_gguf(path: str | Path) -> GGUFModel:
     """The config, float32 tensors (gptlab names) and metadata (scalars, and the tokenizer's
     arrays) of a GGUF file."""
     path = Path(path)
+    _check_magic(path)
+    arch = read_architecture(path)
+    if arch is not None:  # else the full reader says what is wrong with the header
+        check_architecture(path, arch)
     reader = _reader(path)
     meta = _metadata(reader)
     by_name = {t.name: t for t in reader.tensors}

@@ -1,4 +1,6 @@
-"""An Ollama `Modelfile` for an exported GGUF file: `ollama create NAME -f Modelfile`.
+"""An Ollama Modelfile for an exported GGUF file, named after it (`NAME.Modelfile` beside
+`NAME.gguf`, so that two exports into one folder keep one each): `ollama create NAME -f
+NAME.Modelfile`.
 
 Ollama does not run a model's Jinja chat template; its TEMPLATE is a Go text/template over
 `.Messages` (each with `.Role` and `.Content`; Ollama puts the Modelfile's SYSTEM first when a
@@ -27,7 +29,7 @@ from gptlab.prompts import PREAMBLE, RESPONSE_HEADER, STOP_STRINGS
 from gptlab.text import Tokenizer, render_chat
 
 Messages = Sequence[dict[str, str]]
-MODELFILE = "Modelfile"
+MODELFILE = ".Modelfile"  # the suffix that replaces the GGUF file's .gguf
 # Ollama's default context (2048) can be short of a model's; more than this costs memory.
 MAX_NUM_CTX = 8192
 
@@ -157,8 +159,9 @@ def modelfile_text(
 ) -> tuple[str, str | None]:
     """The Modelfile for the GGUF file `gguf_name` (in the same folder) and a note for the user
     when its chat template could not be translated (else None)."""
+    modelfile = Path(gguf_name).with_suffix(MODELFILE).name
     lines = [f"# Ollama Modelfile for {gguf_name}, written by gptlab convert"]
-    lines += [f"# ollama create NAME -f {MODELFILE} && ollama run NAME", f"FROM ./{gguf_name}"]
+    lines += [f"# ollama create NAME -f {modelfile} && ollama run NAME", f"FROM ./{gguf_name}"]
     note, stops = None, [tokenizer.decode([i]) for i in tokenizer.stop_ids]
     if template is not None:
         found = match_format(tokenizer, template)
@@ -186,10 +189,11 @@ def modelfile_text(
 def write_modelfile(
     gguf_path: Path, tokenizer: Tokenizer, template: str | None, context_length: int
 ) -> tuple[Path, str | None]:
-    """Write `Modelfile` beside `gguf_path`; returns its path and the note of `modelfile_text`."""
+    """Write NAME.Modelfile beside NAME.gguf; returns its path and the note of
+    `modelfile_text`."""
     from gptlab.io import atomic_write_text
 
     text, note = modelfile_text(gguf_path.name, tokenizer, template, context_length)
-    path = gguf_path.parent / MODELFILE
+    path = gguf_path.with_suffix(MODELFILE)
     atomic_write_text(path, text)
     return path, note

@@ -77,7 +77,11 @@ class TrainingJob(ABC, Generic[C]):
     def plots(self, s: Session) -> None:
         s.run.plot(
             "loss.png",
-            {"train": ("eval", "train_loss"), "validation": ("eval", "val_loss")},
+            {
+                "train (per step)": ("train", "loss"),
+                "train": ("eval", "train_loss"),
+                "validation": ("eval", "val_loss"),
+            },
             "cross-entropy loss",
             self.loss_title,
         )
