@@ -19,12 +19,22 @@ from gptlab.text import gpt2
 
 VOCAB = 97
 MODELS = {
-    "gpt2": lambda: GPT(GPTConfig(vocab_size=VOCAB, context_length=48, emb_dim=32, n_layers=2,
-                                  n_heads=4)),
-    "llama": lambda: Llama(LlamaConfig(vocab_size=VOCAB, context_length=48, emb_dim=32,
-                                       n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
-                                       rope_base=10000.0)),
-}  # fmt: skip
+    "gpt2": lambda: GPT(
+        GPTConfig(vocab_size=VOCAB, context_length=48, emb_dim=32, n_layers=2, n_heads=4)
+    ),
+    "llama": lambda: Llama(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            context_length=48,
+            emb_dim=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            hidden_dim=48,
+            rope_base=10000.0,
+        )
+    ),
+}
 
 
 @pytest.fixture(params=list(MODELS))
@@ -119,8 +129,11 @@ def test_encode_request_moves_trailing_spaces_like_lm_eval() -> None:
 
 
 def test_classifier_is_refused() -> None:
-    clf = GPT(GPTConfig(vocab_size=VOCAB, context_length=16, emb_dim=16, n_layers=1, n_heads=2,
-                        n_classes=2))  # fmt: skip
+    clf = GPT(
+        GPTConfig(
+            vocab_size=VOCAB, context_length=16, emb_dim=16, n_layers=1, n_heads=2, n_classes=2
+        )
+    )
     with pytest.raises(GptlabError, match="classifier"):
         score_requests(clf, [Request([1], [[2]])])
 

@@ -1,0 +1,49 @@
+"""`gptlab bench`: standard benchmarks of any model `--model` takes, with offline data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gptlab.bench import Options, bench_model, plan
+from gptlab.errors import GptlabError
+from gptlab.hub import resolve_with_tokenizer
+from gptlab.model import Decoder
+from gptlab.settings import BenchConfig
+from gptlab.text import Tokenizer
+from gptlab.training import pick_device
+
+
+def load(spec: str, device: str) -> tuple[Decoder, Tokenizer]:
+    """The model (eval mode, on `device`) and its tokenizer: the one place bench loads."""
+    model, _, tokenizer = resolve_with_tokenizer(spec, device=device)
+    if model.cfg.n_classes is not None:
+        raise GptlabError(f"{spec}: is a classifier; benchmarks need a language model")
+    return model.to(device).eval(), tokenizer
+
+
+def run(c: BenchConfig) -> int:
+    plan(c.tasks, c.shots)  # an unknown task is refused before the model loads
+    model, tokenizer = load(c.model, str(pick_device(c.device.device)))
+    opts = Options(c.data_dir, c.index_url, c.batch_tokens, c.gen_batch, c.max_new_tokens)
+    results = bench_model(model, tokenizer, c.tasks, c.shots, c.limit, c.out, opts)
+    for label, r in results["tasks"].items():
+        print(summary_line(label, r))
+    if "core" in results:
+        core = results["core"]
+        print(f"CORE estimate {core['core_estimate']:.4f} ({core['note']})")
+    if c.out is not None:
+        print(f"results: {c.out / 'results.json'}")
+    return 0
+
+
+def summary_line(label: str, r: dict[str, Any]) -> str:
+    shown = []
+    for name, value in r["metrics"].items():
+        if isinstance(value, dict):
+            shown.append(f"{name} {value['value']:.4f} ± {value['stderr']:.4f}")
+        elif name != "chance" and isinstance(value, float):
+            shown.append(f"{name} {value:.4f}")
+    return (
+        f"{label} ({r['shots']}-shot, {r['documents']}/{r['of']} docs, {r['seconds']:.1f} s): "
+        + ", ".join(shown)
+    )
