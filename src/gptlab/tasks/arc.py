@@ -8,20 +8,8 @@ exactly how its 0-shot files (validation split) read. Dataset licence: CC BY-SA 
 
 from __future__ import annotations
 
-from gptlab.tasks.base import Task, read_olmes
-from gptlab.tasks.data import olmes
+from gptlab.tasks.base import olmes_task
 
-
-def _task(name: str) -> Task:
-    source = olmes(name, "test_rc_5shot")
-    return Task(
-        name,
-        "choice",
-        {0: source, 5: source},
-        lambda path, shots: read_olmes(path, from_query=shots == 0),
-        licence="CC BY-SA 4.0",
-    )
-
-
-EASY = _task("arc_easy")
-CHALLENGE = _task("arc_challenge")
+VARIANTS = {0: "test_rc_5shot", 5: "test_rc_5shot"}
+EASY = olmes_task("arc_easy", VARIANTS, licence="CC BY-SA 4.0")
+CHALLENGE = olmes_task("arc_challenge", VARIANTS, licence="CC BY-SA 4.0")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptlab.errors import GptlabError
-from gptlab.tasks.data import DataSource
+from gptlab.tasks.data import DataSource, olmes
 
 UNCONDITIONED = 1_000_000  # OLMES numbers its context-free requests from here: not documents
 
@@ -124,6 +124,20 @@ def read_olmes(path: Path, from_query: bool = False) -> list[ChoiceDoc]:
         _query_doc(path, doc_id, rows[0]) if from_query else _requests_doc(path, doc_id, rows)
         for doc_id, rows in lines.items()
     ]
+
+
+def olmes_task(name: str, variants: dict[int, str], licence: str, kind: Kind = "choice") -> Task:
+    """A task read from OLMES's request files, `variants` naming the file of each shot count;
+    a 0-shot variant named like a few-shot one ("test_rc_5shot") is rebuilt from its records'
+    own queries (see `read_olmes`)."""
+    zero_from_query = "5shot" in variants.get(0, "")
+    return Task(
+        name,
+        kind,
+        {shots: olmes(name, v) for shots, v in variants.items()},
+        lambda path, shots: list(read_olmes(path, from_query=shots == 0 and zero_from_query)),
+        licence=licence,
+    )
 
 
 def _requests_doc(path: Path, doc_id: Any, rows: list[tuple[int, dict[str, Any]]]) -> ChoiceDoc:

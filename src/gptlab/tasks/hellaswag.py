@@ -7,13 +7,6 @@ Dataset licence: MIT.
 
 from __future__ import annotations
 
-from gptlab.tasks.base import Task, read_olmes
-from gptlab.tasks.data import olmes
+from gptlab.tasks.base import olmes_task
 
-TASK = Task(
-    "hellaswag",
-    "choice",
-    {0: olmes("hellaswag", "rc_0shot"), 5: olmes("hellaswag", "val_rc_5shot")},
-    lambda path, shots: read_olmes(path),
-    licence="MIT",
-)
+TASK = olmes_task("hellaswag", {0: "rc_0shot", 5: "val_rc_5shot"}, licence="MIT")

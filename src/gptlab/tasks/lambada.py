@@ -7,13 +7,6 @@ lm-eval score it; the word's perplexity is reported beside. Dataset licence: CC 
 
 from __future__ import annotations
 
-from gptlab.tasks.base import Task, read_olmes
-from gptlab.tasks.data import olmes
+from gptlab.tasks.base import olmes_task
 
-TASK = Task(
-    "lambada",
-    "lambada",
-    {0: olmes("lambada", "bpb_0shot")},
-    lambda path, shots: read_olmes(path),
-    licence="CC BY 4.0",
-)
+TASK = olmes_task("lambada", {0: "bpb_0shot"}, licence="CC BY 4.0", kind="lambada")

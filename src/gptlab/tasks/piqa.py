@@ -6,13 +6,6 @@ Academic Free License 3.0.
 
 from __future__ import annotations
 
-from gptlab.tasks.base import Task, read_olmes
-from gptlab.tasks.data import olmes
+from gptlab.tasks.base import olmes_task
 
-TASK = Task(
-    "piqa",
-    "choice",
-    {0: olmes("piqa", "rc_0shot"), 5: olmes("piqa", "val_rc_5shot")},
-    lambda path, shots: read_olmes(path),
-    licence="AFL-3.0",
-)
+TASK = olmes_task("piqa", {0: "rc_0shot", 5: "val_rc_5shot"}, licence="AFL-3.0")

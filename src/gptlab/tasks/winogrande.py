@@ -7,13 +7,6 @@ different contexts and the same continuation. Dataset licence: CC BY 4.0.
 
 from __future__ import annotations
 
-from gptlab.tasks.base import Task, read_olmes
-from gptlab.tasks.data import olmes
+from gptlab.tasks.base import olmes_task
 
-TASK = Task(
-    "winogrande",
-    "choice",
-    {0: olmes("winogrande", "rc_0shot"), 5: olmes("winogrande", "val_rc_5shot")},
-    lambda path, shots: read_olmes(path),
-    licence="CC BY 4.0",
-)
+TASK = olmes_task("winogrande", {0: "rc_0shot", 5: "val_rc_5shot"}, licence="CC BY 4.0")
