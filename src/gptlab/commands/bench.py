@@ -24,7 +24,13 @@ def load(spec: str, device: str) -> tuple[Decoder, Tokenizer]:
 def run(c: BenchConfig) -> int:
     plan(c.tasks, c.shots)  # an unknown task is refused before the model loads
     model, tokenizer = load(c.model, str(pick_device(c.device.device)))
-    opts = Options(c.data_dir, c.index_url, c.batch_tokens, c.gen_batch, c.max_new_tokens)
+    opts = Options(
+        data_dir=c.data_dir,
+        index_url=c.index_url,
+        batch_tokens=c.batch_tokens,
+        gen_batch=c.gen_batch,
+        max_new_tokens=c.max_new_tokens,
+    )
     results = bench_model(model, tokenizer, c.tasks, c.shots, c.limit, c.out, opts)
     for label, r in results["tasks"].items():
         print(summary_line(label, r))
