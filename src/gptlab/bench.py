@@ -118,23 +118,7 @@ def bench_model(
     runs = plan(tasks, shots)
     results: dict[str, Any] = {"shots": shots, "limit": limit, "tasks": {}}
     for run in runs:
-        docs, total, source = load_docs(run, limit, opts)
-        start = time.perf_counter()
-        records, metrics = EVALUATE[run.task.kind](model, tokenizer, run, docs, opts)
-        seconds = time.perf_counter() - start
-        results["tasks"][run.label] = {
-            "task": run.task.name,
-            "kind": run.task.kind,
-            "shots": run.shots,
-            "documents": len(docs),
-            "of": total,
-            "metrics": metrics,
-            "seconds": round(seconds, 3),
-            "documents_per_s": round(len(docs) / seconds, 3) if seconds > 0 else None,
-            "data": source,
-        }
-        if out is not None:
-            _write_jsonl(Path(out) / f"{run.label}.jsonl", records)
+        results["tasks"][run.label] = run_task(model, tokenizer, run, limit, out, opts)
     if CORE in tasks:
         accs = {r.label: results["tasks"][r.label]["metrics"] for r in runs}
         results["core"] = core_estimate.estimate(
@@ -143,6 +127,34 @@ def bench_model(
     if out is not None:
         atomic_write_json(Path(out) / "results.json", results)
     return results
+
+
+def run_task(
+    model: Decoder,
+    tokenizer: Tokenizer,
+    run: Run,
+    limit: int | None,
+    out: Path | None,
+    opts: Options,
+) -> dict[str, Any]:
+    """One task's entry of results.json (its documents to OUT/<label>.jsonl with `out`)."""
+    docs, total, source = load_docs(run, limit, opts)
+    start = time.perf_counter()
+    records, metrics = EVALUATE[run.task.kind](model, tokenizer, run, docs, opts)
+    seconds = time.perf_counter() - start
+    if out is not None:
+        _write_jsonl(Path(out) / f"{run.label}.jsonl", records)
+    return {
+        "task": run.task.name,
+        "kind": run.task.kind,
+        "shots": run.shots,
+        "documents": len(docs),
+        "of": total,
+        "metrics": metrics,
+        "seconds": round(seconds, 3),
+        "documents_per_s": round(len(docs) / seconds, 3) if seconds > 0 else None,
+        "data": source,
+    }
 
 
 def _write_jsonl(path: Path, records: Records) -> None:
