@@ -88,8 +88,9 @@ def add_settings(
         choices = spec.meta.get("choices")
         if choices is not None:
             kwargs["choices"] = choices
-            if not all(choice in help_text for choice in choices):  # the metavar hides them
-                help_text += f" (one of: {', '.join(choices)})"
+            names = [str(choice) for choice in choices]  # e.g. --shots 0|5
+            if not all(name in help_text for name in names):  # the metavar hides them
+                help_text += f" (one of: {', '.join(names)})"
         if spec.base is not bool:
             kwargs["metavar"] = spec.meta.get("metavar") or spec.name.upper()
         if spec.meta.get("positional"):
