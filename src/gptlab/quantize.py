@@ -19,8 +19,8 @@ about 30x slower, float16 as slowly): so those layers take bfloat16 in, give the
 back, and keep their scales (and zeros) in bfloat16. The quantizers here choose
 bfloat16-representable scales, so `dequantized()` is the weight a layer computes with, and the
 only difference between a layer and `F.linear` on that weight is the rounding of the
-activations and of the output to bfloat16 (at most 2^-8 of sum |x| |w| per output; the tests
-assert it).
+activations and of the output to bfloat16 (2^-8 relative each: at most 2^-7 of sum |x| |w|
+per output; the tests assert it).
 
 `quantize_model(model, mode)` replaces the nn.Linear layers of a model's blocks (LoRA's base
 layers included) and its output head, in place, the way gptlab.lora applies adapters; the
@@ -49,8 +49,9 @@ ROW_BLOCK = 64  # int4 rows are packed (and padded) in blocks of this many
 PACK_ROWS = 4096  # rows packed at a time: int32 codes of a whole head would be ~100 MB
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
+def _rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x (..., K) as contiguous rows (M, K) of `dtype`, as the kernels take them."""
+    return x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
 
 
 def _check_device(layer: nn.Module, x: torch.Tensor, packed: torch.Tensor) -> None:
@@ -93,10 +94,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.kernel = _int8_kernel(q.device)
 
-    @classmethod
-    def from_linear(cls, layer: nn.Linear) -> Int8Linear:
-        q, s = quantize_int8(layer.weight)
-        return cls(q, s, layer.bias)
+    def max_row_norm(self) -> float:
+        return float(self.dequantized().norm(dim=1).max())
+
+    def exact(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Outputs `cols` of float32 `rows` (M, K) in float32 throughout (RescoredHead)."""
+        w = self.weight[cols].float() * self.scales[cols].float()[:, None]
+        return F.linear(rows, w, None if self.bias is None else self.bias[cols])
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight (N, K) this layer multiplies by."""
@@ -104,7 +108,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_device(self, x, self.weight)
-        rows = _rows(x).to(COMPUTE)
+        rows = _rows(x, COMPUTE)
         if self.kernel:
             y = torch._weight_int8pack_mm(rows, self.weight, self.scales)
         else:
@@ -179,6 +183,7 @@ class Int4Linear(nn.Module):
         bias: torch.Tensor | None = None,
         repeat: int = 1,
         device: torch.device | str = "cpu",
+        head: bool = False,
     ) -> None:
         super().__init__()
         k = in_features * repeat
@@ -196,6 +201,7 @@ class Int4Linear(nn.Module):
             "scales_zeros", torch.zeros(k // group_size, n, 2, dtype=COMPUTE, device=device)
         )
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.max_norm = 0.0 if head else None  # a head's largest row norm (RescoredHead)
 
     def set_rows(self, start: int, q: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> None:
         """Pack rows start.. from codes q (rows, r K) and their groups' scales and zeros
@@ -206,6 +212,9 @@ class Int4Linear(nn.Module):
             raise ValueError(f"rows {start}:{start + rows} are not whole blocks of {ROW_BLOCK}")
         self.scales_zeros[:, start : start + rows, 0] = s.t()
         self.scales_zeros[:, start : start + rows, 1] = z.t()
+        if self.max_norm is not None:
+            w = dequantize_int4(q, s, z, self.group_size).view(rows, self.repeat, -1).sum(dim=1)
+            self.max_norm = max(self.max_norm, float(w.norm(dim=1).max()))
         n = self.scales_zeros.shape[1]
         if start + rows == self.out_features < n:
             q = torch.cat([q, q.new_full((n - start - rows, q.shape[1]), 8)])
@@ -220,18 +229,14 @@ class Int4Linear(nn.Module):
         z: torch.Tensor,
         group_size: int,
         bias: torch.Tensor | None = None,
+        head: bool = False,
     ) -> Int4Linear:
         """The layer of codes q (N, K), scales s and zeros z (N, K / group_size)."""
-        layer = cls(q.shape[1], q.shape[0], group_size, bias, device=q.device)
+        layer = cls(q.shape[1], q.shape[0], group_size, bias, device=q.device, head=head)
         for start in range(0, q.shape[0], PACK_ROWS):
             end = start + PACK_ROWS
             layer.set_rows(start, q[start:end], s[start:end], z[start:end])
         return layer
-
-    @classmethod
-    def from_linear(cls, layer: nn.Linear, group_size: int = 32) -> Int4Linear:
-        q, s, z = quantize_int4(layer.weight, group_size)
-        return cls.from_codes(q, s, z, group_size, layer.bias)
 
     def _mm(self, rows: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
         if self.packed.device.type == "cpu":
@@ -240,17 +245,39 @@ class Int4Linear(nn.Module):
             )
         return torch._weight_int4pack_mm(rows, self.packed, self.group_size, scales_zeros)
 
+    def max_row_norm(self) -> float:
+        """The largest row norm of the weight, as set_rows measured it (built as a head)."""
+        if self.max_norm is None:
+            raise ValueError("this int4 layer was not built as a head: no row norms")
+        return self.max_norm
+
+    def exact(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Outputs `cols` (whole blocks of ROW_BLOCK rows, sorted, the last one cut at
+        out_features; CPU) of float32 `rows` (M, K), through the kernel's float32 path: no
+        rounding of x, scales or output (RescoredHead)."""
+        n, g = self.scales_zeros.shape[1], self.scales_zeros.shape[0]
+        blocks = torch.unique(cols // ROW_BLOCK)
+        packed = self.packed.view(n // ROW_BLOCK, ROW_BLOCK, -1)[blocks].flatten(0, 1)
+        sz = self.scales_zeros.view(g, n // ROW_BLOCK, ROW_BLOCK, 2)[:, blocks].flatten(1, 2)
+        if self.repeat > 1:
+            rows = rows.repeat(1, self.repeat)
+        y = torch._weight_int4pack_mm_for_cpu(rows, packed, self.group_size, sz.float())
+        y = y[:, : len(cols)]
+        return y if self.bias is None else y + self.bias[cols]
+
     def dequantized(self) -> torch.Tensor:
-        """The weight (N, r K) the packed codes stand for, read back through the kernel with
-        float32 activations (bfloat16 on CUDA, the only type it takes). Slow: for checks."""
+        """The weight (N, K) the packed codes stand for (the sum of its `repeat` parts), read
+        back through the kernel with float32 activations (bfloat16 on CUDA, the only type it
+        takes). Slow: for checks."""
         k = self.scales_zeros.shape[0] * self.group_size
         dtype = torch.float32 if self.packed.device.type == "cpu" else COMPUTE
         eye = torch.eye(k, dtype=dtype, device=self.packed.device)
-        return self._mm(eye, self.scales_zeros.to(dtype)).t()[: self.out_features].float()
+        w = self._mm(eye, self.scales_zeros.to(dtype)).t()[: self.out_features].float()
+        return w.view(self.out_features, self.repeat, self.in_features).sum(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_device(self, x, self.packed)
-        rows = _rows(x).to(COMPUTE)
+        rows = _rows(x, COMPUTE)
         if self.repeat > 1:
             rows = rows.repeat(1, self.repeat)
         y = self._mm(rows, self.scales_zeros)
@@ -258,6 +285,49 @@ class Int4Linear(nn.Module):
         if self.bias is not None:
             y += self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+# ---- the output head ----------------------------------------------------------------------------
+
+RESCORE_BLOCKS = 32  # at most this many blocks of ROW_BLOCK outputs recomputed per call
+
+
+class RescoredHead(nn.Module):
+    """An int8 or int4 output head whose best logits are recomputed in float32.
+
+    Why: the fast kernels round activations and outputs to bfloat16, and a logit of 25 then
+    moves in steps of 0.125: two candidates 0.08 apart became a tie on SmolLM2 (greedy took
+    the lower id, and a different answer). Here every logit that could be the best of its row
+    is recomputed without rounding: the bfloat16 error of output n is at most
+    |x - bf16(x)| max_n |w_n| (the activations') plus 2^-8 |y_n| (the output's), so each
+    output within twice that of its row's best is a candidate, and the blocks of ROW_BLOCK
+    outputs holding candidates go through the layer's float32 path (`exact`). Where more
+    than RESCORE_BLOCKS blocks would (a flat distribution, nothing to separate), the rounded
+    logits are kept. CPU only (the int4 blocks are the CPU kernel's layout)."""
+
+    def __init__(self, layer: Int8Linear | Int4Linear) -> None:
+        super().__init__()
+        self.layer = layer
+        self.out_features = layer.out_features
+        self.max_norm = layer.max_row_norm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer(x)
+        rows = _rows(x, torch.float32)
+        flat = y.reshape(-1, self.out_features)
+        top = flat.amax(dim=1, keepdim=True)
+        lost = (rows - rows.to(COMPUTE).float()).norm(dim=1, keepdim=True)
+        margin = 2 * (lost * self.max_norm + 2**-8 * top.abs())
+        near = (flat >= top - margin).any(dim=0)
+        n = -(-self.out_features // ROW_BLOCK) * ROW_BLOCK
+        blocks = F.pad(near, (0, n - self.out_features)).view(-1, ROW_BLOCK).any(dim=1)
+        blocks = blocks.nonzero()[:, 0]
+        if len(blocks) > RESCORE_BLOCKS:
+            return y
+        cols = (blocks[:, None] * ROW_BLOCK + torch.arange(ROW_BLOCK)).flatten()
+        cols = cols[cols < self.out_features]
+        flat[:, cols] = self.layer.exact(rows, cols)
+        return y
 
 
 # ---- int8 dynamic (fbgemm) ----------------------------------------------------------------------
@@ -271,15 +341,15 @@ class DynamicInt8Linear(nn.Module):
     torch marks its quantized tensor types deprecated (they are how fbgemm's weights are
     built); the warning is silenced where the weight is packed, once per layer."""
 
-    def __init__(self, layer: nn.Linear) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        if layer.weight.device.type != "cpu":
+        if weight.device.type != "cpu":
             raise GptlabError("int8-dynamic runs on CPU only; use int8 or int4 on a GPU")
-        self.in_features, self.out_features = layer.in_features, layer.out_features
-        w = layer.weight.detach().float()
+        self.out_features, self.in_features = weight.shape
+        w = weight.detach().float()
         scales = (w.abs().amax(dim=1) / 127).double().clamp_min(1e-12)
         zeros = torch.zeros(w.shape[0], dtype=torch.long)
-        bias = None if layer.bias is None else layer.bias.detach().float()
+        bias = None if bias is None else bias.detach().float()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*quantize_per_channel.*")
             warnings.filterwarnings("ignore", message=".*deprecated.*")
@@ -292,7 +362,7 @@ class DynamicInt8Linear(nn.Module):
         return q.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = _rows(x).float()
+        rows = _rows(x, torch.float32)
         y = torch.ops.quantized.linear_dynamic(rows, self.packed, True)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
@@ -300,16 +370,24 @@ class DynamicInt8Linear(nn.Module):
 # ---- a whole model ----------------------------------------------------------------------------
 
 
-def quantize_linear(layer: nn.Linear, mode: str, group_size: int = 32) -> nn.Module:
-    """The `mode` twin of one nn.Linear (int4 falls back to int8 where the inputs do not
-    split into groups; quantize_model says how many did)."""
-    if mode == "int8":
-        return Int8Linear.from_linear(layer)
+def quantize_weight(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mode: str,
+    group_size: int = 32,
+    head: bool = False,
+) -> nn.Module:
+    """The `mode` layer of one weight (N, K) and bias, on the weight's device (int4 falls back
+    to int8 where K does not split into groups; quantize_model says how many did). A `head`
+    on CPU is a RescoredHead of its weight-only layer."""
     if mode == "int8-dynamic":
-        return DynamicInt8Linear(layer)
-    if layer.in_features % group_size:
-        return Int8Linear.from_linear(layer)
-    return Int4Linear.from_linear(layer, group_size)
+        return DynamicInt8Linear(weight, bias)
+    if mode == "int8" or weight.shape[1] % group_size:
+        layer: Int8Linear | Int4Linear = Int8Linear(*quantize_int8(weight), bias)
+    else:
+        codes = quantize_int4(weight, group_size)
+        layer = Int4Linear.from_codes(*codes, group_size, bias, head=head)
+    return RescoredHead(layer) if head and weight.device.type == "cpu" else layer
 
 
 def _targets(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
@@ -341,8 +419,10 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 32) -> nn.Modu
     targets = list(_targets(model))
     fallback = 0
     for parent, name, layer in targets:
-        quantized = quantize_linear(layer, mode, group_size)
-        fallback += mode == "int4" and isinstance(quantized, Int8Linear)
+        quantized = quantize_weight(layer.weight, layer.bias, mode, group_size, parent is model)
+        fallback += mode == "int4" and isinstance(
+            getattr(quantized, "layer", quantized), Int8Linear
+        )
         setattr(parent, name, quantized)
     if fallback:
         log.info(
