@@ -5,6 +5,10 @@ both families against float32, and greedy generation through quantized layers.""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,3 +220,17 @@ def test_bad_mode_and_group_size_are_one_line() -> None:
         quantize_model(tiny("gpt2"), "int3")
     with pytest.raises(GptlabError, match="group size 48"):
         quantize_model(tiny("gpt2"), "int4", group_size=48)
+
+
+def test_gpu_benchmark_smoke_path_runs() -> None:
+    """benchmarks/gpu.py --smoke: every part of the GPU script on tiny shapes, on the CPU."""
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gpu.py"), "--smoke"],
+        env=env, capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # fmt: skip
+    assert "int4 on cpu: max error / bound" in out and "(ok)" in out
+    assert "pretrain 2x64:" in out
+    for mode in ("float32", "int4", "int8"):
+        assert f"decode {mode:8s} batch 2:" in out
