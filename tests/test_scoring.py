@@ -9,10 +9,10 @@ import pytest
 import torch
 import transformers
 
-from gptlab.config import GPTConfig
+from gptlab.config import GPTConfig, LlamaConfig
 from gptlab.errors import GptlabError
 from gptlab.formats.hf import export_hf
-from gptlab.llama import Llama, LlamaConfig
+from gptlab.llama import Llama
 from gptlab.model import GPT, IGNORE_INDEX, Decoder
 from gptlab.scoring import Request, encode_request, score_requests, token_logprobs
 from gptlab.text import gpt2

@@ -276,6 +276,20 @@ def read_gguf(path: str | Path) -> GGUFModel:
         check_architecture(path, arch)
     reader = _reader(path)
     meta = _metadata(reader)
+    cfg, names, by_name = _layout(path, reader, meta)
+    shapes = expected_shapes(cfg)
+    tensors = {}
+    for n in names:
+        w = _dequantize(path, by_name[n.gguf])
+        check_shape(path, n, tuple(w.shape), shapes)
+        heads = rotary_heads(meta, cfg, n.gptlab)
+        tensors[n.gptlab] = w if heads is None else unpermute_rotary(w, heads)
+    return GGUFModel(cfg, tensors, meta)
+
+
+def _layout(path: Path, reader: Any, meta: dict[str, Any]) -> tuple[LlamaConfig, list[Any], dict]:
+    """The config (Llama 3 scaling read from rope_freqs), the parameter names and the file's
+    tensors by name, every expected one present and none unexpected."""
     by_name = {t.name: t for t in reader.tensors}
     cfg = _config(path, reader, meta, set(by_name))
     if "rope_freqs.weight" in by_name:
@@ -290,22 +304,31 @@ def read_gguf(path: str | Path) -> GGUFModel:
     missing = [n.gguf for n in names if n.gguf not in by_name]
     if missing:
         raise GptlabError(f"{path}: tensor {missing[0]} missing ({len(missing)} missing in all)")
-    permuted = meta["general.architecture"] == "llama"
-    shapes = expected_shapes(cfg)
-    tensors = {}
-    for n in names:
-        w = _dequantize(path, by_name[n.gguf])
-        if tuple(w.shape) != shapes[n.gptlab]:
-            raise GptlabError(
-                f"{path}: tensor {n.gguf} has shape {tuple(w.shape)}, "
-                f"the metadata implies {shapes[n.gptlab]}"
-            )
-        if permuted and n.gptlab.endswith(("attn.q.weight", "attn.q.bias")):
-            w = unpermute_rotary(w, cfg.n_heads)
-        elif permuted and n.gptlab.endswith(("attn.k.weight", "attn.k.bias")):
-            w = unpermute_rotary(w, cfg.n_kv_heads)
-        tensors[n.gptlab] = w
-    return GGUFModel(cfg, tensors, meta)
+    return cfg, names, by_name
+
+
+def check_shape(
+    path: Path, name: Any, shape: tuple[int, ...], shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """One GptlabError line where a tensor's shape is not the one the metadata implies
+    (`shapes`: gptlab.formats.llama_names.expected_shapes)."""
+    want = shapes[name.gptlab]
+    if shape != want:
+        raise GptlabError(
+            f"{path}: tensor {name.gguf} has shape {shape}, the metadata implies {want}"
+        )
+
+
+def rotary_heads(meta: dict[str, Any], cfg: LlamaConfig, name: str) -> int | None:
+    """The number of heads whose rows llama.cpp reordered in parameter `name` (q and k of the
+    `llama` architecture), None where the rows are stored as they are."""
+    if meta["general.architecture"] != "llama":
+        return None
+    if name.endswith(("attn.q.weight", "attn.q.bias")):
+        return cfg.n_heads
+    if name.endswith(("attn.k.weight", "attn.k.bias")):
+        return cfg.n_kv_heads
+    return None
 
 
 def load_gguf(path: str | Path) -> Llama:
