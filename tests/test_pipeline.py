@@ -68,6 +68,10 @@ def pipeline_args(out: Path, judge_url: str = DEAD, *extra: str) -> list[str]:
     ]
 
 
+def settings_of(argv: list[str]) -> PipelineConfig:
+    return build(PipelineConfig, build_parser(argv).parse_args(argv), PipelineConfig())
+
+
 def start(out: Path, log: Path, judge_url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     with open(log, "a", encoding="utf-8") as err:
@@ -408,7 +412,12 @@ def test_killed_and_interrupted_runs_end_like_an_uninterrupted_one(
     proc.communicate(timeout=300)
     err = log.read_text()
     assert proc.returncode == 130, err
-    assert "stopped in stage base after saving" in err and "Traceback" not in err
+    assert "gptlab pipeline: stopped: in stage base, after saving" in err, err
+    assert "error" not in err and "Traceback" not in err
+    # The line names the command that continues: the same settings as the one interrupted.
+    again = shlex.split(err.split("continue with: ")[1].splitlines()[0])
+    assert again[0] == "gptlab"
+    assert settings_of(again[1:]) == settings_of(pipeline_args(run, judge_url))
     assert_no_false_success(run)
     # SIGKILL at random moments of every stage, checking after each that no stage claims
     # success on partial output.

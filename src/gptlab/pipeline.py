@@ -657,8 +657,8 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
         except Interrupted:
             run.log(time_record(stage.name, "interrupted", start))
             raise Interrupted(
-                f"stopped in stage {stage.name} after saving its progress; run the same "
-                "command again to continue"
+                f"in stage {stage.name}, after saving its progress; continue with: "
+                f"{pipeline_command(c.to_json())}"
             ) from None
         if results is None:
             run.log(time_record(stage.name, "skipped", start))

@@ -440,7 +440,7 @@ class _Loop:
                 if stop:
                     raise Interrupted(
                         f"interrupted at step {state.step}; checkpoint saved in "
-                        f"{self.run_dir.path}/checkpoints (rerun with --resume to continue)"
+                        f"{self.run_dir.path}/checkpoints"
                     )
                 if state.step == stop_after:
                     break
