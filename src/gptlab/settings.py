@@ -514,14 +514,23 @@ class JudgeConfig(Settings):
     max_tokens: int = arg(16, "tokens of the judge's reply (one integer)", min=1)
     api_key_env: str = arg("OPENAI_API_KEY", "environment variable holding the API key (openai)")
     compare: Path | None = arg(None, "a second responses file to score and set side by side")
-    scores: Path | None = arg(None, "scores file (none: RESPONSES.scores.jsonl)")
+    scores: Path | None = arg(
+        None, "scores file (none: RESPONSES.scores.jsonl, inside --out when it is given)"
+    )
     out: Path | None = arg(None, "report folder (none: RESPONSES-judge/)")
     n_lowest: int = arg(5, "lowest-scored responses listed in the report", min=0)
 
     def scores_path(self, responses: Path) -> Path:
+        """Where the scores of `responses` are journaled: --scores, else the --out folder
+        (the responses may lie in a finished run that must stay as it is), else beside them."""
         if self.scores is not None and responses == self.responses:
             return Path(self.scores)
-        return responses.with_name(responses.stem + ".scores.jsonl")
+        name = responses.stem + ".scores.jsonl"
+        if self.out is None:
+            return responses.with_name(name)
+        if responses != self.responses and self.responses and responses.stem == self.responses.stem:
+            name = responses.stem + ".compare.scores.jsonl"  # --compare of the same file name
+        return Path(self.out) / name
 
     def out_path(self) -> Path:
         if self.out is not None:
