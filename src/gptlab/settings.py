@@ -404,6 +404,11 @@ class ClassifierConfig(Settings):
     base: str = arg("gpt2-small", "pretrained name, .gguf file, run or model folder, or 'random'")
     preset: str = arg("gpt-micro", "model shape for --base random", choices=PRESET_NAMES)
     data: Path | None = arg(None, "TSV/CSV with label and text columns (none: SMS spam)")
+    header: bool | None = arg(
+        None,
+        "the first row of --data is a header (none: it is when it names a label and a text "
+        "column, or when its label is on no other row, which is said in one line)",
+    )
     download: bool = arg(False, "fetch the SMS Spam Collection from UCI")
     labels: tuple[str, ...] | None = arg(
         None, "label names, comma-separated (others are errors)", sep=","
