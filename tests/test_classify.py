@@ -24,6 +24,7 @@ from gptlab.classifier import (
     metrics,
     save_classifier,
     set_trainable,
+    uselessness,
 )
 from gptlab.cli import main
 from gptlab.config import GPTConfig
@@ -252,6 +253,39 @@ def test_an_ambiguous_header_is_named_and_flags_decide(tmp_path: Path, caplog) -
     assert read_labelled(named, header=False).labels == ("neg", "pos", "sentiment")
     plain = reviews_csv(tmp_path / "p.csv", "pos,great super", n=6)  # a first row like the rest
     assert len(read_labelled(plain).examples) == 7 and not caplog.messages
+
+
+def test_uselessness_one_class_or_chance_but_not_a_skewed_test_set() -> None:
+    labels = ("ham", "spam")
+    assert uselessness([[150, 0], [150, 0]], labels) == "it predicts 'ham' for all 300 test texts"
+    # 165 of 300 right: the majority alone scores 0.5, two standard errors are 0.058
+    chance = uselessness([[90, 60], [75, 75]], labels)
+    assert chance is not None and "0.550 is within chance" in chance and "0.500" in chance
+    assert uselessness([[120, 30], [30, 120]], labels) is None  # 0.8
+    assert uselessness([[294, 0], [0, 6]], labels) is None  # right on a skewed test set
+    assert uselessness([[290, 4], [6, 0]], labels) is not None  # 0.967 < 0.98 + 0.016
+    assert uselessness([[5, 0], [0, 0]], labels) is None  # one class only: nothing to tell apart
+
+
+def test_cli_says_when_a_classifier_learned_nothing(tmp_path: Path) -> None:
+    """Texts that say nothing about their labels: the job ends normally (exit 0: the run is
+    whole and its figures true) but says so, and results.json carries why."""
+    data = tmp_path / "same.csv"
+    data.write_text("".join(f"{('a', 'b')[i % 2]},the same words\n" for i in range(60)))
+    args = ["--base", "random", "--preset", "gpt-nano", "--data", str(data), "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(
+        gptlab_command("finetune-classifier", *args, "--out", str(tmp_path / "run")),
+        capture_output=True,
+        text=True,
+        env={**gptlab_env(), "TQDM_DISABLE": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text(encoding="utf-8"))
+    assert results["useless"] == uselessness(results["confusion_matrix"], ("a", "b"))
+    [said] = [line for line in done.stderr.splitlines() if "learned nothing usable" in line]
+    assert said.endswith(results["useless"]) and str(tmp_path / "run") in said
 
 
 def test_cli_reports_bad_data_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

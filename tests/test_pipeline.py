@@ -31,7 +31,14 @@ from gptlab.cli import build_parser, main
 from gptlab.cli.flags import build
 from gptlab.device import pick_device
 from gptlab.hub import resolve_model
-from gptlab.pipeline import BaseStage, Context, degenerate_remark, with_dependents
+from gptlab.pipeline import (
+    BaseStage,
+    ClassifyStage,
+    Context,
+    degenerate_remark,
+    summarize,
+    with_dependents,
+)
 from gptlab.respond import answer_stats
 from gptlab.runs import RunDir
 from gptlab.settings import STAGES, PipelineConfig
@@ -390,6 +397,18 @@ def test_auto_falls_back_to_scratch_and_keeps_the_choice(tmp_path: Path) -> None
     assert base == "scratch" and "unavailable" in note
     assert load_json(tmp_path / "base" / "choice.json")["base"] == "scratch"
     assert BaseStage(ctx).choose() == (base, note)
+
+
+def test_a_useless_classifier_is_named_in_the_report(tmp_path: Path) -> None:
+    ctx = Context(PipelineConfig(out=tmp_path), RunDir(tmp_path), pick_device("cpu"), None, None)
+    stage = ClassifyStage(ctx)
+    stage.folder.mkdir()
+    why = "it predicts 'ham' for all 300 test texts"
+    (stage.results).write_text(json.dumps({"test_accuracy": 0.5, "useless": why}))
+    assert stage.report_lines()[0] == f"**This classifier learned nothing usable:** {why}."
+    assert summarize(tmp_path, [stage])["stages"]["classify"]["useless"] == why
+    (stage.results).write_text(json.dumps({"test_accuracy": 0.9}))
+    assert stage.report_lines() == []
 
 
 # ---- faults ----------------------------------------------------------------------------------
