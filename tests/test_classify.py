@@ -222,19 +222,24 @@ def reviews_csv(path: Path, header: str, n: int = 120) -> Path:
     return path
 
 
-def test_cli_reads_a_csv_header_as_a_header(tmp_path: Path) -> None:
-    data = reviews_csv(tmp_path / "reviews.csv", "sentiment,review")
-    args = ["--base", "random", "--preset", "gpt-nano", "--data", str(data), "--epochs", "1",
-            "--batch-size", "8", "--trainable", "all", "--device", "cpu"]  # fmt: skip
+def finetune_cli(out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`gptlab finetune-classifier ARGS --out OUT`, which must succeed, and its results.json."""
     done = subprocess.run(
-        gptlab_command("finetune-classifier", *args, "--out", str(tmp_path / "run")),
+        gptlab_command("finetune-classifier", *args, "--out", str(out)),
         capture_output=True,
         text=True,
         env={**gptlab_env(), "TQDM_DISABLE": "1"},
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    results = json.loads((tmp_path / "run" / "results.json").read_text(encoding="utf-8"))
+    return done, json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+def test_cli_reads_a_csv_header_as_a_header(tmp_path: Path) -> None:
+    data = reviews_csv(tmp_path / "reviews.csv", "sentiment,review")
+    args = ["--base", "random", "--preset", "gpt-nano", "--data", str(data), "--epochs", "1",
+            "--batch-size", "8", "--trainable", "all", "--device", "cpu"]  # fmt: skip
+    done, results = finetune_cli(tmp_path / "run", *args)
     assert results["labels"] == ["neg", "pos"]
     assert results["n_train"] + results["n_val"] + results["n_test"] == 120  # 60 of each
     assert "header" not in done.stderr  # a named header is no question: nothing to say
@@ -274,15 +279,7 @@ def test_cli_says_when_a_classifier_learned_nothing(tmp_path: Path) -> None:
     data.write_text("".join(f"{('a', 'b')[i % 2]},the same words\n" for i in range(60)))
     args = ["--base", "random", "--preset", "gpt-nano", "--data", str(data), "--epochs", "1",
             "--batch-size", "8", "--device", "cpu"]  # fmt: skip
-    done = subprocess.run(
-        gptlab_command("finetune-classifier", *args, "--out", str(tmp_path / "run")),
-        capture_output=True,
-        text=True,
-        env={**gptlab_env(), "TQDM_DISABLE": "1"},
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    results = json.loads((tmp_path / "run" / "results.json").read_text(encoding="utf-8"))
+    done, results = finetune_cli(tmp_path / "run", *args)
     assert results["useless"] == uselessness(results["confusion_matrix"], ("a", "b"))
     [said] = [line for line in done.stderr.splitlines() if "learned nothing usable" in line]
     assert said.endswith(results["useless"]) and str(tmp_path / "run") in said
