@@ -71,6 +71,8 @@ def pipeline_args(out: Path, judge_url: str = DEAD, *extra: str) -> list[str]:
         "judge",
         "--judge-url",
         judge_url,
+        "--keep-checkpoints",  # the fault tests delete and resume checkpoints
+        "1",
         *extra,
     ]
 

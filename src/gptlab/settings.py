@@ -225,12 +225,14 @@ def resume_conflicts(saved: dict[str, Any], new: Settings, prefix: str = "") -> 
 
 def keep_checkpoints() -> Any:
     """--keep-checkpoints, of the training jobs and the pipeline: each checkpoint holds the
-    optimizer state, twice the weights, so they are most of a run folder; --resume needs the
-    newest alone."""
+    optimizer state, twice the weights, so they would be most of a run folder. While training,
+    the newest is always kept (--resume needs it); a finished run keeps its final model and
+    only the N newest checkpoints, none by default."""
     return arg(
-        1,
-        "checkpoints kept in RUN/checkpoints, newest first (--resume needs one)",
-        min=1,
+        0,
+        "checkpoints a finished run keeps in RUN/checkpoints, newest first (while training the "
+        "newest is kept for --resume; a finished run without one cannot be extended)",
+        min=0,
         resumable=True,
     )
 
