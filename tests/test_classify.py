@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import random
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from gptlab.classifier import (
     metrics,
     save_classifier,
     set_trainable,
+    uselessness,
 )
 from gptlab.cli import main
 from gptlab.config import GPTConfig
@@ -47,6 +50,7 @@ from gptlab.runs import RunDir
 from gptlab.settings import ClassifierConfig
 from gptlab.tokenizer import EOT_ID, encode
 from tests.file_server import serve
+from tests.serve_process import gptlab_command, gptlab_env
 
 CPU = torch.device("cpu")
 TINY = GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_layers=3, n_heads=2)
@@ -204,6 +208,81 @@ def test_csv_with_header_any_column_order_and_multiline(tmp_path: Path) -> None:
     path.write_text('text,label\n"a, b",x\nc,y\n', encoding="utf-8")
     data = read_labelled(path)
     assert data.labels == ("x", "y") and data.examples == [("a, b", 0), ("c", 1)]
+
+
+def reviews_csv(path: Path, header: str, n: int = 120) -> Path:
+    """`n` rows of label,text (pos/neg by their words) under `header`."""
+    rng = random.Random(1)
+    words = {"pos": ["great", "lovely", "super"], "neg": ["awful", "poor", "sad"]}
+    rows = [header]
+    for i in range(n):
+        label = ("pos", "neg")[i % 2]
+        rows.append(f"{label},{' '.join(rng.choice(words[label]) for _ in range(4))}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def finetune_cli(out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`gptlab finetune-classifier ARGS --out OUT`, which must succeed, and its results.json."""
+    done = subprocess.run(
+        gptlab_command("finetune-classifier", *args, "--out", str(out)),
+        capture_output=True,
+        text=True,
+        env={**gptlab_env(), "TQDM_DISABLE": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done, json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+def test_cli_reads_a_csv_header_as_a_header(tmp_path: Path) -> None:
+    data = reviews_csv(tmp_path / "reviews.csv", "sentiment,review")
+    args = ["--base", "random", "--preset", "gpt-nano", "--data", str(data), "--epochs", "1",
+            "--batch-size", "8", "--trainable", "all", "--device", "cpu"]  # fmt: skip
+    done, results = finetune_cli(tmp_path / "run", *args)
+    assert results["labels"] == ["neg", "pos"]
+    assert results["n_train"] + results["n_val"] + results["n_test"] == 120  # 60 of each
+    assert "header" not in done.stderr  # a named header is no question: nothing to say
+
+
+def test_an_ambiguous_header_is_named_and_flags_decide(tmp_path: Path, caplog) -> None:
+    data = reviews_csv(tmp_path / "d.csv", "x,comment", n=6)
+    with caplog.at_level(logging.WARNING, logger="gptlab.labelled"):
+        assert read_labelled(data).labels == ("neg", "pos")  # 'x' is on no other row
+    [said] = caplog.messages
+    assert "d.csv:1: reading 'x,comment' as a header" in said and "--no-header" in said
+    caplog.clear()
+    assert read_labelled(data, header=False).labels == ("neg", "pos", "x")
+    assert len(read_labelled(data, header=True).examples) == 6 and not caplog.messages
+    named = reviews_csv(tmp_path / "n.csv", "sentiment,review", n=6)
+    assert read_labelled(named, header=False).labels == ("neg", "pos", "sentiment")
+    plain = reviews_csv(tmp_path / "p.csv", "pos,great super", n=6)  # a first row like the rest
+    assert len(read_labelled(plain).examples) == 7 and not caplog.messages
+
+
+def test_uselessness_one_class_or_chance_but_not_a_skewed_test_set() -> None:
+    labels = ("ham", "spam")
+    assert uselessness([[150, 0], [150, 0]], labels) == "it predicts 'ham' for all 300 test texts"
+    # 165 of 300 right: the majority alone scores 0.5, two standard errors are 0.058
+    chance = uselessness([[90, 60], [75, 75]], labels)
+    assert chance is not None and "0.550 is within chance" in chance and "0.500" in chance
+    assert uselessness([[120, 30], [30, 120]], labels) is None  # 0.8
+    assert uselessness([[294, 0], [0, 6]], labels) is None  # right on a skewed test set
+    assert uselessness([[290, 4], [6, 0]], labels) is not None  # 0.967 < 0.98 + 0.016
+    assert uselessness([[5, 0], [0, 0]], labels) is None  # one class only: nothing to tell apart
+
+
+def test_cli_says_when_a_classifier_learned_nothing(tmp_path: Path) -> None:
+    """Texts that say nothing about their labels: the job ends normally (exit 0: the run is
+    whole and its figures true) but says so, and results.json carries why."""
+    data = tmp_path / "same.csv"
+    data.write_text("".join(f"{('a', 'b')[i % 2]},the same words\n" for i in range(60)))
+    args = ["--base", "random", "--preset", "gpt-nano", "--data", str(data), "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu"]  # fmt: skip
+    done, results = finetune_cli(tmp_path / "run", *args)
+    assert results["useless"] == uselessness(results["confusion_matrix"], ("a", "b"))
+    [said] = [line for line in done.stderr.splitlines() if "learned nothing usable" in line]
+    assert said.endswith(results["useless"]) and str(tmp_path / "run") in said
 
 
 def test_cli_reports_bad_data_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -251,13 +251,20 @@ def test_resume_says_what_it_resumes_and_refuses_other_settings(tmp_path: Path) 
     assert len(changed.stderr.strip().splitlines()) == 1, changed.stderr
     assert (tmp_path / "run" / "config.json").read_text() == config
     # A finished run: where it stands.
-    again = gptlab("pretrain", *common, "--max-steps", "3", "--resume", cwd=tmp_path)
+    keep = ["--keep-checkpoints", "1"]
+    again = gptlab("pretrain", *common, "--max-steps", "3", *keep, "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "continuing from checkpoint step-000003: step 3 of 3" in again.stderr
     assert "the run is already finished" in again.stderr
     # Extending it (and keeping fewer checkpoints) is allowed.
-    longer = gptlab("pretrain", *common, "--max-steps", "6", "--resume", cwd=tmp_path)
+    longer = gptlab("pretrain", *common, "--max-steps", "6", *keep, "--resume", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
     assert "continuing from checkpoint step-000003: step 3 of 6" in longer.stderr
     assert "done: 6 steps" in longer.stdout
     assert sorted(p.name for p in checkpoints.iterdir()) == ["LATEST", "step-000006"]
+    # By default a finished run drops its checkpoints; then it cannot be extended, and says so.
+    done = gptlab("pretrain", *common, "--max-steps", "6", "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not checkpoints.exists() and (tmp_path / "run" / "model").is_dir()
+    more = gptlab("pretrain", *common, "--max-steps", "8", "--resume", cwd=tmp_path)
+    assert_user_error(more, "run: this run is finished and kept no checkpoint", "--base run")

@@ -426,6 +426,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(tmp_path: Path) -> None:
         eval_batches=1,
         sample_tokens=4,
         device="cpu",
+        keep_checkpoints=1,  # the finished run's last checkpoint is read below
     )
     results = finetune_instruct(config)
     assert results["lora"] == {"rank": 2, "alpha": 4.0, "targets": ["qkv", "fc"]}

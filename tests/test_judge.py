@@ -290,6 +290,31 @@ def test_cli_logs_each_judge_request_only_with_verbose(tmp_path: Path, judge: Fa
     assert verbose.stderr.count(f"HTTP Request: POST {judge.url}/api/chat") == 2
 
 
+def test_cli_with_out_journals_the_scores_there_and_leaves_the_run_alone(
+    tmp_path: Path, judge: FakeJudge
+) -> None:
+    """Responses inside finished runs are read, never written to: with --out, the score
+    journals (also of a --compare file of the same name) go into the report folder."""
+    (tmp_path / "run-a").mkdir()
+    (tmp_path / "run-b").mkdir()
+    a = write_responses(tmp_path / "run-a" / "r.json", ["answer-60"])
+    b = write_responses(tmp_path / "run-b" / "r.json", ["answer-80"])
+    report = tmp_path / "report"
+    args = ("--responses", str(a), "--compare", str(b), "--url", judge.url, "--out", str(report))
+    done = evaluate_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in a.parent.iterdir()) == ["r.json"]
+    assert sorted(p.name for p in b.parent.iterdir()) == ["r.json"]
+    for name, score in (("r.scores.jsonl", 60), ("r.compare.scores.jsonl", 80)):
+        [record] = [json.loads(line) for line in (report / name).read_text().splitlines()]
+        assert record["score"] == score
+    asked = len(judge.prompts)
+    again = evaluate_cli(*args)  # the journals in --out are where a rerun looks
+    assert again.returncode == 0, again.stderr
+    assert len(judge.prompts) == asked
+    assert sorted(p.name for p in a.parent.iterdir()) == ["r.json"]
+
+
 def test_cli_fails_when_no_judge_reply_is_usable_and_draws_no_plot(tmp_path: Path) -> None:
     chatty = FakeJudge(lambda prompt: "What a lovely response!")
     try:

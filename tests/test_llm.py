@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,40 @@ def test_sampling_options_come_one_way(tmp_path: Path) -> None:
     assert llm.generate("Hi", sampling=s) == llm.generate("Hi", max_new_tokens=5, stop=["x"])
     with pytest.raises(GptlabError, match="give sampling= or max_new_tokens, not both"):
         llm.generate("Hi", sampling=s, max_new_tokens=3)
+
+
+def first_weight(spec: Path) -> torch.Tensor:
+    model, _ = resolve_model(spec)
+    return next(model.parameters()).detach()
+
+
+def test_pipeline_and_stage_folders_mean_the_model_inside(tmp_path: Path) -> None:
+    """`--model RUN` of a pipeline is its last tuned language model (instruct's, else the
+    base's), `--model RUN/base` the stage's model; a folder of several runs lists them."""
+    run = tmp_path / "first"
+    run.mkdir()
+    (run / "config.json").write_text('{"task": "pipeline", "pipeline": {}}', encoding="utf-8")
+    base = save_tiny_model(run / "base" / "pretrain" / "model", seed=1).parent
+    save_tiny_model(run / "classify" / "model", seed=2)
+    instruct = save_tiny_model(run / "instruct" / "model", seed=3).parent
+    assert torch.equal(first_weight(run), first_weight(instruct))
+    assert torch.equal(first_weight(run / "base"), first_weight(base))
+    shutil.rmtree(instruct)  # an unfinished pipeline: its base is the last model
+    assert torch.equal(first_weight(run), first_weight(base))
+    # the base stage of a downloaded model names it in its results.json
+    given = save_tiny_model(tmp_path / "given", seed=4)
+    shutil.rmtree(run / "base")
+    (run / "base").mkdir()
+    (run / "base" / "results.json").write_text(f'{{"model": "{given}"}}', encoding="utf-8")
+    assert torch.equal(first_weight(run), first_weight(given))
+    many = tmp_path / "many"
+    for i in range(6):
+        save_tiny_model(many / f"run{i}" / "model", seed=i)
+    with pytest.raises(GptlabError) as exc:
+        resolve_model(many)
+    listed = f"{many}: no model here (expected model.safetensors + config.json, or a run folder "
+    assert str(exc.value).startswith(listed)
+    assert str(exc.value).endswith(
+        f"models below it: {many / 'run0'}, {many / 'run1'}, {many / 'run2'}, {many / 'run3'} "
+        "and 2 more"
+    )

@@ -31,7 +31,14 @@ from gptlab.cli import build_parser, main
 from gptlab.cli.flags import build
 from gptlab.device import pick_device
 from gptlab.hub import resolve_model
-from gptlab.pipeline import BaseStage, Context, degenerate_remark, with_dependents
+from gptlab.pipeline import (
+    BaseStage,
+    ClassifyStage,
+    Context,
+    degenerate_remark,
+    summarize,
+    with_dependents,
+)
 from gptlab.respond import answer_stats
 from gptlab.runs import RunDir
 from gptlab.settings import STAGES, PipelineConfig
@@ -64,8 +71,14 @@ def pipeline_args(out: Path, judge_url: str = DEAD, *extra: str) -> list[str]:
         "judge",
         "--judge-url",
         judge_url,
+        "--keep-checkpoints",  # the fault tests delete and resume checkpoints
+        "1",
         *extra,
     ]
+
+
+def settings_of(argv: list[str]) -> PipelineConfig:
+    return build(PipelineConfig, build_parser(argv).parse_args(argv), PipelineConfig())
 
 
 def start(out: Path, log: Path, judge_url: str) -> subprocess.Popen[str]:
@@ -388,6 +401,18 @@ def test_auto_falls_back_to_scratch_and_keeps_the_choice(tmp_path: Path) -> None
     assert BaseStage(ctx).choose() == (base, note)
 
 
+def test_a_useless_classifier_is_named_in_the_report(tmp_path: Path) -> None:
+    ctx = Context(PipelineConfig(out=tmp_path), RunDir(tmp_path), pick_device("cpu"), None, None)
+    stage = ClassifyStage(ctx)
+    stage.folder.mkdir()
+    why = "it predicts 'ham' for all 300 test texts"
+    (stage.results).write_text(json.dumps({"test_accuracy": 0.5, "useless": why}))
+    assert stage.report_lines()[0] == f"**This classifier learned nothing usable:** {why}."
+    assert summarize(tmp_path, [stage])["stages"]["classify"]["useless"] == why
+    (stage.results).write_text(json.dumps({"test_accuracy": 0.9}))
+    assert stage.report_lines() == []
+
+
 # ---- faults ----------------------------------------------------------------------------------
 
 
@@ -408,7 +433,12 @@ def test_killed_and_interrupted_runs_end_like_an_uninterrupted_one(
     proc.communicate(timeout=300)
     err = log.read_text()
     assert proc.returncode == 130, err
-    assert "stopped in stage base after saving" in err and "Traceback" not in err
+    assert "gptlab pipeline: stopped: in stage base, after saving" in err, err
+    assert "error" not in err and "Traceback" not in err
+    # The line names the command that continues: the same settings as the one interrupted.
+    again = shlex.split(err.split("continue with: ")[1].splitlines()[0])
+    assert again[0] == "gptlab"
+    assert settings_of(again[1:]) == settings_of(pipeline_args(run, judge_url))
     assert_no_false_success(run)
     # SIGKILL at random moments of every stage, checking after each that no stage claims
     # success on partial output.

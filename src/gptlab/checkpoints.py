@@ -223,6 +223,22 @@ def save_checkpoint(
     return final
 
 
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints of a finished run (its final model is elsewhere).
+    With none kept, LATEST goes first, so a crash midway never leaves it naming a checkpoint
+    half deleted."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return
+    if keep > 0:
+        for stale in sorted(root.glob("step-*"), reverse=True)[keep:]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return
+    (root / "LATEST").unlink(missing_ok=True)
+    fsync_dir(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether a run has saved any checkpoint (LATEST is written after the first)."""
     return (checkpoint_dir(run_dir) / "LATEST").is_file()

@@ -14,6 +14,8 @@ can be computed once (`cache_prefix`) and training runs only the tail on those h
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,28 @@ def metrics(y_true: torch.Tensor, y_pred: torch.Tensor, labels: tuple[str, ...])
             for name, p, r, f in zip(labels, precision_c, recall_c, f1_c, strict=True)
         },
     }
+
+
+def uselessness(confusion: list[list[int]], labels: Sequence[str]) -> str | None:
+    """Why a classifier with this test confusion matrix [true][predicted] learned nothing
+    usable, or None: it predicts one class for every text (of a test set holding several), or
+    its accuracy is within chance, at most the majority-class rate plus two of its standard
+    errors, sqrt(p(1 - p)/n) (a constant guess scores p; two errors are what luck gives)."""
+    n = sum(map(sum, confusion))
+    if sum(1 for row in confusion if sum(row)) < 2:
+        return None  # a test set of one class cannot tell a classifier from a constant
+    predicted = [sum(row[j] for row in confusion) for j in range(len(labels))]
+    if max(predicted) == n:
+        return f"it predicts {labels[predicted.index(n)]!r} for all {n} test texts"
+    majority = max(sum(row) for row in confusion) / n
+    accuracy = sum(confusion[i][i] for i in range(len(labels))) / n
+    margin = 2 * math.sqrt(majority * (1 - majority) / n)
+    if accuracy <= majority + margin:
+        return (
+            f"its test accuracy {accuracy:.3f} is within chance: the majority class alone "
+            f"scores {majority:.3f}, and {n} test texts make {margin:.3f} more luck"
+        )
+    return None
 
 
 def save_classifier(

@@ -100,7 +100,7 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Decoder, dict[
             return load_model_folder(folder, device)
         raise GptlabError(
             f"{path}: no model here (expected model.safetensors + config.json, "
-            "or a run folder with model/ or checkpoints/)"
+            "or a run folder with model/ or checkpoints/)" + _models_below(path)
         )
     if str(spec) in OPENAI_SIZES:
         return load_model_folder(ensure_pretrained(str(spec)), device)
@@ -152,10 +152,65 @@ def resolve_with_tokenizer(spec: str | Path, device: str = "cpu") -> Resolved:
     return Resolved(model, meta, load_tokenizer(spec))
 
 
+# A pipeline folder's language models, last tuned first (gptlab.pipeline's stage folders).
+PIPELINE_MODELS = ("instruct", "base")
+SHOWN_MODELS = 4  # models listed when a folder holds several and none is meant
+
+
+def _runs_below(path: Path, depth: int = 2) -> list[Path]:
+    """The run and model folders under `path` (not itself), `depth` levels down, sorted."""
+    found: list[Path] = []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []:
+        if next(iter_model_folders(sub), None) is not None:
+            found.append(sub)
+        elif depth > 1:
+            found += _runs_below(sub, depth - 1)
+    return found
+
+
+def _models_below(path: Path) -> str:
+    """The error's end that lists the models found under `path`."""
+    runs = _runs_below(path)
+    if not runs:
+        return ""
+    shown = ", ".join(str(r) for r in runs[:SHOWN_MODELS])
+    more = f" and {len(runs) - SHOWN_MODELS} more" if len(runs) > SHOWN_MODELS else ""
+    return f"; models below it: {shown}{more}"
+
+
+def _has_model(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and next(iter_model_folders(path), None) is not None)
+
+
+def _json_field(path: Path, key: str) -> Any:
+    return read_json_object(path).get(key) if path.is_file() else None
+
+
+def _inner_model(path: Path) -> Path:
+    """The model a folder without one of its own means: a pipeline folder's last tuned
+    language model (instruct's, else the base stage's); a stage folder's model (the one its
+    results.json names, as the base stage's does, or the one run below it); else `path`."""
+    if not path.is_dir() or _has_model(path):
+        return path
+    if _json_field(path / CONFIG, "task") == "pipeline":
+        for stage in PIPELINE_MODELS:
+            inner = _inner_model(path / stage)
+            if _has_model(inner):
+                return inner
+    named = _json_field(path / "results.json", "model")
+    if isinstance(named, str) and _has_model(Path(named)):
+        return Path(named)
+    runs = _runs_below(path)
+    return runs[0] if len(runs) == 1 else path
+
+
 def _local(spec: str | Path) -> Path:
-    """The path behind `spec`: a Hugging Face repository id is its downloaded folder."""
+    """The path behind `spec`: a Hugging Face repository id is its downloaded folder; a
+    pipeline or stage folder the model inside it (`_inner_model`)."""
     path = Path(spec)
-    if path.exists() or not isinstance(spec, str) or not REPO_ID.fullmatch(spec):
+    if path.exists():
+        return _inner_model(path)
+    if not isinstance(spec, str) or not REPO_ID.fullmatch(spec):
         return path
     if path.parent.exists():  # runs/typo is a missing folder, not a repository to download
         return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from gptlab.errors import GptlabError
 from gptlab.io import atomic_write, read_utf8
 from gptlab.settings import ClassifierConfig
 from gptlab.tokenizer import EOT_ID
+
+log = logging.getLogger(__name__)
 
 SMS_SPAM = "SMSSpamCollection"
 UCI_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -60,19 +63,58 @@ def _rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
     return [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
-def read_labelled(path: Path, labels: tuple[str, ...] | None = None) -> LabelledData:
-    """Labelled texts from a TSV/CSV with a label and a text column: either a header naming
-    `label` and `text` columns, or no header and label first, text second (the UCI format).
-    Label names come from the file (sorted) unless `labels` fixes them."""
+# Column headings that name the label and the text column of a header row.
+LABEL_HEADINGS = ("label", "labels", "class", "category", "sentiment", "target")
+TEXT_HEADINGS = ("text", "review", "message", "sentence", "content", "document", "sms")
+
+
+def _named_columns(fields: list[str]) -> tuple[int, int] | None:
+    """(label column, text column) when `fields` name both with a heading, else None."""
+    names = [f.strip().lower() for f in fields]
+    label = next((i for i, n in enumerate(names) if n in LABEL_HEADINGS), None)
+    text = next((i for i, n in enumerate(names) if n in TEXT_HEADINGS), None)
+    return None if label is None or text is None else (label, text)
+
+
+def _is_header(
+    path: Path, rows: list[tuple[int, list[str]]], labels: tuple[str, ...] | None
+) -> bool:
+    """Whether the first row is a header: it names a label and a text column, or (said in one
+    line, since a rare label could be meant) its label is neither among `labels` nor on any
+    other row."""
+    line, first = rows[0]
+    if _named_columns(first):
+        return True
+    known = set(labels) if labels else {f[0].strip() for _, f in rows[1:]}
+    if len(rows) < 3 or len(first) < 2 or first[0].strip() in known:
+        return False
+    log.warning(
+        "%s:%d: reading %r as a header, since no other row has the label %r; "
+        "--no-header reads it as data",
+        path,
+        line,
+        ",".join(first),
+        first[0].strip(),
+    )
+    return True
+
+
+def read_labelled(
+    path: Path, labels: tuple[str, ...] | None = None, header: bool | None = None
+) -> LabelledData:
+    """Labelled texts from a TSV/CSV with a label and a text column: label first and text
+    second, or as a header names them (`label`, `sentiment`, ... and `text`, `review`, ...).
+    `header` None detects the header (`_is_header`). Label names come from the file (sorted)
+    unless `labels` fixes them."""
     rows = _rows(path, read_utf8(path))
     if not rows:
         raise GptlabError(f"{path}: no data rows")
-    header = [h.strip().lower() for h in rows[0][1]]
-    if "label" in header and "text" in header:
-        label_col, text_col = header.index("label"), header.index("text")
-        n_fields, rows = len(header), rows[1:]
-    else:
-        label_col, text_col, n_fields = 0, 1, 2
+    label_col, text_col, n_fields = 0, 1, 2
+    if header or (header is None and _is_header(path, rows, labels)):
+        label_col, text_col = _named_columns(rows[0][1]) or (0, 1)
+        n_fields, rows = max(2, len(rows[0][1])), rows[1:]
+        if not rows:
+            raise GptlabError(f"{path}: no data rows after the header")
     raw: list[tuple[int, str, str]] = []
     for line, fields in rows:
         if len(fields) != n_fields:
@@ -246,6 +288,6 @@ def load_splits(c: ClassifierConfig) -> Splits:
     elif c.data is None:
         data = load_sms_spam()
     else:
-        data = read_labelled(c.data, c.labels)
+        data = read_labelled(c.data, c.labels, c.header)
     kept, left_out = balance(data.examples, c.train.seed) if c.balance else (data.examples, [])
     return Splits(data.labels, *split(kept, c.train.seed), left_out, len(data.examples))

@@ -332,7 +332,17 @@ class BaseStage(Stage):
 class ClassifyStage(Stage):
     name = "classify"
     needs = "base"
-    headline = ("test_accuracy", "precision", "recall", "f1", "best_val_accuracy")
+    headline = ("test_accuracy", "precision", "recall", "f1", "best_val_accuracy", "useless")
+
+    def report_lines(self) -> list[str]:
+        """A plain sentence when the classifier learned nothing usable (see
+        gptlab.classifier.uselessness)."""
+        useless = (
+            read_json_object(self.results).get("useless") if is_complete(self.folder) else None
+        )
+        if not useless:
+            return []
+        return [f"**This classifier learned nothing usable:** {useless}.", ""]
 
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -657,8 +667,8 @@ def run_pipeline(c: PipelineConfig) -> dict[str, Any]:
         except Interrupted:
             run.log(time_record(stage.name, "interrupted", start))
             raise Interrupted(
-                f"stopped in stage {stage.name} after saving its progress; run the same "
-                "command again to continue"
+                f"in stage {stage.name}, after saving its progress; continue with: "
+                f"{pipeline_command(c.to_json())}"
             ) from None
         if results is None:
             run.log(time_record(stage.name, "skipped", start))

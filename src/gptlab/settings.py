@@ -225,12 +225,14 @@ def resume_conflicts(saved: dict[str, Any], new: Settings, prefix: str = "") -> 
 
 def keep_checkpoints() -> Any:
     """--keep-checkpoints, of the training jobs and the pipeline: each checkpoint holds the
-    optimizer state, twice the weights, so they are most of a run folder; --resume needs the
-    newest alone."""
+    optimizer state, twice the weights, so they would be most of a run folder. While training,
+    the newest is always kept (--resume needs it); a finished run keeps its final model and
+    only the N newest checkpoints, none by default."""
     return arg(
-        1,
-        "checkpoints kept in RUN/checkpoints, newest first (--resume needs one)",
-        min=1,
+        0,
+        "checkpoints a finished run keeps in RUN/checkpoints, newest first (while training the "
+        "newest is kept for --resume; a finished run without one cannot be extended)",
+        min=0,
         resumable=True,
     )
 
@@ -404,6 +406,11 @@ class ClassifierConfig(Settings):
     base: str = arg("gpt2-small", "pretrained name, .gguf file, run or model folder, or 'random'")
     preset: str = arg("gpt-micro", "model shape for --base random", choices=PRESET_NAMES)
     data: Path | None = arg(None, "TSV/CSV with label and text columns (none: SMS spam)")
+    header: bool | None = arg(
+        None,
+        "the first row of --data is a header (none: it is when it names a label and a text "
+        "column, or when its label is on no other row, which is said in one line)",
+    )
     download: bool = arg(False, "fetch the SMS Spam Collection from UCI")
     labels: tuple[str, ...] | None = arg(
         None, "label names, comma-separated (others are errors)", sep=","
@@ -514,14 +521,23 @@ class JudgeConfig(Settings):
     max_tokens: int = arg(16, "tokens of the judge's reply (one integer)", min=1)
     api_key_env: str = arg("OPENAI_API_KEY", "environment variable holding the API key (openai)")
     compare: Path | None = arg(None, "a second responses file to score and set side by side")
-    scores: Path | None = arg(None, "scores file (none: RESPONSES.scores.jsonl)")
+    scores: Path | None = arg(
+        None, "scores file (none: RESPONSES.scores.jsonl, inside --out when it is given)"
+    )
     out: Path | None = arg(None, "report folder (none: RESPONSES-judge/)")
     n_lowest: int = arg(5, "lowest-scored responses listed in the report", min=0)
 
     def scores_path(self, responses: Path) -> Path:
+        """Where the scores of `responses` are journaled: --scores, else the --out folder
+        (the responses may lie in a finished run that must stay as it is), else beside them."""
         if self.scores is not None and responses == self.responses:
             return Path(self.scores)
-        return responses.with_name(responses.stem + ".scores.jsonl")
+        name = responses.stem + ".scores.jsonl"
+        if self.out is None:
+            return responses.with_name(name)
+        if responses != self.responses and self.responses and responses.stem == self.responses.stem:
+            name = responses.stem + ".compare.scores.jsonl"  # --compare of the same file name
+        return Path(self.out) / name
 
     def out_path(self) -> Path:
         if self.out is not None:

@@ -305,7 +305,7 @@ class TrainState:
                 "rng": _rng_state(),
                 "train_config": cfg.to_json(),
             }
-            keep = cfg.train.keep_checkpoints
+            keep = max(1, cfg.train.keep_checkpoints)  # the newest, for --resume
             save_checkpoint(
                 run.path, self.step, plan.model, saved, plan.meta, keep=keep, weights=weights,
                 tokenizer=plan.tokenizer,
@@ -440,7 +440,7 @@ class _Loop:
                 if stop:
                     raise Interrupted(
                         f"interrupted at step {state.step}; checkpoint saved in "
-                        f"{self.run_dir.path}/checkpoints (rerun with --resume to continue)"
+                        f"{self.run_dir.path}/checkpoints"
                     )
                 if state.step == stop_after:
                     break

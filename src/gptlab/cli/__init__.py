@@ -7,7 +7,8 @@ FastAPI nor matplotlib. Before a verb runs, the CLI applies gptlab's CPU process
 (gptlab.cpu.memory): the library itself never changes the process on import.
 
 Mistakes a user can fix (GptlabError, a bad flag) print as one line on stderr with exit
-status 2; Ctrl-C exits 130.
+status 2; Ctrl-C exits 130 with one line "gptlab VERB: stopped: ..." that names the command
+that continues.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import importlib
 import logging
 import sys
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gptlab import settings
-from gptlab.cli.flags import add_settings, build
+from gptlab.cli.flags import add_settings, build, command_line
 from gptlab.errors import GptlabError, Interrupted
 
 VERSION = "0.1.0"
@@ -131,9 +132,9 @@ VERBS: dict[str, Verb] = {
         "score model responses with an LLM judge",
         "Ask a judge model (Ollama's /api/chat, or --api openai for any OpenAI-compatible "
         "server) to score each response against its reference from 0 to 100. Scores are "
-        "stored as they arrive in RESPONSES.scores.jsonl, so rerunning an interrupted "
-        "evaluation only asks about the rest. The report (results.json, scores.png) goes to "
-        "--out.",
+        "stored as they arrive in RESPONSES.scores.jsonl (in --out when given, else beside "
+        "RESPONSES), so rerunning an interrupted evaluation only asks about the rest. The "
+        "report (results.json, scores.png) goes to --out.",
     ),
     "serve": Verb(
         settings.ServeConfig,
@@ -211,6 +212,16 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def _run(name: str, args: argparse.Namespace) -> int:
     verb = VERBS[name]
     config = build(verb.settings, args, verb.settings())
+    try:
+        return _call(verb, config, args)
+    except Interrupted as exc:
+        if verb.resume:  # the job saved a checkpoint: say the command that picks it up
+            again = command_line(name, verb.settings, config.to_json())
+            raise Interrupted(f"{exc}; continue with: {again} --resume") from None
+        raise
+
+
+def _call(verb: Verb, config: Any, args: argparse.Namespace) -> int:
     from gptlab.cpu.memory import tune_process_memory
 
     tune_process_memory()  # before the verb's module imports torch
@@ -233,9 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return _run(args.command, args)
+    except Interrupted as exc:
+        print(f"gptlab {args.command}: stopped: {exc}", file=sys.stderr)
+        return 130
     except GptlabError as exc:
         print(f"gptlab {args.command}: error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, Interrupted) else 2
+        return 2
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)
         return 130

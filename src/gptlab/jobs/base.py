@@ -8,7 +8,9 @@ and its final results.
 and pick the device; check the global batch; `prepare` (a mistake here leaves nothing
 behind); write config.json (rank 0; refused over an existing run unless resuming); `build`;
 `gptlab.training.train`; gather the final weights (a collective under FSDP); then, on rank 0,
-the plots and, for a finished run only, results.json as the very last file.
+the plots and, for a finished run only, results.json as the very last file; then its
+checkpoints go, but for the newest --keep-checkpoints N (none by default): the final model
+stays in RUN/model.
 
 --resume continues the run in the folder only with the settings it was started with, apart
 from those declared resumable (gptlab.settings.resume_conflicts): any other difference is
@@ -28,7 +30,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 
 from gptlab import distributed
-from gptlab.checkpoints import has_checkpoint
+from gptlab.checkpoints import has_checkpoint, prune_checkpoints
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_json, read_json_object
@@ -108,6 +110,12 @@ class TrainingJob(ABC, Generic[C]):
             sections = self.prepare(s)
             if s.resume:
                 self.check_resume(run)
+                if (run.path / RESULTS).is_file() and not has_checkpoint(run.path):
+                    raise GptlabError(
+                        f"{run.path}: this run is finished and kept no checkpoint to continue "
+                        "from (--keep-checkpoints 0); start a new run with another --out, "
+                        f"from --base {run.path}"
+                    )
             distributed.barrier()  # every rank has read the old config.json before it changes
             if d.is_main:
                 config = {"task": self.task, "settings": self.c.to_json(), **sections}  # type: ignore[attr-defined]
@@ -158,6 +166,7 @@ class TrainingJob(ABC, Generic[C]):
             return {}
         results = self.results(s, plan, result, weights)
         atomic_write_json(s.run.path / RESULTS, results)
+        prune_checkpoints(s.run.path, c.train.keep_checkpoints)
         return results
 
 

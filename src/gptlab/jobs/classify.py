@@ -15,6 +15,7 @@ or test).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, defaultdict
 from functools import partial
@@ -36,6 +37,7 @@ from gptlab.classifier import (
     predict_proba,
     save_classifier,
     set_trainable,
+    uselessness,
 )
 from gptlab.data import ResumableBatches
 from gptlab.hub import base_with_tokenizer
@@ -46,6 +48,8 @@ from gptlab.model import Decoder
 from gptlab.runs import MODEL
 from gptlab.settings import ClassifierConfig, PretrainConfig, TrainArgs
 from gptlab.training import Plan, TrainResult
+
+log = logging.getLogger(__name__)
 
 
 def _logits_and_loss(
@@ -258,10 +262,14 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
         )
         y_true = torch.tensor([label for _, label in test.items])
         scores = metrics(y_true, probs.argmax(-1), data.labels)
+        useless = uselessness(scores["confusion_matrix"], data.labels)
+        if useless:
+            log.warning("%s: this classifier learned nothing usable: %s", c.out, useless)
         return {
             "task": "classify",
             "labels": list(data.labels),
             "test_accuracy": scores.pop("accuracy"),
+            **({"useless": useless} if useless else {}),
             **scores,
             "best_val_accuracy": best_meta["val_acc"],
             "best_epoch": best_meta["step"] / self.per_epoch,
