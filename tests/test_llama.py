@@ -1,5 +1,5 @@
-"""gptlab.llama against Hugging Face's own Llama and Qwen3 (transformers, as a reference only):
-tiny random models with the same weights give the same logits; the KV cache (one token at a
+"""gptlab.llama against Hugging Face's own Llama, Qwen2 and Qwen3 (transformers, as a reference
+only): tiny random models with the same weights give the same logits; the KV cache (one token at a
 time, left-padded batches too) gives what the uncached pass gives; configs check themselves."""
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ CONFIGS = {
     "qwen3-tied": LlamaConfig(
         **BASE, n_heads=4, n_kv_heads=2, head_dim=32, qk_norm=True, rope_base=1e6, rms_eps=1e-6
     ),
+    # Qwen2 / Qwen2.5: biases on q, k and v only; tied, then untied
+    "qwen2-tied": LlamaConfig(
+        **BASE, n_heads=4, n_kv_heads=2, qkv_bias=True, rope_base=1e6, rms_eps=1e-6
+    ),
+    "qwen2-untied": LlamaConfig(
+        **BASE, n_heads=8, n_kv_heads=2, qkv_bias=True, rope_base=1e6, tie_weights=False
+    ),
     "qwen3-untied": LlamaConfig(
         **BASE,
         n_heads=8,
@@ -64,9 +71,10 @@ def hf_model(cfg: LlamaConfig) -> torch.nn.Module:
         max_position_embeddings=cfg.context_length,
         rms_norm_eps=cfg.rms_eps,
         tie_word_embeddings=cfg.tie_weights,
-        attention_bias=cfg.attention_bias,
         attn_implementation="eager",
     )
+    if not cfg.qkv_bias:  # Qwen2Config has no such field: its q, k, v always have biases
+        common["attention_bias"] = cfg.attention_bias
     rope: dict = {"rope_type": "default", "rope_theta": cfg.rope_base}
     if cfg.rope_scaling is not None:
         s = cfg.rope_scaling
@@ -86,6 +94,9 @@ def hf_model(cfg: LlamaConfig) -> torch.nn.Module:
     if cfg.qk_norm:
         config = transformers.Qwen3Config(**common, **rope)
         model = transformers.Qwen3ForCausalLM(config)
+    elif cfg.qkv_bias:
+        config = transformers.Qwen2Config(**common, **rope)
+        model = transformers.Qwen2ForCausalLM(config)
     else:
         config = transformers.LlamaConfig(**common, **rope)
         model = transformers.LlamaForCausalLM(config)
@@ -264,6 +275,8 @@ PUBLISHED = {
     "smollm2-135m": 134_515_008,
     "llama-3.2-1b": 1_235_814_400,
     "llama-3.1-8b": 8_030_261_248,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-7b": 7_615_616_512,
 }
 
 
@@ -276,6 +289,7 @@ def test_presets() -> None:
             assert n == PUBLISHED[name], name
         assert cfg.n_heads % cfg.n_kv_heads == 0
         assert cfg.qk_norm == name.startswith("qwen3"), name
+        assert cfg.qkv_bias == name.startswith("qwen2"), name
     assert PRESETS["qwen3-0.6b"].head_dim == 128 != 1024 // 16
     assert PRESETS["llama-3.1-8b"].rope_scaling.factor == 8.0
     with torch.device("meta"):

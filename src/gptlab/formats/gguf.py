@@ -1,7 +1,7 @@
 """GGUF files (llama.cpp's format) of Llama-family models, read into gptlab.llama.
 
 `read_gguf` reads a file with the `gguf` package (llama.cpp's own Python library): the
-metadata of the `llama` or `qwen3` architecture becomes a LlamaConfig and every tensor is
+metadata of the `llama`, `qwen2` or `qwen3` architecture becomes a LlamaConfig and every tensor is
 dequantized to float32 (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q2_K to
 Q6_K) under gptlab's parameter names. `load_gguf` builds the model from that (`build_llama`).
 The metadata handed back holds the scalar keys and the tokenizer's arrays
@@ -16,8 +16,8 @@ One layout change besides renaming: for the `llama` architecture llama.cpp's con
 "normal" rotary mode rotates adjacent pairs (x[2i], x[2i+1]) where Hugging Face (and
 gptlab.llama) rotate the two halves (x[i], x[i + head_dim/2]). Within a head the converter
 moved row i of the first half to row 2i and row i of the second half to row 2i + 1; reading
-undoes that (`unpermute_rotary`). Qwen3 files use ggml's "neox" mode, the halves layout, and
-are stored unpermuted.
+undoes that (`unpermute_rotary`). Qwen2 and Qwen3 files use ggml's "neox" mode, the halves
+layout, and are stored unpermuted.
 
 Llama 3.1's rotary scaling is stored by llama.cpp as a tensor, `rope_freqs.weight`, one
 divisor per frequency, instead of metadata; it is read back into a RopeScaling (the published
@@ -38,7 +38,7 @@ from gptlab.errors import GptlabError
 from gptlab.formats.llama_names import expected_shapes, parameter_names
 from gptlab.llama import Llama, rope_frequencies
 
-ARCHITECTURES = ("llama", "qwen3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
 QUANT_TYPES = (
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -141,7 +141,8 @@ def _config(path: Path, reader: Any, meta: dict[str, Any], names: set[str]) -> L
             rms_eps=float(get("attention.layer_norm_rms_epsilon")),
             tie_weights="output.weight" not in names,
             qk_norm=arch == "qwen3",
-            attention_bias="blk.0.attn_q.bias" in names,
+            attention_bias=arch != "qwen2" and "blk.0.attn_q.bias" in names,
+            qkv_bias=arch == "qwen2",  # attn_q.bias, attn_k.bias, attn_v.bias; no attn_output.bias
         )
     except GptlabError as exc:
         raise GptlabError(f"{path}: {exc}") from None

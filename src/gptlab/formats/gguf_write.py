@@ -8,11 +8,11 @@
   llama.cpp's converter produces from Hugging Face's transposed Conv1D), attn_output, ffn_norm,
   ffn_up, ffn_down, then output_norm. llama.cpp's gpt2 needs a qkv bias, so a model without one
   (qkv_bias False) gets a zero bias, which computes the same thing.
-- Llama 3.x / SmolLM2 as `llama`, Qwen3 (qk_norm) as `qwen3`, under the names of
-  gptlab.formats.llama_names. For `llama` the q and k rows are put into llama.cpp's rotary order
-  (`permute_rotary`, the inverse of what gptlab.formats.gguf undoes on reading); Qwen3 uses the
-  halves order as stored. Llama 3.1 scaling becomes the `rope_freqs.weight` divisors, as
-  llama.cpp's converter writes it.
+- Llama 3.x / SmolLM2 as `llama`, Qwen2 (qkv_bias) as `qwen2`, Qwen3 (qk_norm) as `qwen3`,
+  under the names of gptlab.formats.llama_names. For `llama` the q and k rows are put into
+  llama.cpp's rotary order (`permute_rotary`, the inverse of what gptlab.formats.gguf undoes on
+  reading); Qwen2 and Qwen3 use the halves order as stored. Llama 3.1 scaling becomes the
+  `rope_freqs.weight` divisors, as llama.cpp's converter writes it.
 - A tied head is left out (llama.cpp and transformers then use token_embd); an untied one is
   `output.weight`.
 
@@ -78,9 +78,11 @@ GPT2_OUTER = {
 
 
 def architecture(model: Decoder) -> str:
-    """llama.cpp's architecture name for `model`: gpt2, llama or qwen3."""
+    """llama.cpp's architecture name for `model`: gpt2, llama, qwen2 or qwen3."""
     if isinstance(model, Llama):
-        return "qwen3" if model.cfg.qk_norm else "llama"
+        if model.cfg.qk_norm:
+            return "qwen3"
+        return "qwen2" if model.cfg.qkv_bias else "llama"
     return "gpt2"
 
 
@@ -91,8 +93,12 @@ def _check_exportable(model: Decoder) -> None:
             "a classifier does not export to GGUF: llama.cpp has no classification head "
             "(export the language model it was fine-tuned from)"
         )
-    if isinstance(cfg, LlamaConfig) and cfg.qk_norm and cfg.attention_bias:
+    if isinstance(cfg, LlamaConfig) and cfg.qk_norm and (cfg.attention_bias or cfg.qkv_bias):
         raise GptlabError("llama.cpp's qwen3 has no attention biases; this model does not export")
+    if isinstance(cfg, LlamaConfig) and cfg.qkv_bias and cfg.attention_bias:
+        raise GptlabError(
+            "llama.cpp's qwen2 has no output projection bias; this model does not export"
+        )
 
 
 def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
-"""Hugging Face's Llama and Qwen3 folders (LlamaForCausalLM, Qwen3ForCausalLM), both ways.
+"""Hugging Face's Llama, Qwen2 and Qwen3 folders (LlamaForCausalLM, Qwen2ForCausalLM,
+Qwen3ForCausalLM), both ways.
 
-Reading: a folder whose config.json says model_type "llama" or "qwen3", with its weights in
-`model.safetensors` or sharded as `model-0000x-of-0000y.safetensors` listed by
+Reading: a folder whose config.json says model_type "llama", "qwen2" or "qwen3", with its
+weights in `model.safetensors` or sharded as `model-0000x-of-0000y.safetensors` listed by
 `model.safetensors.index.json`. Every file is memory-mapped (gptlab.checkpoints
 .read_safetensors); float32 tensors enter the model as the mapped tensors themselves, other
 float dtypes (bf16, fp16 releases) as one float32 copy each, as gptlab.formats.gguf does.
@@ -28,9 +29,13 @@ from gptlab.formats.llama_names import parameter_names
 from gptlab.io import atomic_write, atomic_write_json, read_json_object
 from gptlab.llama import Llama
 
-MODEL_TYPES = ("llama", "qwen3")
+MODEL_TYPES = ("llama", "qwen2", "qwen3")
 INDEX = "model.safetensors.index.json"
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 
 
 def hf_model_type(folder: Path) -> str | None:
@@ -85,7 +90,7 @@ def hf_llama_config(hf: dict[str, Any], source: str) -> LlamaConfig:
         raise GptlabError(f"{source}: hidden_act must be silu, got {hf['hidden_act']!r}")
     if hf.get("mlp_bias", False):
         raise GptlabError(f"{source}: mlp_bias is not supported")
-    if kind == "qwen3" and hf.get("use_sliding_window", False):
+    if kind != "llama" and hf.get("use_sliding_window", False):
         raise GptlabError(f"{source}: sliding-window attention is not supported")
     theta, scaling = _rope(hf, source)
     try:
@@ -107,7 +112,8 @@ def hf_llama_config(hf: dict[str, Any], source: str) -> LlamaConfig:
             rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_weights=bool(hf.get("tie_word_embeddings", False)),  # transformers' default
             qk_norm=kind == "qwen3",
-            attention_bias=bool(hf.get("attention_bias", False)),
+            attention_bias=kind != "qwen2" and bool(hf.get("attention_bias", False)),
+            qkv_bias=kind == "qwen2",  # Qwen2ForCausalLM: always, and nowhere else
         )
     except KeyError as exc:
         raise GptlabError(f"{source}: missing field {exc}") from None
@@ -168,7 +174,11 @@ def load_hf_llama(folder: str | Path, device: str = "cpu") -> Llama:
 
 def hf_llama_config_dict(cfg: LlamaConfig) -> dict[str, Any]:
     """The config.json transformers reads back to the same model."""
-    kind = "qwen3" if cfg.qk_norm else "llama"
+    kind = "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+    if kind == "qwen2" and cfg.attention_bias:
+        raise GptlabError(
+            "Qwen2ForCausalLM has no output projection bias; this model does not export"
+        )
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
     scaling = None
     if cfg.rope_scaling is not None:
@@ -198,15 +208,16 @@ def hf_llama_config_dict(cfg: LlamaConfig) -> dict[str, Any]:
         "rope_scaling": scaling,
         "rope_parameters": rope,  # transformers 5.x
         "tie_word_embeddings": cfg.tie_weights,
-        "attention_bias": cfg.attention_bias,
         "attention_dropout": cfg.drop_rate,
         "initializer_range": 0.02,
         "use_cache": True,
         "torch_dtype": "float32",
     }
     if kind == "llama":
-        config["mlp_bias"] = False
+        config.update(mlp_bias=False, attention_bias=cfg.attention_bias)
     else:
+        if kind == "qwen3":
+            config["attention_bias"] = cfg.attention_bias
         config.update(use_sliding_window=False, sliding_window=None)
     return config
 
