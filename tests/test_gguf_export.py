@@ -79,7 +79,7 @@ def tiny_tokenizer() -> text.HFTokenizer:
 
 def tiny_model(arch: str, vocab_size: int) -> GPT | Llama:
     """GPT-2 (context 1024: transformers' loader sizes position embeddings by it), Llama 3
-    (scaled rope, grouped-query, untied) or Qwen3 (q/k norm, head_dim != emb_dim / n_heads),
+    (scaled rope, grouped-query, untied), Qwen2 (q, k, v biases) or Qwen3 (q/k norm, head_dim != emb_dim / n_heads),
     weights perturbed beyond their init so that the logits are far from flat."""
     torch.manual_seed(0)
     if arch == "gpt2":
@@ -91,6 +91,12 @@ def tiny_model(arch: str, vocab_size: int) -> GPT | Llama:
             vocab_size=vocab_size, context_length=256, emb_dim=64, n_layers=2, n_heads=4,
             n_kv_heads=2, hidden_dim=128, rope_base=500000.0, tie_weights=False,
             rope_scaling=RopeScaling(factor=8.0),
+        )  # fmt: skip
+        model = Llama(cfg)
+    elif arch == "qwen2":  # biases on q, k and v
+        cfg = LlamaConfig(
+            vocab_size=vocab_size, context_length=256, emb_dim=64, n_layers=2, n_heads=4,
+            n_kv_heads=2, hidden_dim=128, rope_base=1e6, rms_eps=1e-6, qkv_bias=True,
         )  # fmt: skip
         model = Llama(cfg)
     else:
@@ -132,7 +138,7 @@ def transformers_model(path: Path, rope: RopeScaling | None = None) -> torch.nn.
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
-@pytest.mark.parametrize("arch", ["gpt2", "llama3", "qwen3"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama3", "qwen2", "qwen3"])
 @torch.no_grad()
 def test_export_gives_transformers_the_same_logits(
     tmp_path: Path, tiny_tokenizer: text.HFTokenizer, arch: str, dtype: str
