@@ -60,7 +60,7 @@ class GeGLU(SwiGLU):
 
 def inverse_frequencies(head_dim: int, base: float, factor: float = 1.0) -> torch.Tensor:
     """Rotary inverse frequencies (head_dim / 2,), float32; linear scaling divides them."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
     return 1.0 / (base**exponent) / factor
 
 
