@@ -16,8 +16,8 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.formats.hf_llama import export_hf_llama
 from gptlab.formats.names import parameter_names
-from gptlab.io import atomic_write, atomic_write_json, read_json, read_json_object
 from gptlab.gemma3 import Gemma3
+from gptlab.io import atomic_write, atomic_write_json, read_json, read_json_object
 from gptlab.llama import Llama
 from gptlab.model import GPT, Decoder
 from gptlab.tokenizer import EOT_ID
