@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptlab.config import LlamaConfig
+from gptlab.config import Gemma3Config, LlamaConfig
 from gptlab.errors import GptlabError
-from gptlab.formats.gguf import permute_rotary
+from gptlab.formats.gguf import GEMMA3_NORM_SHIFT, permute_rotary
 from gptlab.formats.llama_names import parameter_names
 from gptlab.io import atomic_write
 from gptlab.llama import Llama, rope_frequencies
@@ -78,7 +78,9 @@ GPT2_OUTER = {
 
 
 def architecture(model: Decoder) -> str:
-    """llama.cpp's architecture name for `model`: gpt2, llama, qwen2 or qwen3."""
+    """llama.cpp's architecture name for `model`: gpt2, llama, qwen2, qwen3 or gemma3."""
+    if isinstance(model.cfg, Gemma3Config):
+        return "gemma3"
     if isinstance(model, Llama):
         if model.cfg.qk_norm:
             return "qwen3"
@@ -119,7 +121,7 @@ def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def _llama_tensors(model: Llama) -> dict[str, torch.Tensor]:
+def _llama_tensors(model: Decoder) -> dict[str, torch.Tensor]:
     cfg, state = model.cfg, model.state_dict()
     permuted = architecture(model) == "llama"
     out = {}
@@ -129,8 +131,10 @@ def _llama_tensors(model: Llama) -> dict[str, torch.Tensor]:
             w = permute_rotary(w, cfg.n_heads)
         elif permuted and n.gptlab.endswith(("attn.k.weight", "attn.k.bias")):
             w = permute_rotary(w, cfg.n_kv_heads)
+        elif isinstance(cfg, Gemma3Config) and n.gguf.endswith("norm.weight"):
+            w = w + GEMMA3_NORM_SHIFT
         out[n.gguf] = w
-    if cfg.rope_scaling is not None:  # Llama 3.1: one divisor per frequency
+    if getattr(cfg, "rope_scaling", None) is not None:  # Llama 3.1: one divisor per frequency
         plain = rope_frequencies(cfg.replace(rope_scaling=None))
         out["rope_freqs.weight"] = plain / rope_frequencies(cfg)
     return out
@@ -252,6 +256,9 @@ def tokenizer_fields(
     """The tokenizer.ggml.* keys of `tokenizer` for a model of `vocab_size` ids (the chat
     template apart). `source`: the metadata of the GGUF file the tokenizer came from, whose
     pre-tokenizer name is kept."""
+    if source and source.get("tokenizer.ggml.model") == "llama":
+        # a SentencePiece vocabulary (Gemma's) read from a GGUF file goes back as it came
+        return {k: v for k, v in source.items() if k.startswith("tokenizer.ggml.")}
     if isinstance(tokenizer, GPT2Tokenizer):
         tokens, merges = gpt2_vocabulary()
         types = [NORMAL] * len(tokens)
@@ -301,7 +308,7 @@ def _arch_fields(model: Decoder) -> dict[str, Any]:
         "attention.head_count": cfg.n_heads,
         "vocab_size": cfg.vocab_size,
     }
-    if isinstance(cfg, LlamaConfig):
+    if isinstance(cfg, (LlamaConfig, Gemma3Config)):
         fields |= {
             "feed_forward_length": cfg.hidden_dim,
             "attention.head_count_kv": cfg.n_kv_heads,
@@ -313,6 +320,15 @@ def _arch_fields(model: Decoder) -> dict[str, Any]:
         }
     else:
         fields |= {"feed_forward_length": 4 * cfg.emb_dim, "attention.layer_norm_epsilon": 1e-5}
+    if isinstance(cfg, Gemma3Config):  # llama.cpp fixes the rest (pattern 6, local base 1e4)
+        if (cfg.sliding_pattern, cfg.rope_local_base, cfg.query_scale) != (6, 1e4, cfg.head_dim):
+            raise GptlabError(
+                "llama.cpp's gemma3 fixes one global layer in 6, a local rope base of 10000 and "
+                "query_pre_attn_scalar = head_dim; this model differs and does not export"
+            )
+        fields["attention.sliding_window"] = cfg.sliding_window
+        if cfg.rope_factor != 1.0:
+            fields |= {"rope.scaling.type": "linear", "rope.scaling.factor": cfg.rope_factor}
     return {f"{arch}.{k}": v for k, v in fields.items()}
 
 
@@ -321,6 +337,8 @@ def _add_field(writer: Any, key: str, value: Any) -> None:
 
     if isinstance(value, list):
         sub = V.STRING if value and isinstance(value[0], str) else V.INT32
+        if value and isinstance(value[0], float):  # a SentencePiece vocabulary's scores
+            sub = V.FLOAT32
         writer.add_key_value(key, value, V.ARRAY, sub_type=sub)
     elif isinstance(value, bool):
         writer.add_key_value(key, value, V.BOOL)
