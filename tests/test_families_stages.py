@@ -116,3 +116,16 @@ def test_batched_greedy_cached_equals_uncached(name: str) -> None:
     batched = generate(model, prompts, s)
     assert batched == generate(model, prompts, s, use_cache=False)
     assert batched == [generate(model, [p], s)[0] for p in prompts]  # each row as alone
+
+
+@pytest.mark.parametrize("name", list(TINY))
+@torch.no_grad()
+def test_blocks_run_by_hand_give_the_hidden_states(name: str) -> None:
+    """embed + blocks(x, *block_args(x)) + final norm is the model's own uncached pass (what a
+    classifier's cached prefix relies on), past Gemma's sliding window too."""
+    model, x = tiny(name), ids(name, (2, 30))
+    h = model.embed(x)
+    extra = model.block_args(h)
+    for block in model.blocks:
+        h = block(h, *extra)
+    assert torch.allclose(model.final_norm(h), model.hidden_states(x), atol=1e-6)

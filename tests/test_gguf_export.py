@@ -80,9 +80,9 @@ def tiny_tokenizer() -> text.HFTokenizer:
 
 def tiny_model(arch: str, vocab_size: int) -> GPT | Llama:
     """GPT-2 (context 1024: transformers' loader sizes position embeddings by it), Llama 3
-    (scaled rope, grouped-query, untied), Qwen2 (q, k, v biases) or Qwen3 (q/k norm, head_dim
-    != emb_dim / n_heads) or Gemma 3 (window 8), weights perturbed beyond their init so that the logits are far from
-    flat."""
+    (scaled rope, grouped-query, untied), Qwen2 (q, k, v biases), Qwen3 (q/k norm, head_dim
+    != emb_dim / n_heads) or Gemma 3 (window 8), weights perturbed beyond their init so that
+    the logits are far from flat."""
     torch.manual_seed(0)
     if arch == "gpt2":
         model: GPT | Llama = GPT(

@@ -26,6 +26,7 @@ them to Hugging Face's and GGUF's spellings).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -131,11 +132,26 @@ class Gemma3(Decoder):
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final-normed hidden states (B, T, emb_dim), before the output head."""
         pos, mask, causal = self._positions(idx, cache)
-        x = self.tok_emb(idx)
-        x = self.drop_emb(x * torch.tensor(self.cfg.emb_dim**0.5, dtype=x.dtype))
+        x = self.embed(idx)
         start = cache.length if cache is not None else 0
-        local = (
-            self.local_rotary(pos, x.dtype),
-            *window_mask(mask, causal, start, idx.shape[1], self.cfg.sliding_window, idx.device),
-        )
-        return self._stack(x, cache, mask, causal, self.rotary(pos, x.dtype), local)
+        return self._stack(x, cache, mask, causal, *self._rope_args(pos, x, mask, causal, start))
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(idx)
+        return self.drop_emb(x * torch.tensor(self.cfg.emb_dim**0.5, dtype=x.dtype))
+
+    def block_args(self, x: torch.Tensor) -> tuple[Any, ...]:
+        pos = torch.arange(x.shape[1], device=x.device)[None, :]
+        return self._rope_args(pos, x, None, True, 0)
+
+    def _rope_args(
+        self,
+        pos: torch.Tensor,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool,
+        start: int,
+    ) -> tuple[Any, ...]:
+        """(global rope, (local rope, local mask, local is_causal)): the blocks' extra args."""
+        window = window_mask(mask, causal, start, x.shape[1], self.cfg.sliding_window, x.device)
+        return self.rotary(pos, x.dtype), (self.local_rotary(pos, x.dtype), *window)

@@ -247,3 +247,10 @@ class Llama(Decoder):
         pos, mask, causal = self._positions(idx, cache)
         x = self.drop_emb(self.tok_emb(idx))
         return self._stack(x, cache, mask, causal, self.rotary(pos, x.dtype))
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.drop_emb(self.tok_emb(idx))
+
+    def block_args(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+        pos = torch.arange(x.shape[1], device=x.device)[None, :]
+        return (self.rotary(pos, x.dtype),)
