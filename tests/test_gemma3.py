@@ -18,6 +18,7 @@ from gptlab.gemma3 import Gemma3
 from gptlab.generation import generate
 from gptlab.model import KVCache
 from gptlab.settings import Sampling
+from tests.test_llama import check_left_padding
 
 BASE = dict(vocab_size=97, context_length=128, emb_dim=64, hidden_dim=96, rms_eps=1e-6)
 CONFIGS = {
@@ -122,24 +123,7 @@ def test_cache_one_token_at_a_time_equals_full_pass(pair) -> None:
 @torch.no_grad()
 def test_cache_with_left_padding_equals_each_row_alone(pair) -> None:
     cfg, _, model = pair
-    g = torch.Generator().manual_seed(3)
-    lengths = [14, 4, 9]  # longer and shorter than the window
-    rows = [torch.randint(0, cfg.vocab_size, (n,), generator=g) for n in lengths]
-    width, new = max(lengths), 8
-    n_pad = torch.tensor([width - n for n in lengths])
-    batch = torch.stack([torch.cat([torch.full((width - len(r),), 7), r]) for r in rows])
-    follow = torch.randint(0, cfg.vocab_size, (3, new), generator=g)
-    for impl in ("sdpa", "reference"):
-        model.set_attention(impl)
-        cache = KVCache(cfg, 3, width + new, "cpu", torch.float32, n_pad)
-        first = model(batch, cache, last_only=True)
-        steps = [model(follow[:, t : t + 1], cache) for t in range(new)]
-        for b, row in enumerate(rows):
-            alone = model(torch.cat([row, follow[b]])[None])
-            got = torch.cat([first[b], *(s[b] for s in steps)])
-            want = alone[0, len(row) - 1 :]
-            assert (got - want).abs().max().item() < 1e-5, (impl, b)
-    model.set_attention("sdpa")
+    check_left_padding(cfg, model, [14, 4, 9], 8)  # rows longer and shorter than the window
 
 
 def test_names_presets_and_config_checks() -> None:

@@ -64,15 +64,7 @@ class Gemma3Config(ModelConfig):
                 "sliding_pattern",
             )
         )
-        if self.n_heads % self.n_kv_heads:
-            raise GptlabError(
-                f"model config: n_heads {self.n_heads} is not a multiple of "
-                f"n_kv_heads {self.n_kv_heads}"
-            )
-        if self.head_dim % 2:
-            raise GptlabError(
-                f"model config: head_dim must be even for rotary embeddings, got {self.head_dim}"
-            )
+        self._check_rotary_heads()
         for name in ("rope_base", "rope_local_base"):
             if getattr(self, name) <= 1.0:
                 raise GptlabError(f"model config: {name} must be > 1, got {getattr(self, name)}")

@@ -91,15 +91,7 @@ class LlamaConfig(ModelConfig):
                 "hidden_dim",
             )
         )
-        if self.n_heads % self.n_kv_heads:
-            raise GptlabError(
-                f"model config: n_heads {self.n_heads} is not a multiple of "
-                f"n_kv_heads {self.n_kv_heads}"
-            )
-        if self.head_dim % 2:
-            raise GptlabError(
-                f"model config: head_dim must be even for rotary embeddings, got {self.head_dim}"
-            )
+        self._check_rotary_heads()
         if self.rope_base <= 1.0:
             raise GptlabError(f"model config: rope_base must be > 1, got {self.rope_base}")
         if self.rms_eps <= 0.0:
