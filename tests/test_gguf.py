@@ -309,11 +309,12 @@ def test_errors_name_the_file(tmp_path: Path, smollm2_file: Path) -> None:
 def test_unsupported_architecture_is_refused_before_the_vocabulary_is_read(
     tmp_path: Path,
 ) -> None:
-    """Gemma 3's file lists 262,144 tokens after its architecture: the refusal comes from the
-    header's first key, so it is the same one line even when the rest of the file is cut off
-    (a reader that parsed the whole header first would call that file truncated)."""
-    path = tmp_path / "gemma.gguf"
-    w = gguf.GGUFWriter(str(path), "gemma3")
+    """A file of an architecture gptlab does not read (Phi-3 here) listing 262,144 tokens after
+    it: the refusal comes from the header's first key, so it is the same one line even when the
+    rest of the file is cut off (a reader that parsed the whole header first would call that
+    file truncated)."""
+    path = tmp_path / "phi3.gguf"
+    w = gguf.GGUFWriter(str(path), "phi3")
     w.add_context_length(32768)
     w.add_token_list([f"<token-{i}>" for i in range(262_144)])
     w.add_token_types([1] * 262_144)
@@ -321,10 +322,12 @@ def test_unsupported_architecture_is_refused_before_the_vocabulary_is_read(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    cut = tmp_path / "gemma-cut.gguf"
+    cut = tmp_path / "phi3-cut.gguf"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # inside the vocabulary
     for file in (path, cut):
-        message = f"{file}: unsupported architecture 'gemma3'; gptlab reads llama, qwen3"
+        message = (
+            f"{file}: unsupported architecture 'phi3'; gptlab reads llama, qwen2, qwen3, gemma3"
+        )
         assert error_line(file) == message
         proc = subprocess.run(
             gptlab_command("generate", "--model", str(file), "--prompt", "Hi"),

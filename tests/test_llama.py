@@ -1,5 +1,5 @@
-"""gptlab.llama against Hugging Face's own Llama and Qwen3 (transformers, as a reference only):
-tiny random models with the same weights give the same logits; the KV cache (one token at a
+"""gptlab.llama against Hugging Face's own Llama, Qwen2 and Qwen3 (transformers, as a reference
+only): tiny random models with the same weights give the same logits; the KV cache (one token at a
 time, left-padded batches too) gives what the uncached pass gives; configs check themselves."""
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ CONFIGS = {
     "qwen3-tied": LlamaConfig(
         **BASE, n_heads=4, n_kv_heads=2, head_dim=32, qk_norm=True, rope_base=1e6, rms_eps=1e-6
     ),
+    # Qwen2 / Qwen2.5: biases on q, k and v only; tied, then untied
+    "qwen2-tied": LlamaConfig(
+        **BASE, n_heads=4, n_kv_heads=2, qkv_bias=True, rope_base=1e6, rms_eps=1e-6
+    ),
+    "qwen2-untied": LlamaConfig(
+        **BASE, n_heads=8, n_kv_heads=2, qkv_bias=True, rope_base=1e6, tie_weights=False
+    ),
     "qwen3-untied": LlamaConfig(
         **BASE,
         n_heads=8,
@@ -64,9 +71,10 @@ def hf_model(cfg: LlamaConfig) -> torch.nn.Module:
         max_position_embeddings=cfg.context_length,
         rms_norm_eps=cfg.rms_eps,
         tie_word_embeddings=cfg.tie_weights,
-        attention_bias=cfg.attention_bias,
         attn_implementation="eager",
     )
+    if not cfg.qkv_bias:  # Qwen2Config has no such field: its q, k, v always have biases
+        common["attention_bias"] = cfg.attention_bias
     rope: dict = {"rope_type": "default", "rope_theta": cfg.rope_base}
     if cfg.rope_scaling is not None:
         s = cfg.rope_scaling
@@ -86,6 +94,9 @@ def hf_model(cfg: LlamaConfig) -> torch.nn.Module:
     if cfg.qk_norm:
         config = transformers.Qwen3Config(**common, **rope)
         model = transformers.Qwen3ForCausalLM(config)
+    elif cfg.qkv_bias:
+        config = transformers.Qwen2Config(**common, **rope)
+        model = transformers.Qwen2ForCausalLM(config)
     else:
         config = transformers.LlamaConfig(**common, **rope)
         model = transformers.LlamaForCausalLM(config)
@@ -156,19 +167,18 @@ def test_cache_one_token_at_a_time_equals_full_pass(pair) -> None:
     assert cache.length == 20
 
 
-@torch.no_grad()
-def test_cache_with_left_padding_equals_each_row_alone(pair) -> None:
-    cfg, _, model = pair
+def check_left_padding(cfg, model, lengths: list[int], new: int) -> None:
+    """A left-padded batch, prompt then one token at a time through the cache, gives each
+    row's logits as that row alone does (both attention paths)."""
     g = torch.Generator().manual_seed(3)
-    lengths = [9, 4, 6]
     rows = [torch.randint(0, cfg.vocab_size, (n,), generator=g) for n in lengths]
-    width, new = max(lengths), 6
+    width = max(lengths)
     n_pad = torch.tensor([width - n for n in lengths])
     batch = torch.stack([torch.cat([torch.full((width - len(r),), 7), r]) for r in rows])
-    follow = torch.randint(0, cfg.vocab_size, (3, new), generator=g)
+    follow = torch.randint(0, cfg.vocab_size, (len(rows), new), generator=g)
     for impl in ("sdpa", "reference"):
         model.set_attention(impl)
-        cache = KVCache(cfg, 3, width + new, "cpu", torch.float32, n_pad)
+        cache = KVCache(cfg, len(rows), width + new, "cpu", torch.float32, n_pad)
         first = model(batch, cache, last_only=True)
         steps = [model(follow[:, t : t + 1], cache) for t in range(new)]
         for b, row in enumerate(rows):
@@ -177,6 +187,12 @@ def test_cache_with_left_padding_equals_each_row_alone(pair) -> None:
             want = alone[0, len(row) - 1 :]
             assert (got - want).abs().max().item() < 1e-5, (impl, b)
     model.set_attention("sdpa")
+
+
+@torch.no_grad()
+def test_cache_with_left_padding_equals_each_row_alone(pair) -> None:
+    cfg, _, model = pair
+    check_left_padding(cfg, model, [9, 4, 6], 6)
 
 
 def test_loss_select_and_training_step() -> None:
@@ -264,6 +280,8 @@ PUBLISHED = {
     "smollm2-135m": 134_515_008,
     "llama-3.2-1b": 1_235_814_400,
     "llama-3.1-8b": 8_030_261_248,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-7b": 7_615_616_512,
 }
 
 
@@ -276,6 +294,7 @@ def test_presets() -> None:
             assert n == PUBLISHED[name], name
         assert cfg.n_heads % cfg.n_kv_heads == 0
         assert cfg.qk_norm == name.startswith("qwen3"), name
+        assert cfg.qkv_bias == name.startswith("qwen2"), name
     assert PRESETS["qwen3-0.6b"].head_dim == 128 != 1024 // 16
     assert PRESETS["llama-3.1-8b"].rope_scaling.factor == 8.0
     with torch.device("meta"):

@@ -1,10 +1,11 @@
 """Model families: which architecture a config builds, in one place.
 
-gptlab builds two families of decoders: "gpt2" (gptlab.config.GPTConfig -> gptlab.model.GPT)
-and "llama" (gptlab.config.LlamaConfig -> gptlab.llama.Llama, which covers Llama 3.x, SmolLM2
-and Qwen3). A config class names its family (`GPTConfig.family`); gptlab.config lists the
-families and their presets without torch. A gptlab config.json names the family in its model
-section, `"family": "llama"`; a section without the key is GPT-2, so every folder written
+gptlab builds three families of decoders: "gpt2" (gptlab.config.GPTConfig ->
+gptlab.model.GPT), "llama" (gptlab.config.LlamaConfig -> gptlab.llama.Llama, which covers Llama
+3.x, SmolLM2, Qwen2/Qwen2.5 and Qwen3) and "gemma3" (gptlab.config.Gemma3Config ->
+gptlab.gemma3.Gemma3). A config class names its family (`GPTConfig.family`); gptlab.config
+lists the families and their presets without torch. A gptlab config.json names the family in
+its model section, `"family": "llama"`; a section without the key is GPT-2, so every folder written
 before families existed loads unchanged, and GPT-2 folders are still written without it
 (byte for byte as before).
 
@@ -16,24 +17,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptlab.config import FAMILIES, GPTConfig, LlamaConfig, ModelConfig
+from gptlab.config import FAMILIES, Gemma3Config, GPTConfig, LlamaConfig, ModelConfig
 from gptlab.errors import GptlabError
+from gptlab.gemma3 import Gemma3
 from gptlab.llama import Llama
 from gptlab.model import GPT, Decoder
 
 # Each family's config class -> the decoder it builds.
-ARCHITECTURES: dict[type[ModelConfig], type[Decoder]] = {GPTConfig: GPT, LlamaConfig: Llama}
+ARCHITECTURES: dict[type[ModelConfig], type[Decoder]] = {
+    GPTConfig: GPT,
+    LlamaConfig: Llama,
+    Gemma3Config: Gemma3,
+}
 DEFAULT = GPTConfig.family
 
 
 def family_of(cfg: ModelConfig) -> str:
-    """ "gpt2" or "llama" for a config object: its class's `family`."""
+    """ "gpt2", "llama" or "gemma3" for a config object: its class's `family`."""
     model_class(cfg)  # refuses what is not a gptlab config
     return cfg.family
 
 
 def model_class(cfg: ModelConfig) -> type[Decoder]:
-    """The Decoder class a config builds (GPT or Llama)."""
+    """The Decoder class a config builds (GPT, Llama or Gemma3)."""
     architecture = ARCHITECTURES.get(type(cfg))
     if architecture is None:
         raise GptlabError(f"not a gptlab model config: {type(cfg).__name__}")

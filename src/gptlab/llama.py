@@ -1,11 +1,12 @@
-"""The Llama family of decoders (Llama 3.x, SmolLM2, Qwen3), written out in full.
+"""The Llama family of decoders (Llama 3.x, SmolLM2, Qwen2/Qwen2.5, Qwen3), written out in full.
 
 Token embeddings (no position embeddings: positions enter through rotary embeddings applied
 to queries and keys), a stack of pre-RMSNorm transformer blocks (causal grouped-query
 self-attention, then a SwiGLU feed-forward, each wrapped in a residual shortcut), a final
 RMSNorm and an output head: the vocabulary, or `n_classes` for a classifier. Qwen3 is the same
 network plus an RMSNorm on every query and key head (`qk_norm`) and a head size that need not
-be emb_dim / n_heads.
+be emb_dim / n_heads; Qwen2 is the same network with biases on the q, k and v projections
+(`qkv_bias`).
 
 The pieces, in the order a token meets them:
 
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptlab.config.gemma3 import Gemma3Config
 from gptlab.config.llama import LlamaConfig
 from gptlab.model import AttentionImpl, Decoder, KVCache, reference_attention
 
@@ -91,8 +93,8 @@ class Rotary:
     object, not a module: its frequencies are derived from the config, stay float32 whatever
     dtype the model is cast to, and are not part of the state dict."""
 
-    def __init__(self, cfg: LlamaConfig) -> None:
-        self.inv_freq = rope_frequencies(cfg)
+    def __init__(self, inv_freq: torch.Tensor) -> None:
+        self.inv_freq = inv_freq
 
     def __call__(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """pos (B, T) or (1, T) -> cos, signed sin (B, 1, T, head_dim) in `dtype`."""
@@ -117,18 +119,18 @@ class RMSNorm(nn.Module):
 
 
 class GroupedQueryAttention(nn.Module):
-    def __init__(self, cfg: LlamaConfig) -> None:
+    def __init__(self, cfg: LlamaConfig | Gemma3Config) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.n_kv_heads
         self.head_dim = cfg.head_dim
         self.groups = cfg.n_heads // cfg.n_kv_heads
         self.drop_rate = cfg.drop_rate
-        bias = cfg.attention_bias
+        bias = cfg.attention_bias or cfg.qkv_bias  # Qwen2: q, k and v only
         self.q = nn.Linear(cfg.emb_dim, cfg.n_heads * cfg.head_dim, bias=bias)
         self.k = nn.Linear(cfg.emb_dim, cfg.n_kv_heads * cfg.head_dim, bias=bias)
         self.v = nn.Linear(cfg.emb_dim, cfg.n_kv_heads * cfg.head_dim, bias=bias)
-        self.o = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.emb_dim, bias=bias)
+        self.o = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.emb_dim, bias=cfg.attention_bias)
         if cfg.qk_norm:  # Qwen3: one RMSNorm over head_dim, shared by all heads
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
@@ -137,6 +139,9 @@ class GroupedQueryAttention(nn.Module):
         self.attn_drop = nn.Dropout(cfg.drop_rate)
         self.resid_drop = nn.Dropout(cfg.drop_rate)
         self.impl: AttentionImpl = "sdpa"
+        # Queries are multiplied by this before attention's own 1/sqrt(head_dim); Gemma 3
+        # sets it so that their scale is its query_pre_attn_scalar ** -0.5.
+        self.q_scale = 1.0
 
     def forward(
         self,
@@ -153,6 +158,8 @@ class GroupedQueryAttention(nn.Module):
         v = self.v(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.q_scale != 1.0:
+            q = q * self.q_scale
         cos, signed_sin = rope
         q, k = apply_rope(q, cos, signed_sin), apply_rope(k, cos, signed_sin)
         if cache is not None:
@@ -181,15 +188,20 @@ class GroupedQueryAttention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, cfg: LlamaConfig) -> None:
+    def __init__(self, cfg: LlamaConfig | Gemma3Config) -> None:
         super().__init__()
         self.gate = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
         self.up = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False)
         self.down = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
         self.drop = nn.Dropout(cfg.drop_rate)
 
+    @staticmethod
+    def act(x: torch.Tensor) -> torch.Tensor:
+        """The gate's activation: SiLU here (GeGLU subclasses change it)."""
+        return F.silu(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))
+        return self.drop(self.down(self.act(self.gate(x)) * self.up(x)))
 
 
 class Block(nn.Module):
@@ -227,7 +239,7 @@ class Llama(Decoder):
         n_out = cfg.n_classes or cfg.vocab_size
         # The language-model head has no bias; a classifier head does (as in gptlab.model).
         self.out_head = nn.Linear(cfg.emb_dim, n_out, bias=cfg.n_classes is not None)
-        self.rotary = Rotary(cfg)
+        self.rotary = Rotary(rope_frequencies(cfg))
         self._init_parameters(residual=("attn.o.weight", "ff.down.weight"))
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -235,3 +247,10 @@ class Llama(Decoder):
         pos, mask, causal = self._positions(idx, cache)
         x = self.drop_emb(self.tok_emb(idx))
         return self._stack(x, cache, mask, causal, self.rotary(pos, x.dtype))
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.drop_emb(self.tok_emb(idx))
+
+    def block_args(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+        pos = torch.arange(x.shape[1], device=x.device)[None, :]
+        return (self.rotary(pos, x.dtype),)

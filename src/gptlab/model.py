@@ -233,6 +233,16 @@ class Decoder(nn.Module):
         """The final-normed hidden states (B, T, emb_dim), before the output head."""
         raise NotImplementedError
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """What enters the first block for tokens `idx` at positions 0..T-1, without a cache
+        (for code that runs the blocks itself, such as a classifier's cached prefix)."""
+        raise NotImplementedError
+
+    def block_args(self, x: torch.Tensor) -> tuple[Any, ...]:
+        """What every block takes after its input `x` (B, T, D) at positions 0..T-1, without
+        a cache: `block(x, *model.block_args(x))` is one uncached, causal block step."""
+        return ()
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -311,3 +321,7 @@ class GPT(Decoder):
         pos, mask, causal = self._positions(idx, cache)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))
         return self._stack(x, cache, mask, causal)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)[None, :]
+        return self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))

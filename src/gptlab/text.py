@@ -334,40 +334,26 @@ def _pre_tokenizer(kind: str) -> Any:
     )
 
 
-def from_gguf_metadata(metadata: Mapping[str, Any], source: str | Path = "GGUF") -> HFTokenizer:
-    """The byte-level BPE tokenizer a GGUF file's metadata describes (the metadata as
-    gptlab.formats.gguf.read_gguf or read_gguf_metadata return it, arrays included); `source`
-    (the file) names it in errors."""
-    from tokenizers import AddedToken, decoders, processors
+def _byte_level_bpe(
+    metadata: Mapping[str, Any], source: str | Path, tokens: list[str], get: Any
+) -> tuple[Any, dict[str, int]]:
+    """llama.cpp's 'gpt2' tokenizer: byte-level BPE with the file's merges and the split rule
+    its tokenizer.ggml.pre names."""
     from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders
     from tokenizers.models import BPE
 
-    def get(key: str) -> Any:
-        if f"tokenizer.ggml.{key}" not in metadata:
-            raise GptlabError(f"{source}: metadata tokenizer.ggml.{key} missing")
-        return metadata[f"tokenizer.ggml.{key}"]
-
-    model = get("model")
-    if model != "gpt2":
-        raise GptlabError(
-            f"{source}: tokenizer model {model!r} is not supported; gptlab builds llama.cpp's "
-            "'gpt2' (byte-level BPE) tokenizers"
-        )
     pre = metadata.get("tokenizer.ggml.pre", "gpt2")  # older files name none: GPT-2's
     if pre not in PRE_TOKENIZERS:
         raise GptlabError(
             f"{source}: unknown pre-tokenizer {pre!r} (tokenizer.ggml.pre); gptlab knows "
             f"{', '.join(sorted(PRE_TOKENIZERS))}"
         )
-    tokens, merges = list(get("tokens")), list(get("merges"))
-    types = list(metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens))
-    if len(types) != len(tokens):
-        raise GptlabError(f"{source}: {len(types)} token types for {len(tokens)} tokens")
     vocab = {token: i for i, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise GptlabError(f"{source}: tokenizer.ggml.tokens holds the same token twice")
     pairs = []
-    for merge in merges:
+    for merge in list(get("merges")):
         left, sep, right = merge.partition(" ")
         if not sep or " " in right:
             raise GptlabError(f"{source}: merge {merge!r} is not two tokens")
@@ -381,9 +367,69 @@ def from_gguf_metadata(metadata: Mapping[str, Any], source: str | Path = "GGUF")
         raise GptlabError(f"{source}: tokenizer does not build ({exc})") from None
     backend.pre_tokenizer = _pre_tokenizer(kind)
     backend.decoder = decoders.ByteLevel()
+    return backend, vocab
+
+
+def _sentencepiece_bpe(tokens: list[str], unk: str | None) -> tuple[Any, dict[str, int]]:
+    """llama.cpp's 'llama' tokenizer as Gemma files hold it: SentencePiece BPE (spaces as
+    U+2581, byte fallback for what the vocabulary lacks, no space prefix) with no merges
+    stored. They are rebuilt as transformers does for Gemma: every split of a token into two
+    tokens is a merge, ranked by the token's place in the file (Gemma's scores do not follow
+    the merge order), then longer left parts first; runs of spaces stored as spaces are
+    respelled in U+2581 first."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    space = "\u2581"
+    spelled = [space * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {token: i for i, token in enumerate(spelled)}
+    order = {token: i for i, token in enumerate(spelled)}  # the last place of a repeated one
+    merges = []
+    for token in sorted(order, key=order.__getitem__):
+        splits = [(token[:i], token[i:]) for i in range(len(token) - 1, 0, -1)]
+        merges += [(a, b) for a, b in splits if a in vocab and b in vocab]
+    backend = Backend(BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", space)
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace(space, " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return backend, vocab
+
+
+def from_gguf_metadata(metadata: Mapping[str, Any], source: str | Path = "GGUF") -> HFTokenizer:
+    """The tokenizer a GGUF file's metadata describes, byte-level BPE or Gemma's SentencePiece
+    (the metadata as
+    gptlab.formats.gguf.read_gguf or read_gguf_metadata return it, arrays included); `source`
+    (the file) names it in errors."""
+    from tokenizers import AddedToken, processors
+
+    def get(key: str) -> Any:
+        if f"tokenizer.ggml.{key}" not in metadata:
+            raise GptlabError(f"{source}: metadata tokenizer.ggml.{key} missing")
+        return metadata[f"tokenizer.ggml.{key}"]
+
+    model = get("model")
+    tokens = list(get("tokens"))
+    types = list(metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    if len(types) != len(tokens):
+        raise GptlabError(f"{source}: {len(types)} token types for {len(tokens)} tokens")
+    if model == "gpt2":
+        backend, vocab = _byte_level_bpe(metadata, source, tokens, get)
+    elif model == "llama" and not metadata.get("tokenizer.ggml.add_space_prefix", True):
+        unk = metadata.get("tokenizer.ggml.unknown_token_id")
+        backend, vocab = _sentencepiece_bpe(tokens, None if unk is None else tokens[int(unk)])
+    else:
+        raise GptlabError(
+            f"{source}: tokenizer model {model!r} is not supported; gptlab builds llama.cpp's "
+            "'gpt2' (byte-level BPE) tokenizers and 'llama' (SentencePiece) ones without a "
+            "space prefix (Gemma's)"
+        )
     control = [t for t, k in zip(tokens, types, strict=True) if k == CONTROL]
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in control])
-    user = [t for t, k in zip(tokens, types, strict=True) if k == USER_DEFINED]
+    # (Gemma's runs of spaces are user-defined but respelled in the vocabulary: left to BPE)
+    user = [t for t, k in zip(tokens, types, strict=True) if k == USER_DEFINED and t in vocab]
     backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in user])
 
     special = {}

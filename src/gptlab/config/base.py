@@ -57,6 +57,19 @@ class ModelConfig:
         if self.n_classes is not None and self.n_classes < 2:
             raise GptlabError(f"model config: n_classes must be at least 2, got {self.n_classes}")
 
+    def _check_rotary_heads(self) -> None:
+        """Grouped-query attention with rotary embeddings (Llama, Gemma 3): n_kv_heads divides
+        n_heads, and head_dim is even."""
+        n_kv_heads = getattr(self, "n_kv_heads", self.n_heads)
+        if self.n_heads % n_kv_heads:
+            raise GptlabError(
+                f"model config: n_heads {self.n_heads} is not a multiple of n_kv_heads {n_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise GptlabError(
+                f"model config: head_dim must be even for rotary embeddings, got {self.head_dim}"
+            )
+
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 

@@ -1,5 +1,5 @@
-"""The Llama family's config (Llama 3.x, SmolLM2, Qwen3) and its published shapes; the
-architecture is gptlab.llama."""
+"""The Llama family's config (Llama 3.x, SmolLM2, Qwen2/Qwen2.5, Qwen3) and its published
+shapes; the architecture is gptlab.llama."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ class LlamaConfig(ModelConfig):
 
     `head_dim` defaults to emb_dim // n_heads (Llama, SmolLM2); Qwen3 sets it explicitly
     (128 for emb_dim 1024 and 16 heads). `n_kv_heads` must divide `n_heads`.
-    `attention_bias` adds biases to q, k, v and o (Hugging Face LlamaConfig.attention_bias).
+    `attention_bias` adds biases to q, k, v and o (Hugging Face LlamaConfig.attention_bias);
+    `qkv_bias` to q, k and v only, as Qwen2 / Qwen2.5 have them (a flag, not a family of its
+    own: the rest of Qwen2 is the Llama block, as Qwen3 is with `qk_norm`).
     `n_classes` is None for a language model and the number of labels for a classifier.
     """
 
@@ -68,6 +70,7 @@ class LlamaConfig(ModelConfig):
     tie_weights: bool = True  # tie_word_embeddings
     qk_norm: bool = False
     attention_bias: bool = False
+    qkv_bias: bool = False
     n_classes: int | None = None
     drop_rate: float = 0.0
 
@@ -88,15 +91,7 @@ class LlamaConfig(ModelConfig):
                 "hidden_dim",
             )
         )
-        if self.n_heads % self.n_kv_heads:
-            raise GptlabError(
-                f"model config: n_heads {self.n_heads} is not a multiple of "
-                f"n_kv_heads {self.n_kv_heads}"
-            )
-        if self.head_dim % 2:
-            raise GptlabError(
-                f"model config: head_dim must be even for rotary embeddings, got {self.head_dim}"
-            )
+        self._check_rotary_heads()
         if self.rope_base <= 1.0:
             raise GptlabError(f"model config: rope_base must be > 1, got {self.rope_base}")
         if self.rms_eps <= 0.0:
@@ -131,6 +126,7 @@ _QWEN3 = dict(
     rms_eps=1e-6,
     qk_norm=True,
 )
+_QWEN2_5 = dict(vocab_size=151936, rope_base=1000000.0, rms_eps=1e-6, qkv_bias=True)
 # gptlab's own from-scratch shapes, on its GPT-2 tokenizer.
 _MICRO = dict(vocab_size=50257, context_length=256)
 
@@ -173,9 +169,26 @@ PRESETS: dict[str, LlamaConfig] = {
     "qwen3-1.7b": _shape(_QWEN3, 2048, 28, 16, 8, 6144, tie_weights=True),
     "qwen3-4b": _shape(_QWEN3, 2560, 36, 32, 8, 9728, tie_weights=True),
     "qwen3-8b": _shape(_QWEN3, 4096, 36, 32, 8, 12288, tie_weights=False),
+    # Qwen/Qwen2.5-0.5B, -1.5B, -3B, -7B (Qwen2ForCausalLM; biases on q, k and v)
+    "qwen2.5-0.5b": _shape(_QWEN2_5, 896, 24, 14, 2, 4864, context_length=32768),
+    "qwen2.5-1.5b": _shape(_QWEN2_5, 1536, 28, 12, 2, 8960, context_length=131072),
+    "qwen2.5-3b": _shape(_QWEN2_5, 2048, 36, 16, 2, 11008, context_length=32768),
+    "qwen2.5-7b": _shape(
+        dict(_QWEN2_5, vocab_size=152064),
+        3584,
+        28,
+        28,
+        4,
+        18944,
+        context_length=131072,
+        tie_weights=False,
+    ),
     # ~7M parameters, like gpt-micro; most of them embeddings.
     "llama-micro": _shape(_MICRO, 128, 4, 4, 2, 384, rope_base=10000.0),
     "qwen3-micro": _shape(
         _MICRO, 128, 4, 4, 2, 384, head_dim=64, rope_base=1000000.0, rms_eps=1e-6, qk_norm=True
+    ),
+    "qwen2.5-micro": _shape(
+        _MICRO, 128, 4, 4, 2, 384, rope_base=1000000.0, rms_eps=1e-6, qkv_bias=True
     ),
 }

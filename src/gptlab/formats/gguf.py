@@ -1,7 +1,8 @@
 """GGUF files (llama.cpp's format) of Llama-family models, read into gptlab.llama.
 
 `read_gguf` reads a file with the `gguf` package (llama.cpp's own Python library): the
-metadata of the `llama` or `qwen3` architecture becomes a LlamaConfig and every tensor is
+metadata of the `llama`, `qwen2` or `qwen3` architecture becomes a LlamaConfig (`gemma3`: a
+Gemma3Config; its norm weights are stored plus one and read back minus one) and every tensor is
 dequantized to float32 (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q2_K to
 Q6_K) under gptlab's parameter names. `load_gguf` builds the model from that (`build_llama`).
 The metadata handed back holds the scalar keys and the tokenizer's arrays
@@ -20,8 +21,8 @@ One layout change besides renaming: for the `llama` architecture llama.cpp's con
 "normal" rotary mode rotates adjacent pairs (x[2i], x[2i+1]) where Hugging Face (and
 gptlab.llama) rotate the two halves (x[i], x[i + head_dim/2]). Within a head the converter
 moved row i of the first half to row 2i and row i of the second half to row 2i + 1; reading
-undoes that (`unpermute_rotary`). Qwen3 files use ggml's "neox" mode, the halves layout, and
-are stored unpermuted.
+undoes that (`unpermute_rotary`). Qwen2 and Qwen3 files use ggml's "neox" mode, the halves
+layout, and are stored unpermuted.
 
 Llama 3.1's rotary scaling is stored by llama.cpp as a tensor, `rope_freqs.weight`, one
 divisor per frequency, instead of metadata; it is read back into a RopeScaling (the published
@@ -39,12 +40,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from gptlab.config import LlamaConfig, RopeScaling
+from gptlab.config import Gemma3Config, LlamaConfig, RopeScaling
 from gptlab.errors import GptlabError
+from gptlab.families import new_model
 from gptlab.formats.llama_names import expected_shapes, parameter_names
-from gptlab.llama import Llama, rope_frequencies
+from gptlab.llama import rope_frequencies
+from gptlab.model import Decoder
 
-ARCHITECTURES = ("llama", "qwen3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 QUANT_TYPES = (
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -52,7 +55,7 @@ QUANT_TYPES = (
 
 
 class GGUFModel(NamedTuple):
-    cfg: LlamaConfig
+    cfg: LlamaConfig | Gemma3Config
     tensors: dict[str, torch.Tensor]  # gptlab names, float32; a tied head left out
     metadata: dict[str, Any]  # scalar key/values, plus the tokenizer.ggml.* arrays as lists
 
@@ -159,6 +162,8 @@ def _reader(path: Path) -> Any:
 # Array-valued keys handed over (a tokenizer's vocabulary, merges, token types, scores); other
 # arrays are left out.
 ARRAY_PREFIXES = ("tokenizer.ggml.",)
+# llama.cpp stores Gemma 3's RMSNorm weights as 1 + weight (ggml multiplies by the weight).
+GEMMA3_NORM_SHIFT = 1.0
 
 
 def _metadata(reader: Any) -> dict[str, Any]:
@@ -177,7 +182,9 @@ def _metadata(reader: Any) -> dict[str, Any]:
     return out
 
 
-def _config(path: Path, reader: Any, meta: dict[str, Any], names: set[str]) -> LlamaConfig:
+def _config(
+    path: Path, reader: Any, meta: dict[str, Any], names: set[str]
+) -> LlamaConfig | Gemma3Config:
     arch = meta.get("general.architecture")
     check_architecture(path, arch)
 
@@ -191,6 +198,8 @@ def _config(path: Path, reader: Any, meta: dict[str, Any], names: set[str]) -> L
         vocab_size = len(reader.fields["tokenizer.ggml.tokens"].data)
     else:
         vocab_size = get("vocab_size")
+    if arch == "gemma3":
+        return _gemma3_config(path, get, vocab_size, "output.weight" not in names)
     emb_dim, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
     scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
     if scaling_type not in ("none", "llama3"):
@@ -209,7 +218,8 @@ def _config(path: Path, reader: Any, meta: dict[str, Any], names: set[str]) -> L
             rms_eps=float(get("attention.layer_norm_rms_epsilon")),
             tie_weights="output.weight" not in names,
             qk_norm=arch == "qwen3",
-            attention_bias="blk.0.attn_q.bias" in names,
+            attention_bias=arch != "qwen2" and "blk.0.attn_q.bias" in names,
+            qkv_bias=arch == "qwen2",  # attn_q.bias, attn_k.bias, attn_v.bias; no attn_output.bias
         )
     except GptlabError as exc:
         raise GptlabError(f"{path}: {exc}") from None
@@ -220,6 +230,35 @@ def _config(path: Path, reader: Any, meta: dict[str, Any], names: set[str]) -> L
             "(partial rotary) are not supported"
         )
     return cfg
+
+
+def _gemma3_config(path: Path, get: Any, vocab_size: int, tied: bool) -> Gemma3Config:
+    """Gemma 3's metadata. What llama.cpp does not store it fixes for the architecture, and so
+    does this: five sliding layers per global one, a local rotary base of 10000, queries
+    scaled by head_dim ** -0.5 (query_pre_attn_scalar = head_dim in every published size)."""
+    head_dim = int(get("attention.key_length"))
+    scaling = get("rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        raise GptlabError(f"{path}: unsupported rope scaling {scaling!r} for gemma3")
+    try:
+        return Gemma3Config(
+            vocab_size=vocab_size,
+            context_length=int(get("context_length")),
+            emb_dim=int(get("embedding_length")),
+            n_layers=int(get("block_count")),
+            n_heads=int(get("attention.head_count")),
+            n_kv_heads=int(get("attention.head_count_kv")),
+            head_dim=head_dim,
+            hidden_dim=int(get("feed_forward_length")),
+            rope_base=float(get("rope.freq_base", 1000000.0)),
+            rope_factor=float(get("rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0,
+            sliding_window=int(get("attention.sliding_window")),
+            query_scale=float(head_dim),
+            rms_eps=float(get("attention.layer_norm_rms_epsilon")),
+            tie_weights=tied,
+        )
+    except GptlabError as exc:
+        raise GptlabError(f"{path}: {exc}") from None
 
 
 def _rope_scaling(path: Path, cfg: LlamaConfig, divisors: torch.Tensor) -> RopeScaling | None:
@@ -283,11 +322,17 @@ def read_gguf(path: str | Path) -> GGUFModel:
         w = _dequantize(path, by_name[n.gguf])
         check_shape(path, n, tuple(w.shape), shapes)
         heads = rotary_heads(meta, cfg, n.gptlab)
-        tensors[n.gptlab] = w if heads is None else unpermute_rotary(w, heads)
+        if heads is not None:
+            w = unpermute_rotary(w, heads)
+        elif isinstance(cfg, Gemma3Config) and n.gguf.endswith("norm.weight"):
+            w = w - GEMMA3_NORM_SHIFT
+        tensors[n.gptlab] = w
     return GGUFModel(cfg, tensors, meta)
 
 
-def _layout(path: Path, reader: Any, meta: dict[str, Any]) -> tuple[LlamaConfig, list[Any], dict]:
+def _layout(
+    path: Path, reader: Any, meta: dict[str, Any]
+) -> tuple[LlamaConfig | Gemma3Config, list[Any], dict]:
     """The config (Llama 3 scaling read from rope_freqs), the parameter names and the file's
     tensors by name, every expected one present and none unexpected."""
     by_name = {t.name: t for t in reader.tensors}
@@ -319,7 +364,7 @@ def check_shape(
         )
 
 
-def rotary_heads(meta: dict[str, Any], cfg: LlamaConfig, name: str) -> int | None:
+def rotary_heads(meta: dict[str, Any], cfg: LlamaConfig | Gemma3Config, name: str) -> int | None:
     """The number of heads whose rows llama.cpp reordered in parameter `name` (q and k of the
     `llama` architecture), None where the rows are stored as they are."""
     if meta["general.architecture"] != "llama":
@@ -331,17 +376,17 @@ def rotary_heads(meta: dict[str, Any], cfg: LlamaConfig, name: str) -> int | Non
     return None
 
 
-def load_gguf(path: str | Path) -> Llama:
-    """A gptlab.llama model holding the file's weights (float32, eval mode)."""
+def load_gguf(path: str | Path) -> Decoder:
+    """A gptlab.llama (or gptlab.gemma3) model holding the file's weights (float32, eval mode)."""
     cfg, tensors, _ = read_gguf(path)
     return build_llama(cfg, tensors)
 
 
-def build_llama(cfg: LlamaConfig, tensors: dict[str, torch.Tensor]) -> Llama:
+def build_llama(cfg: LlamaConfig | Gemma3Config, tensors: dict[str, torch.Tensor]) -> Decoder:
     """A model holding exactly `tensors` (as read_gguf returns them, shapes checked there),
     built without allocating a random copy first."""
     with torch.device("meta"):
-        model = Llama(cfg)
+        model = new_model(cfg)
     model.load_state_dict(tensors, strict=False, assign=True)
     if model.tied:
         model.out_head.weight = model.tok_emb.weight

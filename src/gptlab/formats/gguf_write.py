@@ -8,11 +8,11 @@
   llama.cpp's converter produces from Hugging Face's transposed Conv1D), attn_output, ffn_norm,
   ffn_up, ffn_down, then output_norm. llama.cpp's gpt2 needs a qkv bias, so a model without one
   (qkv_bias False) gets a zero bias, which computes the same thing.
-- Llama 3.x / SmolLM2 as `llama`, Qwen3 (qk_norm) as `qwen3`, under the names of
-  gptlab.formats.llama_names. For `llama` the q and k rows are put into llama.cpp's rotary order
-  (`permute_rotary`, the inverse of what gptlab.formats.gguf undoes on reading); Qwen3 uses the
-  halves order as stored. Llama 3.1 scaling becomes the `rope_freqs.weight` divisors, as
-  llama.cpp's converter writes it.
+- Llama 3.x / SmolLM2 as `llama`, Qwen2 (qkv_bias) as `qwen2`, Qwen3 (qk_norm) as `qwen3`,
+  under the names of gptlab.formats.llama_names. For `llama` the q and k rows are put into
+  llama.cpp's rotary order (`permute_rotary`, the inverse of what gptlab.formats.gguf undoes on
+  reading); Qwen2 and Qwen3 use the halves order as stored. Llama 3.1 scaling becomes the
+  `rope_freqs.weight` divisors, as llama.cpp's converter writes it.
 - A tied head is left out (llama.cpp and transformers then use token_embd); an untied one is
   `output.weight`.
 
@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptlab.config import LlamaConfig
+from gptlab.config import Gemma3Config, LlamaConfig
 from gptlab.errors import GptlabError
-from gptlab.formats.gguf import permute_rotary
+from gptlab.formats.gguf import GEMMA3_NORM_SHIFT, permute_rotary
 from gptlab.formats.llama_names import parameter_names
 from gptlab.io import atomic_write
 from gptlab.llama import Llama, rope_frequencies
@@ -78,9 +78,13 @@ GPT2_OUTER = {
 
 
 def architecture(model: Decoder) -> str:
-    """llama.cpp's architecture name for `model`: gpt2, llama or qwen3."""
+    """llama.cpp's architecture name for `model`: gpt2, llama, qwen2, qwen3 or gemma3."""
+    if isinstance(model.cfg, Gemma3Config):
+        return "gemma3"
     if isinstance(model, Llama):
-        return "qwen3" if model.cfg.qk_norm else "llama"
+        if model.cfg.qk_norm:
+            return "qwen3"
+        return "qwen2" if model.cfg.qkv_bias else "llama"
     return "gpt2"
 
 
@@ -91,8 +95,12 @@ def _check_exportable(model: Decoder) -> None:
             "a classifier does not export to GGUF: llama.cpp has no classification head "
             "(export the language model it was fine-tuned from)"
         )
-    if isinstance(cfg, LlamaConfig) and cfg.qk_norm and cfg.attention_bias:
+    if isinstance(cfg, LlamaConfig) and cfg.qk_norm and (cfg.attention_bias or cfg.qkv_bias):
         raise GptlabError("llama.cpp's qwen3 has no attention biases; this model does not export")
+    if isinstance(cfg, LlamaConfig) and cfg.qkv_bias and cfg.attention_bias:
+        raise GptlabError(
+            "llama.cpp's qwen2 has no output projection bias; this model does not export"
+        )
 
 
 def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
@@ -113,7 +121,7 @@ def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def _llama_tensors(model: Llama) -> dict[str, torch.Tensor]:
+def _llama_tensors(model: Decoder) -> dict[str, torch.Tensor]:
     cfg, state = model.cfg, model.state_dict()
     permuted = architecture(model) == "llama"
     out = {}
@@ -123,8 +131,10 @@ def _llama_tensors(model: Llama) -> dict[str, torch.Tensor]:
             w = permute_rotary(w, cfg.n_heads)
         elif permuted and n.gptlab.endswith(("attn.k.weight", "attn.k.bias")):
             w = permute_rotary(w, cfg.n_kv_heads)
+        elif isinstance(cfg, Gemma3Config) and n.gguf.endswith("norm.weight"):
+            w = w + GEMMA3_NORM_SHIFT
         out[n.gguf] = w
-    if cfg.rope_scaling is not None:  # Llama 3.1: one divisor per frequency
+    if getattr(cfg, "rope_scaling", None) is not None:  # Llama 3.1: one divisor per frequency
         plain = rope_frequencies(cfg.replace(rope_scaling=None))
         out["rope_freqs.weight"] = plain / rope_frequencies(cfg)
     return out
@@ -246,6 +256,9 @@ def tokenizer_fields(
     """The tokenizer.ggml.* keys of `tokenizer` for a model of `vocab_size` ids (the chat
     template apart). `source`: the metadata of the GGUF file the tokenizer came from, whose
     pre-tokenizer name is kept."""
+    if source and source.get("tokenizer.ggml.model") == "llama":
+        # a SentencePiece vocabulary (Gemma's) read from a GGUF file goes back as it came
+        return {k: v for k, v in source.items() if k.startswith("tokenizer.ggml.")}
     if isinstance(tokenizer, GPT2Tokenizer):
         tokens, merges = gpt2_vocabulary()
         types = [NORMAL] * len(tokens)
@@ -295,7 +308,7 @@ def _arch_fields(model: Decoder) -> dict[str, Any]:
         "attention.head_count": cfg.n_heads,
         "vocab_size": cfg.vocab_size,
     }
-    if isinstance(cfg, LlamaConfig):
+    if isinstance(cfg, (LlamaConfig, Gemma3Config)):
         fields |= {
             "feed_forward_length": cfg.hidden_dim,
             "attention.head_count_kv": cfg.n_kv_heads,
@@ -307,6 +320,15 @@ def _arch_fields(model: Decoder) -> dict[str, Any]:
         }
     else:
         fields |= {"feed_forward_length": 4 * cfg.emb_dim, "attention.layer_norm_epsilon": 1e-5}
+    if isinstance(cfg, Gemma3Config):  # llama.cpp fixes the rest (pattern 6, local base 1e4)
+        if (cfg.sliding_pattern, cfg.rope_local_base, cfg.query_scale) != (6, 1e4, cfg.head_dim):
+            raise GptlabError(
+                "llama.cpp's gemma3 fixes one global layer in 6, a local rope base of 10000 and "
+                "query_pre_attn_scalar = head_dim; this model differs and does not export"
+            )
+        fields["attention.sliding_window"] = cfg.sliding_window
+        if cfg.rope_factor != 1.0:
+            fields |= {"rope.scaling.type": "linear", "rope.scaling.factor": cfg.rope_factor}
     return {f"{arch}.{k}": v for k, v in fields.items()}
 
 
@@ -315,6 +337,8 @@ def _add_field(writer: Any, key: str, value: Any) -> None:
 
     if isinstance(value, list):
         sub = V.STRING if value and isinstance(value[0], str) else V.INT32
+        if value and isinstance(value[0], float):  # a SentencePiece vocabulary's scores
+            sub = V.FLOAT32
         writer.add_key_value(key, value, V.ARRAY, sub_type=sub)
     elif isinstance(value, bool):
         writer.add_key_value(key, value, V.BOOL)

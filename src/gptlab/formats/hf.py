@@ -16,6 +16,7 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.formats.hf_llama import export_hf_llama
 from gptlab.formats.names import parameter_names
+from gptlab.gemma3 import Gemma3
 from gptlab.io import atomic_write, atomic_write_json, read_json, read_json_object
 from gptlab.llama import Llama
 from gptlab.model import GPT, Decoder
@@ -103,8 +104,9 @@ def load_hf_safetensors(path: str | Path, device: str = "cpu") -> GPT:
 def export_hf(model: Decoder, directory: str | Path) -> Path:
     """Write `model` as Hugging Face GPT-2 (config.json + model.safetensors), loadable by
     `transformers.GPT2LMHeadModel.from_pretrained(directory)` with the same logits; a
-    Llama-family model as Hugging Face Llama / Qwen3 (gptlab.formats.hf_llama)."""
-    if isinstance(model, Llama):
+    Llama-family model as Hugging Face Llama / Qwen2 / Qwen3, a Gemma 3 one as Gemma 3
+    (gptlab.formats.hf_llama)."""
+    if isinstance(model, (Llama, Gemma3)):
         return export_hf_llama(model, directory)
     cfg = model.cfg
     if cfg.n_classes is not None or not cfg.qkv_bias:

@@ -1,7 +1,8 @@
-"""Hugging Face's Llama and Qwen3 folders (LlamaForCausalLM, Qwen3ForCausalLM), both ways.
+"""Hugging Face's Llama, Qwen2 and Qwen3 folders (LlamaForCausalLM, Qwen2ForCausalLM,
+Qwen3ForCausalLM), both ways.
 
-Reading: a folder whose config.json says model_type "llama" or "qwen3", with its weights in
-`model.safetensors` or sharded as `model-0000x-of-0000y.safetensors` listed by
+Reading: a folder whose config.json says model_type "llama", "qwen2" or "qwen3", with its
+weights in `model.safetensors` or sharded as `model-0000x-of-0000y.safetensors` listed by
 `model.safetensors.index.json`. Every file is memory-mapped (gptlab.checkpoints
 .read_safetensors); float32 tensors enter the model as the mapped tensors themselves, other
 float dtypes (bf16, fp16 releases) as one float32 copy each, as gptlab.formats.gguf does.
@@ -22,15 +23,20 @@ import torch
 from safetensors.torch import save_file
 
 from gptlab.checkpoints import CONFIG, WEIGHTS, build_model, read_safetensors
-from gptlab.config import LlamaConfig, RopeScaling
+from gptlab.config import Gemma3Config, LlamaConfig, RopeScaling
 from gptlab.errors import GptlabError
 from gptlab.formats.llama_names import parameter_names
 from gptlab.io import atomic_write, atomic_write_json, read_json_object
 from gptlab.llama import Llama
 
-MODEL_TYPES = ("llama", "qwen3")
+MODEL_TYPES = ("llama", "qwen2", "qwen3", "gemma3_text")
 INDEX = "model.safetensors.index.json"
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+}
 
 
 def hf_model_type(folder: Path) -> str | None:
@@ -76,16 +82,87 @@ def _rope(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
         raise GptlabError(f"{source}: rope scaling field {exc} missing") from None
 
 
-def hf_llama_config(hf: dict[str, Any], source: str) -> LlamaConfig:
-    """A LlamaConfig from a Hugging Face Llama / Qwen3 config.json (already parsed)."""
+def _sliding_pattern(hf: dict[str, Any], source: str) -> int:
+    """Gemma 3's period of sliding and global layers, from `layer_types` (transformers 4.53+)
+    or `sliding_window_pattern`; a layout gptlab's one period cannot say is refused."""
+    types = hf.get("layer_types")
+    if not types:
+        return int(hf.get("sliding_window_pattern", 6))
+    pattern = types.index("full_attention") + 1 if "full_attention" in types else len(types) + 1
+    want = [
+        "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(len(types))
+    ]
+    if list(types) != want:
+        raise GptlabError(f"{source}: layer_types is not a repeating sliding/full pattern")
+    return pattern
+
+
+def _gemma3_rope(hf: dict[str, Any], source: str) -> tuple[float, float, float]:
+    """(global base, local base, linear factor) from either spelling of the rotary settings."""
+    params = hf.get("rope_parameters") or {}
+    full = params.get("full_attention") or {}
+    local = params.get("sliding_attention") or {}
+    scaling = hf.get("rope_scaling") or full
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("default", "linear"):
+        raise GptlabError(
+            f"{source}: unsupported rope type {kind!r}; gptlab reads 'default' and 'linear'"
+        )
+    factor = float(scaling.get("factor", 1.0)) if kind == "linear" else 1.0
+    base = float(full.get("rope_theta", hf.get("rope_theta", 1000000.0)))
+    local_base = float(local.get("rope_theta", hf.get("rope_local_base_freq", 10000.0)))
+    return base, local_base, factor
+
+
+def hf_gemma3_config(hf: dict[str, Any], source: str) -> Gemma3Config:
+    """A Gemma3Config from a Hugging Face Gemma3ForCausalLM config.json (model_type
+    gemma3_text)."""
+    if hf.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise GptlabError(f"{source}: hidden_activation must be gelu_pytorch_tanh")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if hf.get(key) is not None:
+            raise GptlabError(f"{source}: {key} is not supported")
+    base, local_base, factor = _gemma3_rope(hf, source)
+    try:
+        return Gemma3Config(
+            vocab_size=int(hf["vocab_size"]),
+            context_length=int(hf["max_position_embeddings"]),
+            emb_dim=int(hf["hidden_size"]),
+            n_layers=int(hf["num_hidden_layers"]),
+            n_heads=int(hf["num_attention_heads"]),
+            n_kv_heads=int(hf["num_key_value_heads"]),
+            head_dim=int(hf.get("head_dim", 256)),
+            hidden_dim=int(hf["intermediate_size"]),
+            rope_base=base,
+            rope_local_base=local_base,
+            rope_factor=factor,
+            sliding_window=int(hf.get("sliding_window", 4096)),
+            sliding_pattern=_sliding_pattern(hf, source),
+            query_scale=float(hf.get("query_pre_attn_scalar", 256)),
+            rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_weights=bool(hf.get("tie_word_embeddings", True)),
+        )
+    except KeyError as exc:
+        raise GptlabError(f"{source}: missing field {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise GptlabError(f"{source}: bad field value ({exc})") from None
+    except GptlabError as exc:
+        raise GptlabError(f"{source}: {exc}") from None
+
+
+def hf_llama_config(hf: dict[str, Any], source: str) -> LlamaConfig | Gemma3Config:
+    """A LlamaConfig from a Hugging Face Llama / Qwen2 / Qwen3 config.json (already parsed),
+    or a Gemma3Config from a Gemma 3 one."""
     kind = hf.get("model_type")
     if kind not in MODEL_TYPES:
         raise GptlabError(f"{source}: model_type {kind!r} is not one of {', '.join(MODEL_TYPES)}")
+    if kind == "gemma3_text":
+        return hf_gemma3_config(hf, source)
     if hf.get("hidden_act", "silu") != "silu":
         raise GptlabError(f"{source}: hidden_act must be silu, got {hf['hidden_act']!r}")
     if hf.get("mlp_bias", False):
         raise GptlabError(f"{source}: mlp_bias is not supported")
-    if kind == "qwen3" and hf.get("use_sliding_window", False):
+    if kind != "llama" and hf.get("use_sliding_window", False):
         raise GptlabError(f"{source}: sliding-window attention is not supported")
     theta, scaling = _rope(hf, source)
     try:
@@ -107,7 +184,8 @@ def hf_llama_config(hf: dict[str, Any], source: str) -> LlamaConfig:
             rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_weights=bool(hf.get("tie_word_embeddings", False)),  # transformers' default
             qk_norm=kind == "qwen3",
-            attention_bias=bool(hf.get("attention_bias", False)),
+            attention_bias=kind != "qwen2" and bool(hf.get("attention_bias", False)),
+            qkv_bias=kind == "qwen2",  # Qwen2ForCausalLM: always, and nowhere else
         )
     except KeyError as exc:
         raise GptlabError(f"{source}: missing field {exc}") from None
@@ -166,9 +244,57 @@ def load_hf_llama(folder: str | Path, device: str = "cpu") -> Llama:
     return build_model(cfg, state, source)  # type: ignore[return-value]
 
 
-def hf_llama_config_dict(cfg: LlamaConfig) -> dict[str, Any]:
+def hf_gemma3_config_dict(cfg: Gemma3Config) -> dict[str, Any]:
+    """The Gemma3ForCausalLM config.json transformers (4.53+ and 5.x) reads back to `cfg`."""
+    full: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    if cfg.rope_factor != 1.0:
+        full = {"rope_type": "linear", "factor": cfg.rope_factor, "rope_theta": cfg.rope_base}
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_base}
+    return {
+        "architectures": [ARCHITECTURES["gemma3_text"]],
+        "model_type": "gemma3_text",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.emb_dim,
+        "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.context_length,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": cfg.rms_eps,
+        "query_pre_attn_scalar": int(cfg.query_scale)
+        if cfg.query_scale.is_integer()
+        else cfg.query_scale,
+        "sliding_window": cfg.sliding_window,
+        "layer_types": [
+            "sliding_attention" if cfg.is_sliding(i) else "full_attention"
+            for i in range(cfg.n_layers)
+        ],
+        "rope_theta": cfg.rope_base,  # transformers 4.x
+        "rope_local_base_freq": cfg.rope_local_base,
+        "rope_scaling": None if cfg.rope_factor == 1.0 else full,
+        "rope_parameters": {"full_attention": full, "sliding_attention": local},  # 5.x
+        "tie_word_embeddings": cfg.tie_weights,
+        "attention_bias": False,
+        "attention_dropout": cfg.drop_rate,
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def hf_llama_config_dict(cfg: LlamaConfig | Gemma3Config) -> dict[str, Any]:
     """The config.json transformers reads back to the same model."""
-    kind = "qwen3" if cfg.qk_norm else "llama"
+    if isinstance(cfg, Gemma3Config):
+        return hf_gemma3_config_dict(cfg)
+    kind = "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+    if kind == "qwen2" and cfg.attention_bias:
+        raise GptlabError(
+            "Qwen2ForCausalLM has no output projection bias; this model does not export"
+        )
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
     scaling = None
     if cfg.rope_scaling is not None:
@@ -198,15 +324,16 @@ def hf_llama_config_dict(cfg: LlamaConfig) -> dict[str, Any]:
         "rope_scaling": scaling,
         "rope_parameters": rope,  # transformers 5.x
         "tie_word_embeddings": cfg.tie_weights,
-        "attention_bias": cfg.attention_bias,
         "attention_dropout": cfg.drop_rate,
         "initializer_range": 0.02,
         "use_cache": True,
         "torch_dtype": "float32",
     }
     if kind == "llama":
-        config["mlp_bias"] = False
+        config.update(mlp_bias=False, attention_bias=cfg.attention_bias)
     else:
+        if kind == "qwen3":
+            config["attention_bias"] = cfg.attention_bias
         config.update(use_sliding_window=False, sliding_window=None)
     return config
 

@@ -74,10 +74,13 @@ def model_details(service: Service) -> dict[str, Any]:
 
 
 def architecture(service: Service) -> str:
-    """The name GGUF files give the architecture: gpt2, llama, or qwen3 (q/k norms)."""
+    """The name GGUF files give the architecture: gpt2, llama, qwen2 (q/k/v biases) or qwen3
+    (q/k norms)."""
     cfg = service.model.cfg
     family = family_of(cfg)
-    return "qwen3" if family == "llama" and cfg.qk_norm else family
+    if family == "llama" and cfg.qk_norm:
+        return "qwen3"
+    return "qwen2" if family == "llama" and cfg.qkv_bias else family
 
 
 async def ollama_reply(

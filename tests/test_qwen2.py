@@ -1,0 +1,84 @@
+"""A real Qwen2.5 file (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, llama.cpp's `qwen2` architecture)
+read by gptlab and by transformers (the reference): the same config, logits, token ids and
+greedy continuation, and a chat answer that knows its geography. (gptlab's qwen2 GGUF export
+is checked against transformers on a tiny model in tests/test_gguf_export.py.)"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.config import PRESETS
+from gptlab.formats.gguf import GGUFModel, build_llama, read_gguf
+from gptlab.generation import generate
+from gptlab.settings import Sampling
+from gptlab.text import from_gguf_metadata
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # {x: [1, 2]}",
+    "Crème brûlée, naïve façade, señor Müller: déjà vu à Zürich.",
+    "Emoji 🤖🚀🎉 and 中文的字符, then an\ttab,   three spaces\n\n\nand newlines 12345.",
+]
+
+
+@pytest.fixture(scope="module")
+def qwen2(qwen2_file: Path):
+    """(gptlab's read, gptlab's model, gptlab's tokenizer, transformers' model and tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    read = read_gguf(qwen2_file)
+    print(f"gptlab read_gguf: {time.perf_counter() - start:.1f} s")
+    ours = build_llama(read.cfg, read.tensors)
+    tokenizer = from_gguf_metadata(read.metadata, source=qwen2_file)
+    folder, name = qwen2_file.parent, qwen2_file.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    theirs = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return read, ours, tokenizer, theirs.eval(), tok
+
+
+def test_config_is_the_published_shape(qwen2) -> None:
+    read: GGUFModel = qwen2[0]
+    assert read.metadata["general.architecture"] == "qwen2"
+    want = PRESETS["qwen2.5-0.5b"]  # the Coder model: the same shape; this file stores the
+    # head as its own output.weight (a quantized copy of the tied embedding), so it is untied
+    assert read.cfg == want.replace(tie_weights=False)
+    assert read.cfg.qkv_bias and not read.cfg.attention_bias
+    assert "blocks.0.attn.q.bias" in read.tensors and "blocks.0.attn.o.bias" not in read.tensors
+
+
+def test_token_ids_equal_transformers(qwen2) -> None:
+    _, _, ours, _, theirs = qwen2
+    for text in [*TEXTS, " leading space", "x\r\ny", "ünïcödé  ", "日本語のテキスト"]:
+        assert ours.encode(text) == theirs(text)["input_ids"], text
+        assert ours.decode(ours.encode(text)) == text
+
+
+@torch.no_grad()
+def test_logits_equal_transformers(qwen2) -> None:
+    _, model, tokenizer, theirs, _ = qwen2
+    worst = 0.0
+    for text in TEXTS:
+        ids = torch.tensor([tokenizer.encode(text)])
+        worst = max(worst, (model(ids) - theirs(ids).logits).abs().max().item())
+    print(f"max |logit difference| vs transformers: {worst:.3g}")
+    assert worst < 1e-4
+
+
+@torch.no_grad()
+def test_greedy_continuation_and_chat_answer(qwen2) -> None:
+    _, model, tokenizer, theirs, _ = qwen2
+    prompt = tokenizer.encode("def is_prime(n):\n")
+    s = Sampling(max_new_tokens=10, stop_ids=())
+    ours = generate(model, [prompt], s, tokenizer=tokenizer)[0]
+    want = theirs.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)
+    assert ours == want[0, len(prompt) :].tolist()
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = tokenizer.encode(tokenizer.render_chat(messages), add_bos=False)
+    answer = generate(model, [chat], Sampling(max_new_tokens=12), tokenizer=tokenizer)[0]
+    assert "Paris" in tokenizer.decode(answer), tokenizer.decode(answer)
