@@ -157,18 +157,6 @@ class InstructionTuning(TrainingJob[InstructConfig]):
             s.run.add_sample(step, f"{entry['instruction']!r} -> {answer!r}")
         plan.model.train()
 
-    def plots(self, s: Session) -> None:
-        s.run.plot(
-            "loss.png",
-            {
-                "train (per step)": ("train", "loss"),
-                "train": ("eval", "train_loss"),
-                "validation": ("eval", "val_loss"),
-            },
-            "cross-entropy loss",
-            self.loss_title,
-        )
-
     def results(
         self, s: Session, plan: Plan, result: TrainResult, weights: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
