@@ -37,14 +37,22 @@ def _batches(seed: int = 0) -> tuple[ResumableBatches, ResumableBatches]:
     )
 
 
-def _run(path: Path, max_steps: int, resume: bool = False, stop_after: int | None = None) -> GPT:
+def _run(
+    path: Path, max_steps: int, resume: bool = False, stop_after: int | None = None, keep: int = 0
+) -> GPT:
     torch.manual_seed(0)
     model = GPT(CFG)
     train_b, val_b = _batches()
     run = RunDir(path)
     run.prepare({"test": True}, resume=resume)
     cfg = TrainConfig.of(
-        max_steps=max_steps, lr=3e-3, warmup_steps=2, grad_accum=2, eval_interval=3, eval_batches=2
+        max_steps=max_steps,
+        lr=3e-3,
+        warmup_steps=2,
+        grad_accum=2,
+        eval_interval=3,
+        eval_batches=2,
+        keep_checkpoints=keep,
     )
     plan = Plan(model, train_b, val_b, max_steps)
     train(plan, cfg, run, torch.device("cpu"), resume=resume, stop_after=stop_after)
@@ -65,9 +73,15 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -
 
 
 def test_final_checkpoint_holds_final_weights(tmp_path: Path) -> None:
-    model = _run(tmp_path, max_steps=4)
+    model = _run(tmp_path, max_steps=4, keep=1)
     state = read_safetensors(tmp_path / "checkpoints" / "step-000004" / "model.safetensors")
     torch.testing.assert_close(state["tok_emb.weight"], model.tok_emb.weight)
+    # Keeping none, the last step writes no checkpoint: the one before stays for a resume.
+    _run(tmp_path / "none", max_steps=4)
+    assert sorted(p.name for p in (tmp_path / "none" / "checkpoints").iterdir()) == [
+        "LATEST",
+        "step-000003",
+    ]
 
 
 def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:

@@ -189,19 +189,26 @@ def _json_field(path: Path, key: str) -> Any:
 def _inner_model(path: Path) -> Path:
     """The model a folder without one of its own means: a pipeline folder's last tuned
     language model (instruct's, else the base stage's); a stage folder's model (the one its
-    results.json names, as the base stage's does, or the one run below it); else `path`."""
+    results.json names, as the base stage's does, or the one run below it); else `path`
+    (whose error then lists the models below it)."""
     if not path.is_dir() or _has_model(path):
         return path
-    if _json_field(path / CONFIG, "task") == "pipeline":
+    if _is_pipeline(path):
         for stage in PIPELINE_MODELS:
             inner = _inner_model(path / stage)
             if _has_model(inner):
                 return inner
+    if not _is_pipeline(path.parent):  # only a pipeline's stage folders mean a model below
+        return path
     named = _json_field(path / "results.json", "model")
     if isinstance(named, str) and _has_model(Path(named)):
         return Path(named)
     runs = _runs_below(path)
     return runs[0] if len(runs) == 1 else path
+
+
+def _is_pipeline(path: Path) -> bool:
+    return _json_field(path / CONFIG, "task") == "pipeline"
 
 
 def _local(spec: str | Path) -> Path:

@@ -431,10 +431,13 @@ class _Loop:
                     self.log_train(loss, bar)
                 bar.update(1)
                 # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
-                # exactly what an uninterrupted one does; checkpoint there and when stopping.
+                # exactly what an uninterrupted one does; checkpoint there and when stopping,
+                # but not at the end of a run that keeps no checkpoint (one killed before its
+                # results resumes, exactly, from the one before).
                 if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:
                     self.evaluate(bar, on_eval)
-                    state.save(self.run_dir, self.plan, self.optimizer, cfg)
+                    if state.step < cfg.max_steps or stop or cfg.train.keep_checkpoints:
+                        state.save(self.run_dir, self.plan, self.optimizer, cfg)
                 elif stop or state.step == stop_after:
                     state.save(self.run_dir, self.plan, self.optimizer, cfg)
                 if stop:
