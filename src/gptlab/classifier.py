@@ -26,7 +26,6 @@ from gptlab.checkpoints import build_model, save_model
 from gptlab.device import autocast
 from gptlab.errors import GptlabError
 from gptlab.labelled import ClassificationDataset, encode_text, pad_batch
-from gptlab.llama import Llama
 from gptlab.lora import apply_lora, merge_lora
 from gptlab.model import Decoder
 from gptlab.settings import TRAINABLE
@@ -67,22 +66,10 @@ def set_trainable(model: Decoder, mode: str, k: int = 1, rank: int = 8, alpha: f
     return n_layers - k
 
 
-def _block_args(model: Decoder, h: torch.Tensor) -> tuple[Any, ...]:
-    """What a block takes besides its input `h` (B, T, D) at positions 0..T-1: a Llama's
-    rotary cos/sin; nothing for GPT-2, whose positions are in its embeddings."""
-    if isinstance(model, Llama):
-        pos = torch.arange(h.shape[1], device=h.device)[None, :]
-        return (model.rotary(pos, h.dtype),)
-    return ()
-
-
 def prefix_states(model: Decoder, ids: torch.Tensor, stop: int) -> torch.Tensor:
     """Hidden states after the embeddings and blocks[:stop] (no final norm)."""
-    x = model.tok_emb(ids)
-    if not isinstance(model, Llama):
-        x = x + model.pos_emb(torch.arange(ids.shape[1], device=ids.device)[None, :])
-    x = model.drop_emb(x)
-    extra = _block_args(model, x)
+    x = model.embed(ids)
+    extra = model.block_args(x)
     for block in model.blocks[:stop]:
         x = block(x, *extra)
     return x
@@ -90,7 +77,7 @@ def prefix_states(model: Decoder, ids: torch.Tensor, stop: int) -> torch.Tensor:
 
 def tail_logits(model: Decoder, h: torch.Tensor, last: torch.Tensor, start: int) -> torch.Tensor:
     """Class logits from hidden states entering blocks[start:], read at the last real token."""
-    extra = _block_args(model, h)
+    extra = model.block_args(h)
     for block in model.blocks[start:]:
         h = block(h, *extra)
     h = h[torch.arange(len(h), device=h.device), last]
