@@ -27,9 +27,10 @@ from gptlab.classifier import (
     uselessness,
 )
 from gptlab.cli import main
-from gptlab.config import GPTConfig
+from gptlab.config import GPTConfig, get_preset
 from gptlab.data import bundled
 from gptlab.errors import GptlabError
+from gptlab.families import new_model
 from gptlab.hub import resolve_model
 from gptlab.jobs.classify import finetune_classifier
 from gptlab.labelled import (
@@ -361,8 +362,15 @@ def test_only_chosen_parameters_change_after_a_step(mode: str, changed: set[str]
     assert moved == expected
 
 
-def test_cached_prefix_hidden_states_match_full_forward() -> None:
-    model = tiny_classifier()
+@pytest.mark.parametrize("family", ["gpt2", "llama-micro", "qwen2.5-micro", "gemma3-micro"])
+def test_cached_prefix_hidden_states_match_full_forward(family: str) -> None:
+    """The cached prefix runs each family's own embeddings and block arguments (GPT-2's
+    position embeddings, Llama's rotary, Gemma 3's scaled embeddings and its two rope bases)."""
+    if family == "gpt2":
+        model = tiny_classifier()
+    else:
+        torch.manual_seed(0)
+        model = classifier_from(new_model(get_preset(family)), 2, dropout=0.0, seed=0)
     frozen = set_trainable(model, "last-block")
     ds = ClassificationDataset.from_texts([("a b c d", 0), ("hello", 1), ("x y", 0)], 32)
     cached = cache_prefix(model, ds, frozen, CPU, batch_size=2)
