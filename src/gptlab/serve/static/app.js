@@ -122,6 +122,7 @@ function addMessage(role, text) {
   const div = $("messages").appendChild(document.createElement("div"));
   div.className = `msg ${role}`;
   div.textContent = text;
+  div.parentElement.scrollTop = div.parentElement.scrollHeight;
   return div;
 }
 
@@ -188,6 +189,7 @@ async function send(ev) {
       if (data.error) throw new Error(data.error.message);
       reply += data.choices[0].delta.content || "";
       bubble.textContent = reply;
+      $("messages").scrollTop = $("messages").scrollHeight; // the composer stays in place
     }
   } catch (err) {
     if (err.name === "AbortError") bubble.classList.add("stopped");
