@@ -244,15 +244,11 @@ def load_hf_llama(folder: str | Path, device: str = "cpu") -> Llama:
     return build_model(cfg, state, source)  # type: ignore[return-value]
 
 
-def hf_gemma3_config_dict(cfg: Gemma3Config) -> dict[str, Any]:
-    """The Gemma3ForCausalLM config.json transformers (4.53+ and 5.x) reads back to `cfg`."""
-    full: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
-    if cfg.rope_factor != 1.0:
-        full = {"rope_type": "linear", "factor": cfg.rope_factor, "rope_theta": cfg.rope_base}
-    local = {"rope_type": "default", "rope_theta": cfg.rope_local_base}
+def _shape_fields(cfg: LlamaConfig | Gemma3Config, kind: str) -> dict[str, Any]:
+    """The config.json fields every exported family spells alike: its class and its shape."""
     return {
-        "architectures": [ARCHITECTURES["gemma3_text"]],
-        "model_type": "gemma3_text",
+        "architectures": [ARCHITECTURES[kind]],
+        "model_type": kind,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.emb_dim,
         "intermediate_size": cfg.hidden_dim,
@@ -261,6 +257,17 @@ def hf_gemma3_config_dict(cfg: Gemma3Config) -> dict[str, Any]:
         "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim,
         "max_position_embeddings": cfg.context_length,
+    }
+
+
+def hf_gemma3_config_dict(cfg: Gemma3Config) -> dict[str, Any]:
+    """The Gemma3ForCausalLM config.json transformers (4.53+ and 5.x) reads back to `cfg`."""
+    full: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    if cfg.rope_factor != 1.0:
+        full = {"rope_type": "linear", "factor": cfg.rope_factor, "rope_theta": cfg.rope_base}
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_base}
+    return {
+        **_shape_fields(cfg, "gemma3_text"),
         "hidden_activation": "gelu_pytorch_tanh",
         "rms_norm_eps": cfg.rms_eps,
         "query_pre_attn_scalar": int(cfg.query_scale)
@@ -308,16 +315,7 @@ def hf_llama_config_dict(cfg: LlamaConfig | Gemma3Config) -> dict[str, Any]:
         }
         rope = {**scaling, "rope_theta": cfg.rope_base}
     config: dict[str, Any] = {
-        "architectures": [ARCHITECTURES[kind]],
-        "model_type": kind,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.emb_dim,
-        "intermediate_size": cfg.hidden_dim,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.context_length,
+        **_shape_fields(cfg, kind),
         "hidden_act": "silu",
         "rms_norm_eps": cfg.rms_eps,
         "rope_theta": cfg.rope_base,  # transformers 4.x
