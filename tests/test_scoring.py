@@ -9,9 +9,10 @@ import pytest
 import torch
 import transformers
 
-from gptlab.config import GPTConfig, LlamaConfig
+from gptlab.config import Gemma3Config, GPTConfig, LlamaConfig
 from gptlab.errors import GptlabError
 from gptlab.formats.hf import export_hf
+from gptlab.gemma3 import Gemma3
 from gptlab.llama import Llama
 from gptlab.model import GPT, IGNORE_INDEX, Decoder
 from gptlab.scoring import Request, encode_request, score_requests, token_logprobs
@@ -32,6 +33,20 @@ MODELS = {
             n_kv_heads=2,
             hidden_dim=48,
             rope_base=10000.0,
+        )
+    ),
+    "gemma3": lambda: Gemma3(  # a sliding window shorter than the contexts
+        Gemma3Config(
+            vocab_size=VOCAB,
+            context_length=48,
+            emb_dim=32,
+            n_layers=3,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=16,
+            hidden_dim=48,
+            sliding_window=8,
+            sliding_pattern=2,
         )
     ),
 }
@@ -76,12 +91,32 @@ def test_cached_contexts_equal_full_passes(model: Decoder) -> None:
             assert score.greedy == greedy and score.n_tokens == len(cont)
 
 
+def test_chunks_and_long_rows_equal_full_passes(model: Decoder) -> None:
+    """Contexts kept a few at a time (several chunks), and rows whose longest context plus
+    longest continuation would pass the context length together (they run apart)."""
+    rng = random.Random(2)
+    requests = [
+        Request(
+            [rng.randrange(VOCAB) for _ in range(rng.randint(1, 60))],
+            [[rng.randrange(VOCAB) for _ in range(rng.randint(1, 20))] for _ in range(3)],
+        )
+        for _ in range(10)
+    ]
+    scores = score_requests(model, requests, batch_tokens=64, cache_tokens=90)
+    for r, s in zip(requests, scores, strict=True):
+        keep = model.cfg.context_length - max(len(c) for c in r.continuations)
+        for cont, score in zip(r.continuations, s, strict=True):
+            logp, greedy = full_pass(model, list(r.context)[-keep:], list(cont))
+            assert score.logprob == pytest.approx(logp, abs=1e-4)
+            assert score.greedy == greedy
+
+
 def test_batch_size_does_not_change_scores(model: Decoder) -> None:
     requests = random_requests(10, seed=1)
     seen: list[int] = []
-    alone = score_requests(model, requests, batch_tokens=1, on_batch=seen.append)
+    alone = score_requests(model, requests, batch_tokens=1, on_batch=seen.append, cache_tokens=1)
     together = score_requests(model, requests, batch_tokens=10**6)
-    assert seen == [1] * 10  # one request a batch, each reported
+    assert seen == [1] * 10  # one request a chunk, each reported
     for a, b in zip(alone, together, strict=True):
         assert [s.logprob for s in a] == pytest.approx([s.logprob for s in b], abs=1e-5)
 

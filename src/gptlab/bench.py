@@ -157,6 +157,37 @@ def run_task(
     }
 
 
+# The metric each kind of task is known by: multiple choice by its length-normalised accuracy
+# (as lm-eval reports HellaSwag, ARC and PIQA; WinoGrande's choices share one continuation,
+# so there it equals acc).
+HEADLINE = {
+    "choice": "acc_norm",
+    "lambada": "acc",
+    "generate": "exact_match",
+    "text": "bits_per_byte",
+}
+
+
+def headline(result: dict[str, Any]) -> tuple[str, float, float | None]:
+    """(metric, value, standard error or None) of one task's entry of results.json."""
+    name = HEADLINE[result["kind"]]
+    value = result["metrics"][name]
+    if isinstance(value, dict):
+        return name, value["value"], value["stderr"]
+    return name, value, None
+
+
+def at_chance(result: dict[str, Any]) -> bool:
+    """Whether a multiple-choice accuracy is within two standard errors of guessing, the
+    standard error being guessing's own (sqrt(p(1 - p) / n)), so that a handful of documents
+    never looks like skill."""
+    chance = result["metrics"].get("chance")
+    if chance is None:
+        return False
+    _, value, _ = headline(result)
+    return value - chance <= 2 * math.sqrt(chance * (1 - chance) / result["documents"])
+
+
 def _write_jsonl(path: Path, records: Records) -> None:
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     atomic_write(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))

@@ -37,6 +37,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from gptlab.bench import Options as BenchOptions
+from gptlab.bench import at_chance, bench_model, headline
 from gptlab.data import bundled
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError, Interrupted
@@ -49,7 +51,7 @@ from gptlab.jobs.pretrain import pretrain_on_texts
 from gptlab.judge import JudgeUnavailable, evaluate_responses
 from gptlab.labelled import load_splits
 from gptlab.llm import load
-from gptlab.report import pipeline_command, quote, write_report
+from gptlab.report import pipeline_command, quote, table, write_report
 from gptlab.respond import answer_stats, respond
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
 from gptlab.settings import (
@@ -64,6 +66,7 @@ from gptlab.settings import (
     Sampling,
     TrainArgs,
 )
+from gptlab.tasks.data import DataUnavailable
 
 log = logging.getLogger("gptlab")
 
@@ -85,6 +88,7 @@ class Recipe:
     instruct_lora_lr: float = 2e-4  # with --instruct-lora (docs/families.md: SmolLM2-135M)
     response_tokens: int = 256
     sample_tokens: int = 30
+    bench_limit: int = 50  # documents per benchmark task: about 10% of the pipeline's time
     # data subsets of tiny runs (other runs use every example)
     spam_per_class: int = 0
     instructions: int = 0
@@ -101,6 +105,7 @@ SCRATCH = Recipe(
     classify_trainable="all",
     instruct=PRETRAINED.instruct.replace(epochs=2, lr=5e-4),
     response_tokens=64,
+    bench_limit=100,
 )
 # A pretrained model from disk (a .gguf file, a Hugging Face or gptlab folder): the book's
 # recipe, with the classifier's learning rate that took SmolLM2-135M to 97.0% (5e-5: 96.3%;
@@ -118,6 +123,7 @@ TINY = Recipe(
     instruct_lora_lr=1e-3,
     response_tokens=8,
     sample_tokens=8,
+    bench_limit=4,
     spam_per_class=20,
     instructions=40,
 )
@@ -183,7 +189,7 @@ class Stage(ABC):
     report read them there, never by a name of their own."""
 
     name: ClassVar[str]
-    needs: ClassVar[str | None] = None  # forcing that stage reruns this one too
+    needs: ClassVar[tuple[str, ...]] = ()  # forcing one of these reruns this stage too
     headline: ClassVar[tuple[str, ...]]  # the metrics RUN/results.json keeps
 
     def __init__(self, ctx: Context) -> None:
@@ -202,6 +208,13 @@ class Stage(ABC):
     def skipped(self) -> Path:
         """Why a stage that may be skipped was, and the command that runs it later."""
         return self.folder / "skipped.json"
+
+    def skip(self, reason: str, **settings: Any) -> None:
+        """Record in skipped.json why the stage did not run and the command that runs it (the
+        same run with `settings` changed); the next run of the pipeline tries again."""
+        command = pipeline_command({**self.ctx.c.to_json(), **settings})
+        atomic_write_json(self.skipped, {"reason": reason, "command": command})
+        print(f"gptlab pipeline: {self.name} skipped ({reason}); to run it: {command}")
 
     @abstractmethod
     def run(self) -> dict[str, Any] | None:
@@ -331,7 +344,7 @@ class BaseStage(Stage):
 
 class ClassifyStage(Stage):
     name = "classify"
-    needs = "base"
+    needs = ("base",)
     headline = ("test_accuracy", "precision", "recall", "f1", "best_val_accuracy", "useless")
 
     def report_lines(self) -> list[str]:
@@ -360,7 +373,7 @@ class ClassifyStage(Stage):
 
 class InstructStage(Stage):
     name = "instruct"
-    needs = "base"
+    needs = ("base",)
     headline = ("steps", "train_loss", "val_loss", "val_ppl")
 
     @property
@@ -424,7 +437,7 @@ SAMPLE_RESPONSES = 3  # responses shown in report.md
 
 class RespondStage(Stage):
     name = "respond"
-    needs = "instruct"
+    needs = ("instruct",)
     headline = (
         "n_responses",
         "distinct_responses",
@@ -500,7 +513,7 @@ def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
 
 class JudgeStage(Stage):
     name = "judge"
-    needs = "respond"
+    needs = ("respond",)
     headline = ("judge", "average", "median", "scored", "invalid")
 
     @property
@@ -530,12 +543,7 @@ class JudgeStage(Stage):
                 )
             )
         except JudgeUnavailable as exc:
-            skipped = {"reason": str(exc), "command": pipeline_command(c.to_json())}
-            atomic_write_json(self.skipped, skipped)
-            print(
-                f"gptlab pipeline: judge skipped ({exc}); once a judge runs: {skipped['command']}"
-            )
-            return None
+            return self.skip(str(exc))
         self.skipped.unlink(missing_ok=True)
         return results
 
@@ -558,12 +566,115 @@ class JudgeStage(Stage):
         return lines
 
 
+class BenchStage(Stage):
+    """Standard benchmarks (gptlab.bench) of the base and of each tuned model, one row each
+    in BENCH/<model>/ (results.json and one TASK.jsonl per task, as `gptlab bench --out`
+    writes them), so that report.md shows what each stage changed."""
+
+    name = "bench"
+    needs = ("base", "instruct")
+    headline = ("tasks", "limit", "average")
+
+    def models(self) -> dict[str, str]:
+        """Row label -> the model it scores, in pipeline order."""
+        return {"base": self.ctx.base()["model"], "instruct": str(InstructStage(self.ctx).model)}
+
+    def limit(self) -> int:
+        return self.ctx.c.bench_limit or self.ctx.recipe().bench_limit
+
+    def run(self) -> dict[str, Any] | None:
+        """Each row not benchmarked yet (a rerun keeps finished rows), or None (skipped, with
+        the reason in bench/skipped.json) when --no-bench or the data cannot be had."""
+        c = self.ctx.c
+        if not c.bench:
+            return self.skip("turned off by --no-bench", bench=True)
+        try:
+            average = {label: self.bench_row(label, spec) for label, spec in self.models().items()}
+        except DataUnavailable as exc:
+            return self.skip(str(exc))
+        self.skipped.unlink(missing_ok=True)
+        return {
+            "task": "bench",
+            "tasks": list(c.bench_tasks),
+            "limit": self.limit(),
+            "average": average,
+        }
+
+    def bench_row(self, label: str, spec: str) -> float:
+        """The mean headline metric of model `spec` over the tasks, benchmarking it first
+        unless its row is already complete."""
+        row = self.folder / label
+        if not is_complete(row):
+            llm = load(spec, device=str(self.ctx.device))
+            opts = BenchOptions(data_dir=self.ctx.c.bench_data)
+            bench_model(
+                llm.model, llm.tokenizer, self.ctx.c.bench_tasks, 0, self.limit(), row, opts
+            )
+        results = read_json_object(row / RESULTS)["tasks"]
+        values = [headline(r)[1] for r in results.values()]
+        return sum(values) / len(values)
+
+    def report_lines(self) -> list[str]:
+        """One table: rows = models, columns = tasks, each cell with its standard error, the
+        change from the base, and the cells at chance marked."""
+        rows = {
+            label: read_json_object(self.folder / label / RESULTS)["tasks"]
+            for label in self.models()
+            if is_complete(self.folder / label)
+        }
+        if not rows or not is_complete(self.folder):
+            return []
+        return bench_table(rows)
+
+
+def bench_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """report.md's benchmark table of `rows` (model label -> results.json's "tasks")."""
+    base = next(iter(rows.values()))
+    tasks = list(base)
+    header = ("model", *(f"{t} ({headline(base[t])[0]})" for t in tasks))
+    table_rows, chance = [], {}
+    for label, results in rows.items():
+        cells = [label]
+        for t in tasks:
+            _, value, stderr = headline(results[t])
+            cell = f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "")
+            if results is not base:
+                cell += f" ({value - headline(base[t])[1]:+.3f})"
+            if at_chance(results[t]):
+                cell += " chance"
+                chance.setdefault(label, []).append(t)
+            cells.append(cell)
+        table_rows.append(tuple(cells))
+    first = base[tasks[0]]
+    lines = [
+        f"{first['documents']} documents per task, {first['shots']}-shot; ± one standard "
+        "error; in brackets the change from the base. Each model's documents and scores are in "
+        "bench/MODEL/.",
+        "",
+        table(table_rows, header),
+        "",
+    ]
+    if chance:
+        where = [
+            f"{label} on {'every task' if len(ts) == len(tasks) else ', '.join(ts)}"
+            for label, ts in chance.items()
+        ]
+        lines += [
+            f"**At chance** (within two standard errors of guessing): {'; '.join(where)}. "
+            "A score there says nothing about the model; more documents (--bench-limit) or a "
+            "stronger model do.",
+            "",
+        ]
+    return lines
+
+
 PIPELINE: tuple[type[Stage], ...] = (
     BaseStage,
     ClassifyStage,
     InstructStage,
     RespondStage,
     JudgeStage,
+    BenchStage,
 )
 assert tuple(s.name for s in PIPELINE) == STAGES
 
@@ -572,7 +683,7 @@ def with_dependents(stages: Sequence[str]) -> list[str]:
     """The given stages plus every stage that (transitively) needs one of them."""
     chosen = set(stages)
     for stage in PIPELINE:
-        if stage.needs in chosen:
+        if chosen.intersection(stage.needs):
             chosen.add(stage.name)
     return [s for s in STAGES if s in chosen]
 
@@ -605,7 +716,11 @@ def write_tiny_data(out: Path, per_class: int, n_entries: int) -> tuple[Path, Pa
 
 # Settings that only one stage (and those built on it) reads: a rerun may change one when it
 # reruns that stage.
-STAGE_SETTINGS = {"instruct_lora": "instruct"}
+STAGE_SETTINGS = {
+    "instruct_lora": "instruct",
+    "bench_tasks": "bench",
+    "bench_limit": "bench",
+}
 
 
 def prepare(c: PipelineConfig) -> RunDir:
@@ -622,8 +737,9 @@ def prepare(c: PipelineConfig) -> RunDir:
                     f"{value!r}; rerun with the same flags or choose another --out"
                 )
         rerun = with_dependents(c.force)
+        now_json = c.to_json()
         for key, stage in STAGE_SETTINGS.items():
-            before, now = stored.get(key), getattr(c, key)
+            before, now = stored.get(key), now_json[key]
             if before != now and stage not in rerun and (c.out / stage).exists():
                 flag = "--" + key.replace("_", "-")
                 raise GptlabError(

@@ -111,7 +111,7 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any], samples: list[st
         lines += [
             f"Skipped: {info.get('reason', '')}",
             "",
-            "Once a judge is reachable, this command runs it (finished stages are kept):",
+            "Once that is fixed, this command runs it (finished stages are kept):",
             "",
             "```",
             info.get("command", ""),
@@ -153,7 +153,7 @@ def render(out: Path, summary: dict[str, Any], samples: dict[str, list[str]]) ->
         shown = readable({k: v for k, v in info.items() if k != "status"})
         metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
         if info["status"] == "skipped":
-            metrics = "no judge reachable"
+            metrics = "skipped (see its section)"
         rows.append((stage, info["status"], metrics, f"{seconds.get(stage, 0.0):.0f}"))
     lines += [table(rows, ("stage", "status", "headline", "seconds")), ""]
     lines += ["## Configuration", ""]

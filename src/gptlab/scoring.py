@@ -112,25 +112,19 @@ def _fit(request: Request, context_length: int) -> Request:
     return Request(list(request.context)[-keep:], request.continuations)
 
 
-def _batches(requests: Sequence[Request], batch_tokens: int) -> list[list[int]]:
-    """Request indices grouped into batches, longest first; a batch's cost is its padded
-    context width plus its longest continuation, times its rows of continuations."""
+CACHE_BYTES = 512 * 2**20  # keys and values of a chunk's contexts kept at once
 
-    def width(r: Request) -> int:
-        return len(r.context) + max(len(c) for c in r.continuations)
 
-    order = sorted(range(len(requests)), key=lambda i: -width(requests[i]))
-    batches: list[list[int]] = []
-    rows = 0
+def _groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices in order of `lengths`, longest first, cut into groups whose padded cost
+    (rows x longest) stays within `budget` (a group holds at least one index)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
     for i in order:
-        n = len(requests[i].continuations)
-        cost = (rows + n) * width(requests[batches[-1][0]]) if batches else 0
-        if not batches or cost > batch_tokens:
-            batches.append([])
-            rows = 0
-        batches[-1].append(i)
-        rows += n
-    return batches
+        if not groups or (len(groups[-1]) + 1) * lengths[groups[-1][0]] > budget:
+            groups.append([])
+        groups[-1].append(i)
+    return groups
 
 
 def _padded(rows: Sequence[Sequence[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,47 +139,116 @@ def _padded(rows: Sequence[Sequence[int]], left: bool) -> tuple[torch.Tensor, to
     return out, torch.tensor([len(r) for r in rows], dtype=torch.long)
 
 
-def _expand(cache: KVCache, model: Decoder, owner: torch.Tensor, room: int) -> KVCache:
-    """A cache of one row per continuation (row r copies its request `owner[r]`'s context),
-    with `room` positions left for the continuations."""
-    length = cache.length
-    rows = KVCache(
-        model.cfg, len(owner), length + room, cache.k.device, cache.k.dtype, cache.n_pad[owner]
-    )
-    rows.k[:, :, :, :length] = cache.k[:, owner, :, :length]
-    rows.v[:, :, :, :length] = cache.v[:, owner, :, :length]
-    rows.length = length
-    return rows
+class _Contexts:
+    """The keys and values of a chunk of contexts, right-aligned in one zeroed cache (B, W)
+    (row b's context fills its last len(context) positions), and each context's last hidden
+    state, which predicts its continuations' first tokens. Contexts run in groups of similar
+    length, so that little padding is computed."""
+
+    def __init__(self, model: Decoder, contexts: Sequence[Sequence[int]], batch_tokens: int):
+        device, p = _device(model), next(model.parameters())
+        self.lengths = torch.tensor([len(c) for c in contexts], dtype=torch.long, device=device)
+        self.width = width = max(len(c) for c in contexts)
+        self.cache = KVCache(model.cfg, len(contexts), width, device, p.dtype)
+        # zeros, not garbage: masked keys still meet a zero attention weight, and 0 x NaN is NaN
+        self.cache.k.zero_()
+        self.cache.v.zero_()
+        self.last = torch.empty(len(contexts), model.cfg.emb_dim, device=device, dtype=p.dtype)
+        for group in _groups([len(c) for c in contexts], batch_tokens):
+            ctx, ctx_len = _padded([contexts[i] for i in group], left=True)
+            w = ctx.shape[1]
+            part = KVCache(model.cfg, len(group), w, device, p.dtype, (w - ctx_len).to(device))
+            h = model.hidden_states(ctx.to(device), part)
+            rows = torch.tensor(group, device=device)
+            self.last[rows] = h[:, -1].to(p.dtype)
+            self.cache.k[:, rows, :, width - w :] = part.k
+            self.cache.v[:, rows, :, width - w :] = part.v
+
+    def rows(self, model: Decoder, owner: torch.Tensor, room: int) -> KVCache:
+        """A cache of one row per continuation (row r holds context `owner[r]`), as narrow as
+        its longest context, with `room` positions left for the continuations."""
+        lengths = self.lengths[owner]
+        w = int(lengths.max())
+        k = self.cache.k
+        rows = KVCache(model.cfg, len(owner), w + room, k.device, k.dtype, w - lengths)
+        rows.k[:, :, :, :w] = k[:, owner, :, self.width - w :]
+        rows.v[:, :, :, :w] = self.cache.v[:, owner, :, self.width - w :]
+        rows.length = w
+        return rows
 
 
-def _score_batch(model: Decoder, batch: Sequence[Request]) -> list[list[Score]]:
-    """Scores of every continuation of `batch`: contexts run once, continuations together."""
-    device = next(model.parameters()).device
-    ctx, ctx_len = _padded([r.context for r in batch], left=True)
-    width = ctx.shape[1]
-    p = next(model.parameters())
-    cache = KVCache(model.cfg, len(batch), width, device, p.dtype, (width - ctx_len).to(device))
-    last = model.hidden_states(ctx.to(device), cache)[:, -1]  # predicts each first token
-    owner = torch.tensor([b for b, r in enumerate(batch) for _ in r.continuations], device=device)
-    conts, lengths = _padded([c for r in batch for c in r.continuations], left=False)
-    conts, lengths = conts.to(device), lengths.to(device)
-    rows = _expand(cache, model, owner, conts.shape[1])
-    h = model.hidden_states(conts, rows)  # h[:, j] predicts token j + 1
-    h = torch.cat([last[owner][:, None], h[:, :-1]], dim=1)
+def _device(model: Decoder) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _score_chunk(model: Decoder, chunk: Sequence[Request], batch_tokens: int) -> list[list[Score]]:
+    """Scores of every continuation of `chunk`: its contexts run once (in groups), then its
+    continuations in groups of similar length, each from its context's cached keys/values."""
+    device = _device(model)
+    contexts = _Contexts(model, [r.context for r in chunk], batch_tokens)
+    flat = [(b, cont) for b, r in enumerate(chunk) for cont in r.continuations]
+    limit = model.cfg.context_length
+    scores: list[Score] = [Score(0.0, False, 0)] * len(flat)
+    for group in _groups([len(c) for _, c in flat], batch_tokens):
+        for part in _fitting(group, flat, contexts, limit):
+            owner = torch.tensor([flat[i][0] for i in part], device=device)
+            conts, lengths = _padded([flat[i][1] for i in part], left=False)
+            conts, lengths = conts.to(device), lengths.to(device)
+            h = model.hidden_states(conts, contexts.rows(model, owner, conts.shape[1]))
+            h = torch.cat([contexts.last[owner][:, None], h[:, :-1]], dim=1)  # h[:, j] -> j
+            for i, score in zip(part, _sum_scores(model, h, conts, lengths), strict=True):
+                scores[i] = score
+    out, at = [], 0
+    for r in chunk:
+        out.append(scores[at : at + len(r.continuations)])
+        at += len(r.continuations)
+    return out
+
+
+def _fitting(
+    group: list[int],
+    flat: Sequence[tuple[int, Sequence[int]]],
+    contexts: _Contexts,
+    limit: int,
+) -> list[list[int]]:
+    """`group` cut where its longest context plus its longest continuation would pass the
+    model's context length (every single row fits: see _fit)."""
+    parts: list[list[int]] = [[]]
+    longest_ctx = longest_cont = 0
+    for i in group:
+        ctx, cont = int(contexts.lengths[flat[i][0]]), len(flat[i][1])
+        if parts[-1] and max(longest_ctx, ctx) + max(longest_cont, cont) > limit:
+            parts.append([])
+            longest_ctx = longest_cont = 0
+        parts[-1].append(i)
+        longest_ctx, longest_cont = max(longest_ctx, ctx), max(longest_cont, cont)
+    return parts
+
+
+def _sum_scores(
+    model: Decoder, h: torch.Tensor, conts: torch.Tensor, lengths: torch.Tensor
+) -> list[Score]:
+    """Each row's Score from the hidden states h (B, T, D) that predict its tokens conts
+    (B, T), of which the first lengths[b] are real."""
+    device = h.device
     keep = torch.arange(conts.shape[1], device=device)[None, :] < lengths[:, None]
     logp, greedy = _head_logprobs(model, h[keep], conts[keep])
-    sums = torch.zeros(len(owner), device=device).index_add_(0, keep.nonzero()[:, 0], logp)
-    misses = torch.zeros(len(owner), dtype=torch.long, device=device)
-    misses.index_add_(0, keep.nonzero()[:, 0], (~greedy).long())
-    flat = [
+    row = keep.nonzero()[:, 0]
+    sums = torch.zeros(len(conts), device=device).index_add_(0, row, logp)
+    misses = torch.zeros(len(conts), dtype=torch.long, device=device)
+    misses.index_add_(0, row, (~greedy).long())
+    return [
         Score(float(s), int(m) == 0, int(n))
         for s, m, n in zip(sums.tolist(), misses.tolist(), lengths.tolist(), strict=True)
     ]
-    out, at = [], 0
-    for r in batch:
-        out.append(flat[at : at + len(r.continuations)])
-        at += len(r.continuations)
-    return out
+
+
+def _cache_tokens(model: Decoder) -> int:
+    """How many context tokens' keys and values fit CACHE_BYTES."""
+    p = next(model.parameters())
+    n_kv = getattr(model.cfg, "n_kv_heads", model.cfg.n_heads)
+    per_token = 2 * model.cfg.n_layers * n_kv * model.cfg.head_dim * p.element_size()
+    return max(1, CACHE_BYTES // per_token)
 
 
 @torch.inference_mode()
@@ -194,17 +257,22 @@ def score_requests(
     requests: Sequence[Request],
     batch_tokens: int = 4096,
     on_batch: Callable[[int], None] | None = None,
+    cache_tokens: int | None = None,
 ) -> list[list[Score]]:
     """Each request's continuations' Scores, in the order given. `batch_tokens` bounds a
-    batch's rows x padded length (a batch holds at least one request); `on_batch(n)` is
-    told after each batch how many requests it finished."""
+    forward pass's rows x padded length (a pass holds at least one row); requests are taken
+    in chunks, longest context first, whose contexts' keys and values (`cache_tokens` of
+    them; default: what CACHE_BYTES holds) stay in memory while their continuations are
+    scored; `on_batch(n)` is told after each chunk how many requests it finished."""
     if model.cfg.n_classes is not None:
         raise GptlabError("this model is a classifier; it has no next-token probabilities")
     fitted = [_fit(r, model.cfg.context_length) for r in requests]
+    budget = max(batch_tokens, cache_tokens or _cache_tokens(model))
     scores: list[list[Score]] = [[] for _ in requests]
-    for batch in _batches(fitted, batch_tokens):
-        for i, s in zip(batch, _score_batch(model, [fitted[i] for i in batch]), strict=True):
+    for chunk in _groups([len(r.context) for r in fitted], budget):
+        chunk_scores = _score_chunk(model, [fitted[i] for i in chunk], batch_tokens)
+        for i, s in zip(chunk, chunk_scores, strict=True):
             scores[i] = s
         if on_batch is not None:
-            on_batch(len(batch))
+            on_batch(len(chunk))
     return scores

