@@ -188,6 +188,47 @@ def _score_batch(model: Decoder, batch: Sequence[Request]) -> list[list[Score]]:
     return out
 
 
+def _prefix_rows(continuations: Sequence[Sequence[int]]) -> list[dict[tuple[int, ...], int]]:
+    """For each depth d >= 1, the distinct d-token prefixes that some continuation extends,
+    each numbered as a row of that depth; depth 0 is the context's own row."""
+    depths: list[dict[tuple[int, ...], int]] = [{(): 0}]
+    for d in range(1, max(len(c) for c in continuations)):
+        prefixes = dict.fromkeys(tuple(c[:d]) for c in continuations if len(c) > d)
+        depths.append({p: row for row, p in enumerate(prefixes)})
+    return depths
+
+
+@torch.inference_mode()
+def score_tree(model: Decoder, request: Request) -> list[Score]:
+    """The Scores of `request`'s continuations, as `score_requests` gives them, with every
+    token prefix they share run once: depth by depth, one row per distinct prefix, its cache
+    copied from its parent's row. Many short continuations that share their first tokens
+    (the replies "0" ... "100", digit by digit) cost one token each instead of their length
+    each, padded."""
+    fitted = _fit(request, model.cfg.context_length)
+    conts = [list(c) for c in fitted.continuations]
+    depths = _prefix_rows(conts)
+    p = next(model.parameters())
+    ctx = torch.tensor([list(fitted.context)], device=p.device)
+    cache = KVCache(model.cfg, 1, ctx.shape[1], p.device, p.dtype)
+    logp = [F.log_softmax(model.out_head(model.hidden_states(ctx, cache)[:, -1]).float(), -1)]
+    for d in range(1, len(depths)):
+        rows = list(depths[d])
+        owner = torch.tensor([depths[d - 1][r[:-1]] for r in rows], device=p.device)
+        cache = _expand(cache, model, owner, 1)
+        last = torch.tensor([[r[-1]] for r in rows], device=p.device)
+        h = model.hidden_states(last, cache)[:, -1]
+        logp.append(F.log_softmax(model.out_head(h).float(), -1))
+    scores = []
+    for c in conts:
+        rows = [depths[d][tuple(c[:d])] for d in range(len(c))]
+        dist = [logp[d][row] for d, row in enumerate(rows)]
+        total = sum(float(x[t]) for x, t in zip(dist, c, strict=True))
+        greedy = all(int(x.argmax()) == t for x, t in zip(dist, c, strict=True))
+        scores.append(Score(total, greedy, len(c)))
+    return scores
+
+
 @torch.inference_mode()
 def score_requests(
     model: Decoder,
