@@ -46,7 +46,9 @@ from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json
 from gptlab.jobs.classify import finetune_classifier
 from gptlab.jobs.instruct import finetune_instruct
 from gptlab.jobs.pretrain import pretrain_on_texts
-from gptlab.judge import JudgeUnavailable, evaluate_responses
+from gptlab.judge import JudgeUnavailable
+from gptlab.judge_local import evaluate
+from gptlab.judge_model import cached_judge
 from gptlab.labelled import load_splits
 from gptlab.llm import load
 from gptlab.report import pipeline_command, quote, write_report
@@ -54,8 +56,10 @@ from gptlab.respond import answer_stats, respond
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
 from gptlab.settings import (
     BASES,
+    JUDGE_NAME,
     STAGES,
     ClassifierConfig,
+    Device,
     InstructConfig,
     JudgeConfig,
     PipelineConfig,
@@ -501,7 +505,7 @@ def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
 class JudgeStage(Stage):
     name = "judge"
     needs = "respond"
-    headline = ("judge", "average", "median", "scored", "invalid")
+    headline = ("judge", "protocol", "average", "median", "scored", "invalid")
 
     @property
     def scores(self) -> Path:
@@ -512,15 +516,21 @@ class JudgeStage(Stage):
     def run(self) -> dict[str, Any] | None:
         """The judge's scores, or None (skipped, with the reason in judge/skipped.json) when
         no judge answers: the next run of the pipeline tries again. Scores already received
-        are kept in judge/scores.jsonl, so an interrupted judge only asks about the rest."""
+        are kept in judge/scores.jsonl, so an interrupted judge only asks about the rest.
+        In-process (gptlab.judge_local) with --judge, or with the cached judge when no server
+        is named; else the server."""
         c = self.ctx.c
         # The judge logs one record per finished scoring; one from an attempt killed before
         # its results.json would be a duplicate (the scores themselves are in scores.jsonl).
         RunDir(self.folder).metrics_path.unlink(missing_ok=True)
+        judge = in_process_judge(c)
         try:
-            results = evaluate_responses(
+            results = evaluate(
                 JudgeConfig(
                     responses=RespondStage(self.ctx).responses,
+                    judge=judge,
+                    protocol=c.judge_protocol if judge else "score",
+                    device=Device(str(self.ctx.device)),
                     judge_model=c.judge_model,
                     url=c.judge_url,
                     api=c.judge_api,
@@ -530,10 +540,12 @@ class JudgeStage(Stage):
                 )
             )
         except JudgeUnavailable as exc:
-            skipped = {"reason": str(exc), "command": pipeline_command(c.to_json())}
+            reason = f"{exc}; or judge in-process: {JUDGE_HINT}"
+            skipped = {"reason": reason, "command": pipeline_command(c.to_json())}
             atomic_write_json(self.skipped, skipped)
             print(
-                f"gptlab pipeline: judge skipped ({exc}); once a judge runs: {skipped['command']}"
+                f"gptlab pipeline: judge skipped ({reason}); once a judge runs: "
+                f"{skipped['command']}"
             )
             return None
         self.skipped.unlink(missing_ok=True)
@@ -556,6 +568,24 @@ class JudgeStage(Stage):
         for e in lowest:
             lines += [f"Score {e['score']}: {e['instruction']}", "", quote(e["model_response"]), ""]
         return lines
+
+
+JUDGE_HINT = (
+    f"`gptlab download judge` fetches {JUDGE_NAME} (1.1 GB) into the cache, which the next run "
+    "uses, or name any instruction model with --judge MODEL"
+)
+
+
+def in_process_judge(c: PipelineConfig) -> str | None:
+    """The model the judge stage runs itself: --judge, else the cached judge unless a server
+    was named (--judge-url, --judge-model or --judge-api set); None: the server."""
+    if c.judge is not None:
+        return c.judge
+    default = PipelineConfig()
+    named = (c.judge_url, c.judge_model, c.judge_api)
+    if named != (default.judge_url, default.judge_model, default.judge_api):
+        return None
+    return JUDGE_NAME if cached_judge() is not None else None
 
 
 PIPELINE: tuple[type[Stage], ...] = (
