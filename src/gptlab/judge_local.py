@@ -57,7 +57,7 @@ from gptlab.judge import (
 from gptlab.judge_model import judge_spec
 from gptlab.llm import LLM, load
 from gptlab.runs import RunDir
-from gptlab.scoring import Request, score_requests, score_tree
+from gptlab.scoring import Request, Score, score_requests, score_tree
 from gptlab.settings import JUDGE_PROTOCOLS, JudgeConfig, Sampling
 
 MIN_MASS = 0.01  # least probability on score strings for an `expected` score
@@ -184,15 +184,27 @@ def score_strings(judge: LocalJudge) -> list[list[int]]:
 def judge_expected(judge: LocalJudge, entries: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
     """`expected`: the probability-weighted mean of the score replies (module docstring)."""
     replies = score_strings(judge)
-    records = []
-    for entry in entries:
-        scores = score_tree(judge.llm.model, Request(judge.chat_ids(score_prompt(entry)), replies))
-        p = torch.tensor([s.logprob for s in scores], dtype=torch.float64).exp()
-        mass = float(p.sum())
-        mean = float((p * torch.arange(101, dtype=torch.float64)).sum()) / mass if mass else None
-        usable = mass >= MIN_MASS
-        records.append({"score": mean if usable else None, "mean": mean, "mass": mass})
-    return records
+    model = judge.llm.model
+    return [
+        expected_record(score_tree(model, Request(judge.chat_ids(score_prompt(e)), replies)))
+        for e in entries
+    ]
+
+
+def expected_record(scores: Sequence[Score]) -> dict[str, Any]:
+    """From the Scores of the replies "0" ... "100": the score (None below MIN_MASS), the mean
+    and the mass it is taken over, and the reply greedy decoding gives when it is one of them
+    (None: greedy decoding says something else)."""
+    p = torch.tensor([s.logprob for s in scores], dtype=torch.float64).exp()
+    mass = float(p.sum())
+    mean = float((p * torch.arange(len(p), dtype=torch.float64)).sum()) / mass if mass else None
+    greedy = next((i for i, s in enumerate(scores) if s.greedy), None)
+    return {
+        "score": mean if mass >= MIN_MASS else None,
+        "mean": mean,
+        "mass": mass,
+        "greedy": greedy,
+    }
 
 
 def pairwise_prompt(entry: dict[str, str], a: str, b: str) -> str:

@@ -225,6 +225,16 @@ def resume_conflicts(saved: dict[str, Any], new: Settings, prefix: str = "") -> 
 # ---- reusable groups -------------------------------------------------------------------------
 
 
+def judge_arg(otherwise: str) -> Any:
+    """--judge, of evaluate and the pipeline: the model gptlab runs itself to judge."""
+    return arg(
+        None,
+        f"judge in-process with this model: anything --model takes, or {JUDGE_NAME} (fetched "
+        f"into the cache); none: {otherwise}",
+        metavar="MODEL",
+    )
+
+
 def keep_checkpoints() -> Any:
     """--keep-checkpoints, of the training jobs and the pipeline: each checkpoint holds the
     optimizer state, twice the weights, so they would be most of a run folder. While training,
@@ -511,12 +521,7 @@ class JudgeConfig(Settings):
     responses: Path | None = arg(
         None, "JSON list of entries with instruction, input, output, model_response", required=True
     )
-    judge: str | None = arg(
-        None,
-        "judge in-process with this model: anything --model takes, or "
-        f"{JUDGE_NAME} (fetched into the cache); none: the server at --url",
-        metavar="MODEL",
-    )
+    judge: str | None = judge_arg("the server at --url")
     protocol: str = arg(
         "score",
         "score: the greedy integer; expected: the probability-weighted mean score; pairwise: "
@@ -734,11 +739,8 @@ class PipelineConfig(Settings):
         choices=STAGES,
         metavar="STAGE",
     )
-    judge: str | None = arg(
-        None,
-        "judge in-process with this model (anything --model takes, or "
-        f"{JUDGE_NAME}); none: the cached {JUDGE_NAME} when there is one, else the server",
-        metavar="MODEL",
+    judge: str | None = judge_arg(
+        f"the cached {JUDGE_NAME} when there is one and no server is named, else the server"
     )
     judge_protocol: str = arg(
         "expected", "how the in-process judge scores (gptlab evaluate --protocol)",
