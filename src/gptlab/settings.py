@@ -529,7 +529,7 @@ class JudgeConfig(Settings):
         choices=JUDGE_PROTOCOLS,
     )
     tie_margin: float = arg(
-        0.1, "pairwise: a verdict (log-odds, nats) of at most this size is a tie", min=0
+        0.0, "pairwise: a verdict (log-odds, nats) of at most this size is a tie", min=0
     )
     batch_size: int = arg(4, "in-process: entries judged together", min=1)
     device: Device = arg(factory=Device)
