@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tokenizers import pre_tokenizers
 
 from gptlab.checkpoints import save_model
+from gptlab.cli import main
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.judge import score_prompt
@@ -41,6 +42,7 @@ from gptlab.tasks.data import Wheel
 
 from .file_server import serve
 from .test_gguf_export import chatml_tokenizer, tiny_model
+from .test_pipeline import dead_url
 
 CORPUS = [
     "Score the model response on a scale from 0 to 100. Respond with the integer only.",
@@ -310,3 +312,24 @@ def test_pipeline_judges_in_process_when_asked_or_cached(tmp_path: Path, monkeyp
         f.truncate(JUDGE.size)
     assert in_process_judge(PipelineConfig()) == JUDGE.name
     assert in_process_judge(PipelineConfig(judge_url="http://127.0.0.1:9")) is None
+
+
+def test_pipeline_judge_stage_in_process(judge_folder: Path, tmp_path: Path, capsys) -> None:
+    """A tiny pipeline with no judge reachable is skipped and report.md says how to get one;
+    the same command with --judge runs only the judge stage, in-process, and report.md names
+    the judge and the protocol."""
+    out = tmp_path / "run"
+    args = ["pipeline", "--base", "scratch", "--tiny", "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--judge-url", dead_url()]) == 0
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "Skipped:" in report and "`gptlab download judge`" in report
+    capsys.readouterr()
+    assert main([*args, "--judge", str(judge_folder)]) == 0
+    assert "stage instruct already complete" in capsys.readouterr().out
+    results = json.loads((out / "judge" / "results.json").read_text())
+    assert results["judge"] == str(judge_folder) and results["protocol"] == "expected"
+    assert results["scored"] + results["invalid"] == results["n"] > 0
+    summary = json.loads((out / "results.json").read_text())["stages"]["judge"]
+    assert summary["status"] == "done" and summary["protocol"] == "expected"
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert f"judge {judge_folder}, protocol expected" in report

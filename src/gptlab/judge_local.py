@@ -119,14 +119,20 @@ def weights_estimate(path: Path) -> int | None:
     if path.is_file() and path.suffix.lower() == ".gguf":
         n = count_parameters(path)
     elif path.is_dir() and (files := sorted(path.glob("*.safetensors"))):
-        n = sum(_safetensors_elements(f) for f in files)
+        counts = [_safetensors_elements(f) for f in files]
+        n = None if None in counts else sum(c for c in counts if c is not None)
     return None if n is None else int(n * 4 * MEMORY_MARGIN)
 
 
-def _safetensors_elements(path: Path) -> int:
-    with path.open("rb") as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+def _safetensors_elements(path: Path) -> int | None:
+    """The weights a safetensors file's header declares; None for a header that is not one
+    (the loader then says what is wrong with the file)."""
+    try:
+        with path.open("rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, MemoryError):
+        return None
 
 
 def check_memory(spec: str) -> None:
