@@ -12,6 +12,10 @@ interruption asks only about the entries still missing.
 Before any scoring, the server's model list (/api/tags or /v1/models) says whether the judge
 is there; if not, `JudgeUnavailable` names the command to run. Timeouts, connection errors,
 429 and 5xx are retried with exponential back-off.
+
+What every judge shares lives here too: the prompt and its parser, `evaluate_responses` (the
+report folder, given any `scorer`), `compare` and `win_rate`. The judge gptlab runs itself, and
+its protocols, are gptlab.judge_local.
 """
 
 from __future__ import annotations
