@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import gguf
 import pytest
@@ -61,21 +62,31 @@ CORPUS = [
 TOLERANCE = {"f16": 2e-3, "bf16": 1.5e-2, "q8_0": 4e-2}
 
 
-@pytest.fixture(scope="module")
-def tiny_tokenizer() -> text.HFTokenizer:
-    """A byte-level BPE of 320 tokens trained here, with ChatML's specials and template."""
+def chatml_tokenizer(
+    corpus: list[str], vocab_size: int, pre_tokenizer: Any = None
+) -> text.HFTokenizer:
+    """A byte-level BPE trained here on `corpus`, with ChatML's specials and template
+    (`pre_tokenizer`: before the byte-level split, e.g. one that keeps digits apart)."""
     backend = Backend(BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    split = [pre_tokenizer, byte_level] if pre_tokenizer is not None else [byte_level]
+    backend.pre_tokenizer = pre_tokenizers.Sequence(split) if len(split) > 1 else byte_level
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(CORPUS * 20, trainer)
+    backend.train_from_iterator(corpus * 20, trainer)
     special = {"eos_token": "<|im_end|>", "bos_token": "<|endoftext|>"}
     return text.HFTokenizer(backend, name="tiny", special_tokens=special, chat_template=CHATML)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer() -> text.HFTokenizer:
+    """A byte-level BPE of 320 tokens trained here, with ChatML's specials and template."""
+    return chatml_tokenizer(CORPUS, 320)
 
 
 def tiny_model(arch: str, vocab_size: int) -> GPT | Llama:

@@ -12,6 +12,10 @@ interruption asks only about the entries still missing.
 Before any scoring, the server's model list (/api/tags or /v1/models) says whether the judge
 is there; if not, `JudgeUnavailable` names the command to run. Timeouts, connection errors,
 429 and 5xx are retried with exponential back-off.
+
+What every judge shares lives here too: the prompt and its parser, `evaluate_responses` (the
+report folder, given any `scorer`), `compare` and `win_rate`. The judge gptlab runs itself, and
+its protocols, are gptlab.judge_local.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -325,35 +331,68 @@ def summarize(entries: list[dict], records: list[dict], n_lowest: int) -> dict[s
         "invalid": len(records) - len(scores),
         "lowest": lowest,
         "unusable": [
-            {"index": r["index"], "reply": (r["replies"] or [""])[-1][:UNUSABLE_SHOWN]}
+            {"index": r["index"], "reply": unusable_reply(r)[:UNUSABLE_SHOWN]}
             for r in records
             if r["score"] is None
         ],
     }
 
 
+def win_rate(wins: int, ties: int, n: int, z: float = 1.96) -> dict[str, Any]:
+    """The second side's win rate over `n` items, a tie counting half a win, with its Wilson
+    score interval (95% for z = 1.96): one number and how far chance alone could move it."""
+    if n == 0:
+        return {"win_rate": None, "interval": None}
+    p = (wins + ties / 2) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"win_rate": p, "interval": [max(0.0, centre - half), min(1.0, centre + half)]}
+
+
+def unusable_reply(record: dict) -> str:
+    """What the judge said instead of a score: its last reply, or (in-process `expected`) how
+    little probability it put on the score strings."""
+    if record.get("replies"):
+        return record["replies"][-1]
+    if "mass" in record:
+        return f"(probability {record['mass']:.3g} on the replies 0 to 100)"
+    return record.get("error", "")
+
+
 def compare(
     path_a: Path, records_a: list[dict], path_b: Path, records_b: list[dict], entries: list[dict]
 ) -> tuple[dict[str, Any], str]:
-    """Win/tie/loss counts over entries both files have a score for, and a markdown table."""
+    """Win/tie/loss counts over entries both files have a score for, the second file's win rate
+    with its interval, and a markdown table."""
     pairs = [(a["score"], b["score"]) for a, b in zip(records_a, records_b, strict=True)]
     both = [(a, b) for a, b in pairs if a is not None and b is not None]
+    b_wins, ties = sum(b > a for a, b in both), sum(a == b for a, b in both)
     summary = {
         "a": str(path_a),
         "b": str(path_b),
         "both_scored": len(both),
         "a_wins": sum(a > b for a, b in both),
-        "b_wins": sum(b > a for a, b in both),
-        "ties": sum(a == b for a, b in both),
+        "b_wins": b_wins,
+        "ties": ties,
         "mean_difference": statistics.fmean(b - a for a, b in both) if both else None,
+        **win_rate(b_wins, ties, len(both)),
     }
     rows = [f"| # | instruction | {path_a.name} | {path_b.name} |", "|---|---|---|---|"]
     for i, (a, b) in enumerate(pairs):
-        text = entries[i]["instruction"].replace("\n", " ").replace("|", "\\|")[:60]
-        rows.append(
-            f"| {i} | {text} | {'invalid' if a is None else a} | {'invalid' if b is None else b} |"
-        )
+        rows.append(f"| {i} | {table_text(entries[i])} | {shown(a)} | {shown(b)} |")
     return summary, "\n".join(rows) + "\n"
+
+
+def table_text(entry: dict[str, str]) -> str:
+    """An entry's instruction as one markdown table cell."""
+    return entry["instruction"].replace("\n", " ").replace("|", "\\|")[:60]
+
+
+def shown(score: float | None) -> str:
+    """A score as a table cell: integers as they are, expected scores to one decimal."""
+    if score is None:
+        return "invalid"
+    return f"{score:g}" if isinstance(score, int) else f"{score:.1f}"
 
 
 def plot_histogram(path: Path, series: dict[str, list[int]], judge: str) -> None:
@@ -374,45 +413,62 @@ def plot_histogram(path: Path, series: dict[str, list[int]], judge: str) -> None
     plt.close(fig)
 
 
-def evaluate_responses(config: JudgeConfig) -> dict[str, Any]:
+Scorer = Callable[[Path], tuple[list[dict], list[dict]]]
+
+
+def evaluate_responses(
+    config: JudgeConfig, scorer: Scorer | None = None, judge: str | None = None
+) -> dict[str, Any]:
     """Score the responses file (and `compare`, if set), write the report folder and return its
-    results: average (the headline), median, n, scored, invalid, lowest, compare, and histogram
-    (None when no reply held a score)."""
+    results: judge, protocol, average (the headline), median, n, scored, invalid, lowest,
+    compare, and histogram (None when no reply held a score). `scorer(path)` gives a file's
+    (entries, records) (default: the server at config.url, `score_file`); `judge` names it."""
     load_responses(config.responses)  # fail on a bad file before contacting anyone
     if config.compare is not None:
         load_responses(config.compare)
-    preflight(config)
+    if scorer is None:
+        preflight(config)
+    score = scorer or (lambda path: score_file(config, path))
+    judge = judge or config.judge_model
     run = RunDir(config.out_path())
     run.prepare(config.to_json(), True)
-    entries, records = score_file(config, config.responses)
+    entries, records = score(config.responses)
     results: dict[str, Any] = {
         "task": "evaluate",
-        "judge": config.judge_model,
+        "judge": judge,
+        "protocol": config.protocol,
         "responses": str(config.responses),
         **summarize(entries, records, config.n_lowest),
     }
     series = {config.responses.name: [r["score"] for r in records if r["score"] is not None]}
     run.log({"kind": "judge", "file": str(config.responses), **results})
     if config.compare is not None:
-        entries_b, records_b = score_file(config, config.compare)
-        if [e["instruction"] for e in entries_b] != [e["instruction"] for e in entries]:
-            raise GptlabError(
-                f"{config.compare}: its instructions differ from {config.responses}'s; "
-                "a comparison needs the same entries in the same order"
-            )
+        entries_b, records_b = score(config.compare)
+        check_same_entries(config, entries, entries_b)
         summary_b = summarize(entries_b, records_b, config.n_lowest)
         run.log({"kind": "judge", "file": str(config.compare), **summary_b})
         side, table = compare(config.responses, records, config.compare, records_b, entries)
         results["compare"] = {**side, "b_summary": summary_b}
         atomic_write_text(run.path / "comparison.md", table)
         series[config.compare.name] = [r["score"] for r in records_b if r["score"] is not None]
-    drawn = {name: scores for name, scores in series.items() if scores}
-    plot = run.path / "scores.png"
-    if drawn:
-        plot_histogram(plot, drawn, config.judge_model)
-        results["histogram"] = plot.name
-    else:  # nothing to draw: an empty plot says nothing, and an earlier run's would mislead
-        plot.unlink(missing_ok=True)
-        results["histogram"] = None
+    results["histogram"] = histogram(run.path / "scores.png", series, judge)
     atomic_write_json(run.path / "results.json", results)
     return results
+
+
+def check_same_entries(config: JudgeConfig, entries: list[dict], entries_b: list[dict]) -> None:
+    if [e["instruction"] for e in entries_b] != [e["instruction"] for e in entries]:
+        raise GptlabError(
+            f"{config.compare}: its instructions differ from {config.responses}'s; "
+            "a comparison needs the same entries in the same order"
+        )
+
+
+def histogram(plot: Path, series: dict[str, list], judge: str) -> str | None:
+    """The scores' histogram at `plot` (its name), or None with no plot when nothing scored."""
+    drawn = {name: scores for name, scores in series.items() if scores}
+    if drawn:
+        plot_histogram(plot, drawn, judge)
+        return plot.name
+    plot.unlink(missing_ok=True)  # an empty plot says nothing; an earlier run's would mislead
+    return None

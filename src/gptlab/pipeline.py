@@ -48,7 +48,9 @@ from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json
 from gptlab.jobs.classify import finetune_classifier
 from gptlab.jobs.instruct import finetune_instruct
 from gptlab.jobs.pretrain import pretrain_on_texts
-from gptlab.judge import JudgeUnavailable, evaluate_responses
+from gptlab.judge import JudgeUnavailable
+from gptlab.judge_local import evaluate
+from gptlab.judge_model import cached_judge
 from gptlab.labelled import load_splits
 from gptlab.llm import load
 from gptlab.report import pipeline_command, quote, table, write_report
@@ -56,8 +58,10 @@ from gptlab.respond import answer_stats, respond
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
 from gptlab.settings import (
     BASES,
+    JUDGE_NAME,
     STAGES,
     ClassifierConfig,
+    Device,
     InstructConfig,
     JudgeConfig,
     PipelineConfig,
@@ -514,7 +518,7 @@ def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
 class JudgeStage(Stage):
     name = "judge"
     needs = ("respond",)
-    headline = ("judge", "average", "median", "scored", "invalid")
+    headline = ("judge", "protocol", "average", "median", "scored", "invalid")
 
     @property
     def scores(self) -> Path:
@@ -525,15 +529,21 @@ class JudgeStage(Stage):
     def run(self) -> dict[str, Any] | None:
         """The judge's scores, or None (skipped, with the reason in judge/skipped.json) when
         no judge answers: the next run of the pipeline tries again. Scores already received
-        are kept in judge/scores.jsonl, so an interrupted judge only asks about the rest."""
+        are kept in judge/scores.jsonl, so an interrupted judge only asks about the rest.
+        In-process (gptlab.judge_local) with --judge, or with the cached judge when no server
+        is named; else the server."""
         c = self.ctx.c
         # The judge logs one record per finished scoring; one from an attempt killed before
         # its results.json would be a duplicate (the scores themselves are in scores.jsonl).
         RunDir(self.folder).metrics_path.unlink(missing_ok=True)
+        judge = in_process_judge(c)
         try:
-            results = evaluate_responses(
+            results = evaluate(
                 JudgeConfig(
                     responses=RespondStage(self.ctx).responses,
+                    judge=judge,
+                    protocol=c.judge_protocol if judge else "score",
+                    device=Device(str(self.ctx.device)),
                     judge_model=c.judge_model,
                     url=c.judge_url,
                     api=c.judge_api,
@@ -543,7 +553,7 @@ class JudgeStage(Stage):
                 )
             )
         except JudgeUnavailable as exc:
-            return self.skip(str(exc))
+            return self.skip(f"{exc}; or judge in-process: {JUDGE_HINT}")
         self.skipped.unlink(missing_ok=True)
         return results
 
@@ -666,6 +676,24 @@ def bench_table(rows: dict[str, dict[str, Any]]) -> list[str]:
             "",
         ]
     return lines
+
+
+JUDGE_HINT = (
+    f"`gptlab download judge` fetches {JUDGE_NAME} (1.1 GB) into the cache, which the next run "
+    "uses, or name any instruction model with --judge MODEL"
+)
+
+
+def in_process_judge(c: PipelineConfig) -> str | None:
+    """The model the judge stage runs itself: --judge, else the cached judge unless a server
+    was named (--judge-url, --judge-model or --judge-api set); None: the server."""
+    if c.judge is not None:
+        return c.judge
+    default = PipelineConfig()
+    named = (c.judge_url, c.judge_model, c.judge_api)
+    if named != (default.judge_url, default.judge_model, default.judge_api):
+        return None
+    return JUDGE_NAME if cached_judge() is not None else None
 
 
 PIPELINE: tuple[type[Stage], ...] = (

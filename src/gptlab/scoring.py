@@ -149,7 +149,9 @@ class _Contexts:
         device, p = _device(model), next(model.parameters())
         self.lengths = torch.tensor([len(c) for c in contexts], dtype=torch.long, device=device)
         self.width = width = max(len(c) for c in contexts)
-        self.cache = KVCache(model.cfg, len(contexts), width, device, p.dtype)
+        n_pad = width - self.lengths
+        self.cache = KVCache(model.cfg, len(contexts), width, device, p.dtype, n_pad)
+        self.cache.length = width
         # zeros, not garbage: masked keys still meet a zero attention weight, and 0 x NaN is NaN
         self.cache.k.zero_()
         self.cache.v.zero_()
@@ -167,14 +169,23 @@ class _Contexts:
     def rows(self, model: Decoder, owner: torch.Tensor, room: int) -> KVCache:
         """A cache of one row per continuation (row r holds context `owner[r]`), as narrow as
         its longest context, with `room` positions left for the continuations."""
-        lengths = self.lengths[owner]
-        w = int(lengths.max())
-        k = self.cache.k
-        rows = KVCache(model.cfg, len(owner), w + room, k.device, k.dtype, w - lengths)
-        rows.k[:, :, :, :w] = k[:, owner, :, self.width - w :]
-        rows.v[:, :, :, :w] = self.cache.v[:, owner, :, self.width - w :]
-        rows.length = w
-        return rows
+        return _expand(self.cache, model, owner, room, int(self.lengths[owner].max()))
+
+
+def _expand(
+    cache: KVCache, model: Decoder, owner: torch.Tensor, room: int, width: int | None = None
+) -> KVCache:
+    """A cache of one row per `owner` entry, copying that row's last `width` positions
+    (default: all it holds), with `room` positions left after them."""
+    length = cache.length
+    width = length if width is None else width
+    k, v = cache.k, cache.v
+    n_pad = (cache.n_pad[owner] - (length - width)).clamp_min(0)
+    rows = KVCache(model.cfg, len(owner), width + room, k.device, k.dtype, n_pad)
+    rows.k[:, :, :, :width] = k[:, owner, :, length - width : length]
+    rows.v[:, :, :, :width] = v[:, owner, :, length - width : length]
+    rows.length = width
+    return rows
 
 
 def _device(model: Decoder) -> torch.device:
@@ -249,6 +260,47 @@ def _cache_tokens(model: Decoder) -> int:
     n_kv = getattr(model.cfg, "n_kv_heads", model.cfg.n_heads)
     per_token = 2 * model.cfg.n_layers * n_kv * model.cfg.head_dim * p.element_size()
     return max(1, CACHE_BYTES // per_token)
+
+
+def _prefix_rows(continuations: Sequence[Sequence[int]]) -> list[dict[tuple[int, ...], int]]:
+    """For each depth d >= 1, the distinct d-token prefixes that some continuation extends,
+    each numbered as a row of that depth; depth 0 is the context's own row."""
+    depths: list[dict[tuple[int, ...], int]] = [{(): 0}]
+    for d in range(1, max(len(c) for c in continuations)):
+        prefixes = dict.fromkeys(tuple(c[:d]) for c in continuations if len(c) > d)
+        depths.append({p: row for row, p in enumerate(prefixes)})
+    return depths
+
+
+@torch.inference_mode()
+def score_tree(model: Decoder, request: Request) -> list[Score]:
+    """The Scores of `request`'s continuations, as `score_requests` gives them, with every
+    token prefix they share run once: depth by depth, one row per distinct prefix, its cache
+    copied from its parent's row. Many short continuations that share their first tokens
+    (the replies "0" ... "100", digit by digit) cost one token each instead of their length
+    each, padded."""
+    fitted = _fit(request, model.cfg.context_length)
+    conts = [list(c) for c in fitted.continuations]
+    depths = _prefix_rows(conts)
+    p = next(model.parameters())
+    ctx = torch.tensor([list(fitted.context)], device=p.device)
+    cache = KVCache(model.cfg, 1, ctx.shape[1], p.device, p.dtype)
+    logp = [F.log_softmax(model.out_head(model.hidden_states(ctx, cache)[:, -1]).float(), -1)]
+    for d in range(1, len(depths)):
+        rows = list(depths[d])
+        owner = torch.tensor([depths[d - 1][r[:-1]] for r in rows], device=p.device)
+        cache = _expand(cache, model, owner, 1)
+        last = torch.tensor([[r[-1]] for r in rows], device=p.device)
+        h = model.hidden_states(last, cache)[:, -1]
+        logp.append(F.log_softmax(model.out_head(h).float(), -1))
+    scores = []
+    for c in conts:
+        rows = [depths[d][tuple(c[:d])] for d in range(len(c))]
+        dist = [logp[d][row] for d, row in enumerate(rows)]
+        total = sum(float(x[t]) for x, t in zip(dist, c, strict=True))
+        greedy = all(int(x.argmax()) == t for x, t in zip(dist, c, strict=True))
+        scores.append(Score(total, greedy, len(c)))
+    return scores
 
 
 @torch.inference_mode()

