@@ -480,6 +480,49 @@ class InstructConfig(Settings):
     runtime: Runtime = arg(factory=Runtime)
 
 
+@dataclass
+class PreferenceConfig(Settings):
+    """Preference tuning (DPO) of an instruction-tuned model."""
+
+    out: Path = arg(Path("runs/preference"), "run folder", resumable=True)
+    base: str = arg(
+        "",
+        "the instruction-tuned model (a finetune-instruct run or model folder): the policy's "
+        "start and the frozen reference",
+        required=True,
+    )
+    data: Path | None = arg(
+        None,
+        "JSON or JSON Lines pairs: instruction/input/chosen/rejected, or prompt/chosen/rejected "
+        "chat messages (none: the bundled 1,100 pairs)",
+    )
+    beta: float = arg(0.1, "DPO's beta: how far the policy may move from the reference", above=0)
+    prompt_format: str | None = arg(
+        None,
+        "alpaca or chat, only for a base tuned outside gptlab (none: the format the base was "
+        "instruction-tuned in)",
+        choices=PROMPT_FORMATS,
+    )
+    max_length: int | None = arg(None, "truncate sequences (none: the model's context)", min=2)
+    lora_rank: int | None = arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
+    lora_alpha: float = arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
+    lora_targets: tuple[str, ...] = arg(
+        LORA_ROLES,
+        "block layers that get adapters: roles, or one family's layers",
+        choices=LORA_ROLES + LORA_LAYERS,
+    )
+    sample_tokens: int = arg(
+        64, "tokens of the sample answer at each evaluation", min=0, resumable=True
+    )
+    train: TrainArgs = arg(
+        factory=lambda: TrainArgs(
+            epochs=1, batch_size=8, lr=5e-6, warmup_steps=0, eval_interval=20, eval_batches=5
+        )
+    )
+    speed: SpeedFlags = arg(factory=SpeedFlags, resumable=True)
+    runtime: Runtime = arg(factory=Runtime)
+
+
 # ---- inference, evaluation and the other commands --------------------------------------------
 
 MODEL_HELP = "run folder, model folder, Hugging Face file or folder, or pretrained name"
