@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from gptlab.data import bundled
 from gptlab.errors import GptlabError
 from gptlab.instructions import PromptFormat, collate, read_records, split_entries
+from gptlab.lora import adapters_off
 from gptlab.model import Decoder
 from gptlab.scoring import response_logprobs
 
@@ -220,6 +221,18 @@ def pair_logprobs(
 ) -> torch.Tensor:
     """Each pair's summed response log-probabilities (B, 2): chosen, rejected."""
     return response_logprobs(model, module, x, y).view(-1, 2)
+
+
+@torch.no_grad()
+def reference_logprobs(model: Decoder, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The frozen reference's `pair_logprobs`: the model with its LoRA adapters off (its base
+    weights), in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    with adapters_off(model):
+        out = pair_logprobs(model, model, x, y)
+    model.train(was_training)
+    return out
 
 
 def dpo_loss(

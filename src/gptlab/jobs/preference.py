@@ -30,7 +30,7 @@ from gptlab.hub import resolve_with_tokenizer
 from gptlab.instructions import prompt_format
 from gptlab.io import atomic_write
 from gptlab.jobs.base import Session, TrainingJob
-from gptlab.lora import adapters_off, apply_lora, merge_lora
+from gptlab.lora import apply_lora, merge_lora
 from gptlab.preferences import (
     BUNDLED_PAIRS,
     PreferenceDataset,
@@ -39,7 +39,7 @@ from gptlab.preferences import (
     collate_pairs,
     disable_dropout,
     load_pairs,
-    pair_logprobs,
+    reference_logprobs,
     split_pairs,
 )
 from gptlab.prompts import tuned_in_alpaca
@@ -205,17 +205,16 @@ class PreferenceTuning(TrainingJob[PreferenceConfig]):
             atomic_write(path, lambda p: save_file(state, str(p)))
         return computed
 
-    @torch.no_grad()
     def compute_reference(self, s: Session, ds: PreferenceDataset, indices: list[int]) -> None:
         """The base's log-probabilities of pairs `indices`, longest first in training-sized
         batches (little padding), into `ds.reference`."""
         model, size, lengths = self.model, self.c.train.batch_size, ds.lengths()
-        model.to(s.device).eval()
+        model.to(s.device)
         order = sorted(indices, key=lambda i: -lengths[i])
-        with adapters_off(model), autocast(s.device, self.c.runtime.precision):
+        with autocast(s.device, self.c.runtime.precision):
             for batch in (order[k : k + size] for k in range(0, len(order), size)):
                 x, y, _ = to_device(self.collate([ds[i] for i in batch]), s.device)
-                ds.reference[batch] = pair_logprobs(model, model, x, y).float().cpu()
+                ds.reference[batch] = reference_logprobs(model, x, y).float().cpu()
 
     def on_eval(self, s: Session, plan: Plan, step: int, metrics: dict[str, Any]) -> None:
         pair = self.val_pairs[0]
