@@ -731,7 +731,7 @@ class BenchConfig(Settings):
 
 # ---- the pipeline ----------------------------------------------------------------------------
 
-STAGES = ("base", "classify", "instruct", "respond", "judge")
+STAGES = ("base", "classify", "instruct", "respond", "preference", "preference-respond", "judge")
 BASES = ("auto", "scratch", *OPENAI_SIZES)
 
 
@@ -765,6 +765,9 @@ class PipelineConfig(Settings):
         "instruction-tune LoRA adapters of this rank (alpha 2 x rank) instead of all weights",
         min=1,
         metavar="RANK",
+    )
+    preference: bool = arg(
+        True, "preference-tune (DPO) the instruction model on the book's pairs, and answer again"
     )
     device: Device = arg(factory=Device)
 
