@@ -138,8 +138,9 @@ def test_batches_interleave_pairs_and_mask_prompts() -> None:
 # ---- the loss against TRL's --------------------------------------------------------------------
 
 
-def random_batch(vocab: int, n_pairs: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairs of random tokens (prompts and responses of different lengths), collated."""
+def random_items(vocab: int, n_pairs: int = 3) -> list:
+    """Pairs of random tokens (prompts and responses of different lengths), as
+    PreferenceDataset items."""
     g = torch.Generator().manual_seed(1)
     items = []
     for b in range(n_pairs):
@@ -149,28 +150,22 @@ def random_batch(vocab: int, n_pairs: int = 3) -> tuple[torch.Tensor, torch.Tens
         items.append(
             ((prompt + chosen, len(prompt)), (prompt + rejected, len(prompt)), torch.zeros(2))
         )
-    x, y, _ = collate_pairs(items, None, end_id=2, pad_id=1)
+    return items
+
+
+def random_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y, _ = collate_pairs(random_items(vocab), None, end_id=2, pad_id=1)
     return x, y
 
 
-def trl_inputs(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The same batch as TRL's collator lays it out: chosen rows, then rejected rows, padded
-    on the right, with the attention and completion masks."""
-    seqs, n_prompt = [], []
-    for row in [*range(0, len(x), 2), *range(1, len(x), 2)]:
-        real = (y[row] != -100).nonzero()[:, 0]
-        end = int(real[-1]) + 2  # the ids: inputs up to the last target, then that target
-        seqs.append([*x[row, : end - 1].tolist(), int(y[row, end - 2])])
-        n_prompt.append(int(real[0]) + 1)
-    width = max(map(len, seqs))
-    ids = torch.ones(len(seqs), width, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    completion = torch.zeros_like(ids)
-    for i, (seq, n) in enumerate(zip(seqs, n_prompt, strict=True)):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attention[i, : len(seq)] = 1
-        completion[i, n : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
+def trl_inputs(trainer, items: list) -> dict[str, torch.Tensor]:
+    """The same pairs batched by TRL's own collator (chosen rows, then rejected rows), each
+    response ending with the end token 2, as ours do."""
+    examples = [
+        {"prompt_ids": c[:n], "chosen_ids": [*c[n:], 2], "rejected_ids": [*r[n:], 2]}
+        for (c, n), (r, _), _ in items
+    ]
+    return trainer.data_collator(examples)
 
 
 def trl_trainer(model, ref_model, vocab: int, peft_config=None):
@@ -215,11 +210,12 @@ def test_loss_and_gradients_equal_trl(tmp_path: Path) -> None:
     trainer = trl_trainer(
         hf_copy(policy, tmp_path / "p"), hf_copy(base, tmp_path / "r"), cfg.vocab_size
     )
-    x, y = random_batch(cfg.vocab_size)
+    items = random_items(cfg.vocab_size)
+    x, y, _ = collate_pairs(items, None, end_id=2, pad_id=1)
     objective = PreferenceObjective(policy, BETA)
     ours, _ = objective.loss(policy, (x, y, reference_logprobs(base, x, y)), "train")
     ours.backward()
-    theirs = trainer.compute_loss(trainer.model, trl_inputs(x, y))
+    theirs = trainer.compute_loss(trainer.model, trl_inputs(trainer, items))
     theirs.backward()
     assert abs(float(ours) - float(theirs)) <= 1e-6
     hf = dict(trainer.model.named_parameters())
@@ -275,7 +271,8 @@ def test_lora_loss_and_gradients_equal_trl_with_peft(tmp_path: Path) -> None:
             peft_params[theirs].copy_(p)
             ours[name] = theirs
     assert len(ours) == 2 * 7 * cfg.n_layers
-    x, y = random_batch(cfg.vocab_size)
+    items = random_items(cfg.vocab_size)
+    x, y, _ = collate_pairs(items, None, end_id=2, pad_id=1)
     reference = reference_logprobs(model, x, y)
     with torch.no_grad(), adapters_off(model):  # the base: adapters off is a model without them
         plain = pair_logprobs(model, model, x, y)
@@ -284,7 +281,7 @@ def test_lora_loss_and_gradients_equal_trl_with_peft(tmp_path: Path) -> None:
     )
     loss, _ = PreferenceObjective(model, BETA)(model, (x, y, reference))
     loss.backward()
-    theirs = trainer.compute_loss(trainer.model, trl_inputs(x, y))
+    theirs = trainer.compute_loss(trainer.model, trl_inputs(trainer, items))
     theirs.backward()
     assert abs(float(loss) - float(theirs)) <= 1e-6
     for name, their_name in ours.items():
