@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptlab.cpu import head_loss
 from gptlab.errors import GptlabError
 from gptlab.model import IGNORE_INDEX, Decoder, KVCache
 from gptlab.text import Tokenizer
@@ -71,13 +72,13 @@ def encode_request(tokenizer: Tokenizer, context: str, continuations: Sequence[s
 
 
 def _head_logprobs(
-    head: nn.Module, h: torch.Tensor, targets: torch.Tensor
+    model: Decoder, h: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of each target, whether it is the argmax) for hidden states h (N, D)
     and targets (N,), projected through the output head a chunk at a time."""
     logps, greedy = [], []
     for start in range(0, len(h), HEAD_CHUNK):
-        logits = head(h[start : start + HEAD_CHUNK]).float()
+        logits = model.out_head(h[start : start + HEAD_CHUNK]).float()
         y = targets[start : start + HEAD_CHUNK]
         logp = F.log_softmax(logits, dim=-1)
         logps.append(logp.gather(1, y[:, None]).squeeze(1))
@@ -92,16 +93,9 @@ def token_logprobs(model: Decoder, idx: torch.Tensor, targets: torch.Tensor) -> 
     IGNORE_INDEX; gradients flow when enabled (the vocabulary is projected only at targets)."""
     h = model.hidden_states(idx)
     keep = targets != IGNORE_INDEX
-    logp, _ = _head_logprobs(model.out_head, h[keep], targets[keep])
+    logp, _ = _head_logprobs(model, h[keep], targets[keep])
     out = torch.zeros(targets.shape, dtype=torch.float32, device=h.device)
     return out.masked_scatter(keep, logp)
-
-
-def target_logprobs(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log p(y_i | h_i) (N,) float32 for hidden states h (N, D), a chunk of rows through the
-    head at a time; shaped as a model's head loss (gptlab.model.HeadLoss), so that
-    `response_logprobs` gets them from the model's own forward."""
-    return _head_logprobs(head, h, y)[0]
 
 
 def response_logprobs(
@@ -110,8 +104,9 @@ def response_logprobs(
     """Each row's summed log-probability of its targets (B,) float32, differentiable: what
     preference tuning compares. It runs through `module`'s forward (`model` itself, or the
     DDP / FSDP wrapper around it, which must see the forward to synchronise gradients), with
-    the head loss of `model` set to `target_logprobs` (training installs a summed loss)."""
-    model.head_loss = target_logprobs
+    the head loss of `model` set to gptlab.cpu.head_loss's per-target `chunked_logprobs`
+    (training installs a summed loss)."""
+    model.head_loss = head_loss.chunked_logprobs
     per_target = module(idx, targets=targets)
     keep = targets != IGNORE_INDEX
     rows = torch.zeros(targets.shape, dtype=torch.float32, device=per_target.device)
@@ -196,7 +191,7 @@ def _score_batch(model: Decoder, batch: Sequence[Request]) -> list[list[Score]]:
     h = model.hidden_states(conts, rows)  # h[:, j] predicts token j + 1
     h = torch.cat([last[owner][:, None], h[:, :-1]], dim=1)
     keep = torch.arange(conts.shape[1], device=device)[None, :] < lengths[:, None]
-    logp, greedy = _head_logprobs(model.out_head, h[keep], conts[keep])
+    logp, greedy = _head_logprobs(model, h[keep], conts[keep])
     sums = torch.zeros(len(owner), device=device).index_add_(0, keep.nonzero()[:, 0], logp)
     misses = torch.zeros(len(owner), dtype=torch.long, device=device)
     misses.index_add_(0, keep.nonzero()[:, 0], (~greedy).long())
