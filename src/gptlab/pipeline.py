@@ -89,12 +89,12 @@ class Recipe:
     classify: TrainArgs = field(default_factory=lambda: ClassifierConfig().train)
     instruct: TrainArgs = field(default_factory=lambda: InstructConfig().train)
     instruct_lora_lr: float = 2e-4  # with --instruct-lora (docs/families.md: SmolLM2-135M)
-    # DPO on LoRA adapters of this rank (alpha 2 x rank; None: all weights), a few minutes on
-    # a 2-core CPU for SmolLM2-135M (docs/preference.md); one evaluation, at the end, over
-    # every held-out pair
+    # DPO on LoRA adapters of this rank (alpha 2 x rank; None: all weights): 160 pairs, a few
+    # minutes on a 2-core CPU for SmolLM2-135M (docs/preference.md); one evaluation, at the
+    # end, over every held-out pair (14 batches of 8 hold the 109)
     preference: TrainArgs = field(
         default_factory=lambda: PreferenceConfig().train.replace(
-            max_steps=40, lr=2e-4, eval_interval=40, eval_batches=14
+            max_steps=20, lr=3e-4, eval_interval=20, eval_batches=14
         )
     )
     preference_lora: int | None = 16
