@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from gptlab import distributed
 from gptlab.checkpoints import save_model
@@ -211,8 +212,10 @@ class PreferenceTuning(TrainingJob[PreferenceConfig]):
         model, size, lengths = self.model, self.c.train.batch_size, ds.lengths()
         model.to(s.device)
         order = sorted(indices, key=lambda i: -lengths[i])
+        batches = [order[k : k + size] for k in range(0, len(order), size)]
+        bar = tqdm(batches, desc="reference", unit="batch", disable=not s.d.is_main or not batches)
         with autocast(s.device, self.c.runtime.precision):
-            for batch in (order[k : k + size] for k in range(0, len(order), size)):
+            for batch in bar:
                 x, y, _ = to_device(self.collate([ds[i] for i in batch]), s.device)
                 ds.reference[batch] = reference_logprobs(model, x, y).float().cpu()
 
