@@ -237,6 +237,28 @@ def keep_checkpoints() -> Any:
     )
 
 
+def sample_tokens() -> Any:
+    """--sample-tokens of the instruction-answering jobs."""
+    return arg(64, "tokens of the sample answer at each evaluation", min=0, resumable=True)
+
+
+def lora_rank() -> Any:
+    """--lora-rank, --lora-alpha, --lora-targets: the adapters of the fine-tuning jobs."""
+    return arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
+
+
+def lora_alpha() -> Any:
+    return arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
+
+
+def lora_targets() -> Any:
+    return arg(
+        LORA_ROLES,
+        "block layers that get adapters: roles, or one family's layers",
+        choices=LORA_ROLES + LORA_LAYERS,
+    )
+
+
 @dataclass
 class TrainArgs(Settings):
     """training: optimizer, schedule, batches, evaluation and checkpoints"""
@@ -461,16 +483,10 @@ class InstructConfig(Settings):
         "alpaca (the book's template) or chat (the base tokenizer's chat template)",
         choices=PROMPT_FORMATS,
     )
-    lora_rank: int | None = arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
-    lora_alpha: float = arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
-    lora_targets: tuple[str, ...] = arg(
-        LORA_ROLES,
-        "block layers that get adapters: roles, or one family's layers",
-        choices=LORA_ROLES + LORA_LAYERS,
-    )
-    sample_tokens: int = arg(
-        64, "tokens of the sample answer at each evaluation", min=0, resumable=True
-    )
+    lora_rank: int | None = lora_rank()
+    lora_alpha: float = lora_alpha()
+    lora_targets: tuple[str, ...] = lora_targets()
+    sample_tokens: int = sample_tokens()
     train: TrainArgs = arg(
         factory=lambda: TrainArgs(
             epochs=2, batch_size=8, lr=5e-5, eval_interval=50, eval_batches=10
@@ -504,16 +520,10 @@ class PreferenceConfig(Settings):
         choices=PROMPT_FORMATS,
     )
     max_length: int | None = arg(None, "truncate sequences (none: the model's context)", min=2)
-    lora_rank: int | None = arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
-    lora_alpha: float = arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
-    lora_targets: tuple[str, ...] = arg(
-        LORA_ROLES,
-        "block layers that get adapters: roles, or one family's layers",
-        choices=LORA_ROLES + LORA_LAYERS,
-    )
-    sample_tokens: int = arg(
-        64, "tokens of the sample answer at each evaluation", min=0, resumable=True
-    )
+    lora_rank: int | None = lora_rank()
+    lora_alpha: float = lora_alpha()
+    lora_targets: tuple[str, ...] = lora_targets()
+    sample_tokens: int = sample_tokens()
     train: TrainArgs = arg(
         factory=lambda: TrainArgs(
             epochs=1, batch_size=8, lr=5e-6, warmup_steps=0, eval_interval=20, eval_batches=5

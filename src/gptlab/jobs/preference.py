@@ -23,15 +23,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from gptlab import distributed
-from gptlab.checkpoints import save_model
 from gptlab.data import ResumableBatches
 from gptlab.device import autocast, to_device
 from gptlab.errors import GptlabError
 from gptlab.hub import resolve_with_tokenizer
 from gptlab.instructions import prompt_format
 from gptlab.io import atomic_write
-from gptlab.jobs.base import Session, TrainingJob
-from gptlab.lora import apply_lora, merge_lora
+from gptlab.jobs.base import Session, TrainingJob, add_lora, save_final_model
 from gptlab.preferences import (
     BUNDLED_PAIRS,
     PreferenceDataset,
@@ -45,7 +43,6 @@ from gptlab.preferences import (
 )
 from gptlab.prompts import tuned_in_alpaca
 from gptlab.respond import generate_responses
-from gptlab.runs import MODEL
 from gptlab.settings import PreferenceConfig, Sampling
 from gptlab.training import Plan, TrainResult
 
@@ -109,7 +106,7 @@ class PreferenceTuning(TrainingJob[PreferenceConfig]):
             raise GptlabError(f"--max-length must be between 2 and the context {context}")
         self.batches(s)
         disable_dropout(self.model)
-        self.lora = self.add_lora()
+        self.lora = add_lora(self.model, c)
         self.trainable = self.model.num_params(trainable_only=True)
         return {
             "model": self.model.cfg.to_dict(),
@@ -142,15 +139,6 @@ class PreferenceTuning(TrainingJob[PreferenceConfig]):
         )
         self.steps_per_epoch = max(1, self.train_batches.per_epoch // t.grad_accum)
         self.max_steps = t.max_steps or t.epochs * self.steps_per_epoch
-
-    def add_lora(self) -> dict[str, Any] | None:
-        c = self.c
-        if c.lora_rank is None:
-            return None
-        torch.manual_seed(c.train.seed)
-        adapters = apply_lora(self.model, c.lora_rank, c.lora_alpha, c.lora_targets)
-        log.info("LoRA: %s adapter parameters", f"{adapters:,}")
-        return {"rank": c.lora_rank, "alpha": c.lora_alpha, "targets": list(c.lora_targets)}
 
     def build(self, s: Session) -> Plan:
         start = time.perf_counter()
@@ -248,16 +236,8 @@ class PreferenceTuning(TrainingJob[PreferenceConfig]):
         self, s: Session, plan: Plan, result: TrainResult, weights: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
         c, model = self.c, plan.model
-        if self.lora is not None:
-            merge_lora(model)
-            weights = {}  # the merged model's own state, without adapters
-        model_dir = save_model(
-            model,
-            s.run.path / MODEL,
-            {"task": "lm", "template": self.format.name},
-            weights or None,
-            tokenizer=self.tokenizer,
-        )
+        meta = {"task": "lm", "template": self.format.name}
+        model_dir = save_final_model(s, plan, weights, meta, self.lora)
         evals = [r for r in s.run.metrics() if r.get("kind") == PreferenceObjective.kind]
         last = {k: v for k, v in evals[-1].items() if k not in ("kind", "step")} if evals else {}
         return {
