@@ -520,10 +520,8 @@ class PreferenceStage(Stage):
         ctx = self.ctx
         if not ctx.c.preference:
             command = pipeline_command({**ctx.c.to_json(), "preference": True})
-            then = "Without --no-preference, this command runs it"
-            atomic_write_json(
-                self.skipped, {"reason": "--no-preference", "command": command, "then": then}
-            )
+            reason = "turned off by --no-preference"
+            atomic_write_json(self.skipped, {"reason": reason, "command": command})
             return None
         self.skipped.unlink(missing_ok=True)
         recipe, data = ctx.recipe(), None

@@ -111,8 +111,7 @@ def _stage_section(out: Path, stage: str, info: dict[str, Any], samples: list[st
         lines += [
             f"Skipped: {info.get('reason', '')}",
             "",
-            info.get("then", "Once a judge is reachable, this command runs it")
-            + " (finished stages are kept):",
+            "Once a judge is reachable, this command runs it (finished stages are kept):",
             "",
             "```",
             info.get("command", ""),
