@@ -153,6 +153,7 @@ def main() -> None:
         f"{args.preset} ({model.num_params():,} parameters), {args.batch} pairs = {len(x)} "
         f"rows of {x.shape[1]} tokens, {args.threads} threads, {args.reps} rounds (medians)"
     )
+    # the two TRL rows share one policy: the second's first step follows the first's update
     print(f"first-step losses: {', '.join(f'{k} {v:.6f}' for k, v in first.items())}")
     ours = statistics.median(times["gptlab"])
     print(f"{'step':<16} {'seconds':>8} {'tokens/s':>9} {'gptlab speed-up':>16}")
