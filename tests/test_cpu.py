@@ -139,6 +139,25 @@ def test_chunked_head_loss_equals_cross_entropy(bias: bool) -> None:
         torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_chunked_logprobs_equal_log_softmax_per_row(bias: bool) -> None:
+    """The per-row twin (preference tuning's): each target's log-probability, and the
+    gradients of a weighted sum of them (every row its own upstream gradient)."""
+    torch.manual_seed(0)
+    vocab = 2 * head_loss.CHUNK + 7
+    head = nn.Linear(16, vocab, bias=bias)
+    h = torch.randn(10, 16, requires_grad=True)
+    y = torch.randint(0, vocab, (10,))
+    weights = torch.randn(10)
+    logp = head_loss.chunked_logprobs(head, h, y)
+    grads = torch.autograd.grad((logp * weights).sum(), [h, head.weight])
+    want = F.log_softmax(head(h), dim=-1).gather(1, y[:, None])[:, 0]
+    want_grads = torch.autograd.grad((want * weights).sum(), [h, head.weight])
+    torch.testing.assert_close(logp, want)
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize("installed", [False, True])
 def test_model_loss_skips_ignored_targets_with_either_head_loss(installed: bool) -> None:
     """GPT(x, targets=y) equals the dense cross-entropy with ignore_index, with the plain head

@@ -177,13 +177,13 @@ def assert_no_false_success(run: Path) -> None:
         if not (run / stage / "results.json").is_file():
             continue
         results = load_json(run / stage / "results.json")
-        if stage in ("base", "classify", "instruct"):
+        if stage in ("base", "classify", "instruct", "preference"):
             model_dir = results.get("model", run / stage / "model")
             resolve_model(model_dir)
         if stage == "base":
             assert len(load_json(run / "base" / "samples.json")) == 2
-        if stage == "respond":
-            assert len(load_json(run / "respond" / "responses.json")) == len(load_json(test))
+        if stage in ("respond", "preference-respond"):
+            assert len(load_json(run / stage / "responses.json")) == len(load_json(test))
         if stage == "bench":
             for label in load_json(run / stage / "results.json")["average"]:
                 assert load_json(run / "bench" / label / "results.json")["tasks"]
@@ -222,6 +222,17 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
     assert all(isinstance(e["model_response"], str) for e in responses)
     assert load_json(run / "respond" / "results.json")["n_responses"] == len(test_entries)
 
+    preference = load_json(run / "preference" / "results.json")
+    assert preference["steps"] == 4 and preference["lora"]["rank"] == 4
+    assert preference["template"] == "alpaca" and 0.0 <= preference["val_accuracy"] <= 1.0
+    held_out = [p["instruction"] for p in load_json(run / "preference" / "pairs.json")]
+    assert preference["pairs"]["val"] == len(
+        [e for e in test_entries if e["instruction"] in held_out]
+    )
+    answers = load_json(run / "preference-respond" / "responses.json")
+    assert [e["instruction"] for e in answers] == [e["instruction"] for e in test_entries]
+    assert resolve_model(run)[1]["template"] == "alpaca"  # the pipeline's last tuned model
+
     judge = load_json(run / "judge" / "results.json")
     assert judge["judge"] == "judge" and judge["n"] == len(test_entries)
     assert judge["scored"] + judge["invalid"] == judge["n"]
@@ -229,7 +240,7 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
 
     bench = load_json(run / "bench" / "results.json")
     assert bench["tasks"] == ["arc_easy", "hellaswag", "piqa", "winogrande"] and bench["limit"] == 4
-    for label in ("base", "instruct"):
+    for label in ("base", "instruct", "preference"):
         row = load_json(run / "bench" / label / "results.json")
         assert list(row["tasks"]) == bench["tasks"]
         assert row["tasks"]["arc_easy"]["documents"] == 2  # the fixture's two documents
@@ -241,13 +252,18 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
         values = [row["tasks"][t]["metrics"]["acc_norm"]["value"] for t in bench["tasks"]]
         assert bench["average"][label] == pytest.approx(sum(values) / len(values))
 
-    for job in ("base/pretrain", "classify", "instruct"):  # --keep-checkpoints 1: the last
+    for job in ("base/pretrain", "classify", "instruct", "preference"):  # --keep-checkpoints 1
         steps = [p.name for p in (run / job / "checkpoints").glob("step-*")]
         assert steps == [(run / job / "checkpoints" / "LATEST").read_text().strip()]
     samples = (run / "base" / "pretrain" / "samples.txt").read_text(encoding="utf-8")
     assert [line.split("]")[0] for line in samples.splitlines()] == ["[step 4", "[step 8"]
 
-    pngs = ("base/pretrain/loss.png", "classify/accuracy.png", "instruct/loss.png")
+    pngs = (
+        "base/pretrain/loss.png",
+        "classify/accuracy.png",
+        "instruct/loss.png",
+        "preference/rewards.png",
+    )
     # The tiny judge seldom answers with a number; with no score there is no histogram to draw.
     assert (run / "judge" / "scores.png").is_file() == (judge["scored"] > 0)
     for png in (*pngs, *(["judge/scores.png"] if judge["scored"] else [])):
@@ -402,7 +418,15 @@ def test_the_printed_command_continues_the_same_run(
 def test_force_reruns_a_stage_and_what_depends_on_it(
     reference: Path, judge_url: str, tmp_path: Path
 ) -> None:
-    assert with_dependents(["instruct"]) == ["instruct", "respond", "judge", "bench"]
+    assert with_dependents(["instruct"]) == [
+        "instruct",
+        "respond",
+        "preference",
+        "preference-respond",
+        "judge",
+        "bench",
+    ]
+    assert with_dependents(["preference"]) == ["preference", "preference-respond", "bench"]
     assert with_dependents(["respond"]) == ["respond", "judge"]
     assert with_dependents(["base"]) == list(STAGES)
     run = tmp_path / "run"
@@ -411,6 +435,28 @@ def test_force_reruns_a_stage_and_what_depends_on_it(
     (run / "respond" / "responses.json").write_text("stale", encoding="utf-8")
     assert main([*pipeline_args(run, judge_url), "--force", "respond"]) == 0
     assert (run / "base" / "results.json").stat().st_mtime_ns == base_mtime
+    assert fingerprint(run, reference) == fingerprint(reference)
+
+
+def test_no_preference_skips_both_preference_stages_until_asked(
+    reference: Path, judge_url: str, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    for stage in ("preference", "preference-respond"):
+        shutil.rmtree(run / stage)
+    assert main([*pipeline_args(run, judge_url), "--no-preference"]) == 0
+    summary = load_json(run / "results.json")["stages"]
+    for stage in ("preference", "preference-respond"):
+        assert summary[stage]["status"] == "skipped"
+        assert summary[stage]["reason"] == "turned off by --no-preference"
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "Skipped: turned off by --no-preference" in report
+    argv = shlex.split(summary["preference"]["command"])
+    assert "--no-preference" not in argv and "--judge-url" in argv
+    capsys.readouterr()
+    assert main(argv[1:]) == 0
+    assert "stage judge already complete" in capsys.readouterr().out
     assert fingerprint(run, reference) == fingerprint(reference)
 
 
@@ -510,7 +556,15 @@ def test_killed_and_interrupted_runs_end_like_an_uninterrupted_one(
     # SIGKILL at random moments of every stage, checking after each that no stage claims
     # success on partial output.
     rng = random.Random(2024)
-    spans = {"base": 4.0, "classify": 4.0, "instruct": 4.0, "respond": 1.0, "judge": 1.0}
+    spans = {
+        "base": 4.0,
+        "classify": 4.0,
+        "instruct": 4.0,
+        "respond": 1.0,
+        "preference": 3.0,
+        "preference-respond": 1.0,
+        "judge": 1.0,
+    }
     for stage, span in spans.items():
         for _ in range(2):
             proc = start(run, log, judge_url)

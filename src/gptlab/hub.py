@@ -153,7 +153,7 @@ def resolve_with_tokenizer(spec: str | Path, device: str = "cpu") -> Resolved:
 
 
 # A pipeline folder's language models, last tuned first (gptlab.pipeline's stage folders).
-PIPELINE_MODELS = ("instruct", "base")
+PIPELINE_MODELS = ("preference", "instruct", "base")
 SHOWN_MODELS = 4  # models listed when a folder holds several and none is meant
 
 
@@ -188,9 +188,9 @@ def _json_field(path: Path, key: str) -> Any:
 
 def _inner_model(path: Path) -> Path:
     """The model a folder without one of its own means: a pipeline folder's last tuned
-    language model (instruct's, else the base stage's); a stage folder's model (the one its
-    results.json names, as the base stage's does, or the one run below it); else `path`
-    (whose error then lists the models below it)."""
+    language model (preference's, else instruct's, else the base stage's); a stage folder's
+    model (the one its results.json names, as the base stage's does, or the one run below
+    it); else `path` (whose error then lists the models below it)."""
     if not path.is_dir() or _has_model(path):
         return path
     if _is_pipeline(path):

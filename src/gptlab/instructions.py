@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,13 @@ def load_entries(path: Path | None, require_output: bool = True) -> list[dict[st
     if path is None:
         with bundled(BUNDLED_DATA) as p:
             return load_entries(p, require_output)
+    return read_records(path, partial(_check_entry, require_output=require_output))
+
+
+def read_records(path: Path, check: Callable[[Any, str], None]) -> list[Any]:
+    """The objects of a JSON list or JSON Lines file, each passed to `check(record, where)`
+    (where: the file, the 0-based entry index, and the line for JSON Lines), which raises
+    GptlabError for a bad one; an empty file is one error too."""
     text = read_utf8(path)
     entries: list[Any]
     if text.lstrip().startswith("["):
@@ -95,7 +103,7 @@ def load_entries(path: Path | None, require_output: bool = True) -> list[dict[st
         except json.JSONDecodeError as exc:
             raise GptlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         for i, entry in enumerate(entries):
-            _check_entry(entry, f"{path}: entry {i}", require_output)
+            check(entry, f"{path}: entry {i}")
     else:
         _refuse_one_object(path, text)
         entries = []
@@ -107,7 +115,7 @@ def load_entries(path: Path | None, require_output: bool = True) -> list[dict[st
                 entry = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise GptlabError(f"{where}: not valid JSON ({exc.msg})") from None
-            _check_entry(entry, where, require_output)
+            check(entry, where)
             entries.append(entry)
     if not entries:
         raise GptlabError(f"{path}: holds no entries")
@@ -166,13 +174,21 @@ class PromptFormat:
 
     def prompt_ids(self, entry: dict[str, Any]) -> list[int]:
         """The prompt the model answers: Alpaca's (with bos where the tokenizer adds one) or
-        the chat template's user turn and assistant header."""
+        the chat template's user turn and assistant header (or, for an entry holding
+        "messages", that conversation's turns; gptlab.preferences reads those)."""
         tok = self.tokenizer
         if self.name == "alpaca":
             return tok.encode(entry_prompt(entry), allow_special=False)
-        content = user_message(entry)
-        rendered = tok.render_chat([{"role": "user", "content": content}])
-        return _encode_rendered(tok, rendered, [content])
+        messages = entry.get("messages") or [{"role": "user", "content": user_message(entry)}]
+        rendered = tok.render_chat(messages)
+        return _encode_rendered(tok, rendered, [m["content"] for m in messages])
+
+    def response_ids(self, response: str) -> list[int]:
+        """A response's ids after its prompt, up to (not including) the end token that the
+        collate function adds."""
+        tok = self.tokenizer
+        ids = tok.encode(response, allow_special=False, add_bos=False)
+        return ids + (tok.encode(self.between, add_bos=False) if self.between else [])
 
 
 def prompt_format(name: str = "alpaca", tokenizer: Tokenizer | None = None) -> PromptFormat:
@@ -213,12 +229,8 @@ def tokenize_entry(entry: dict[str, Any], fmt: PromptFormat | None = None) -> tu
     Alpaca). Text that spells `<|endoftext|>` or another special token stays plain text: only
     the collate function adds the real end token."""
     fmt = fmt if fmt is not None else prompt_format()
-    tok = fmt.tokenizer
     prompt = fmt.prompt_ids(entry)
-    response = tok.encode(entry["output"], allow_special=False, add_bos=False)
-    if fmt.between:
-        response += tok.encode(fmt.between, add_bos=False)
-    return prompt + response, len(prompt)
+    return prompt + fmt.response_ids(entry["output"]), len(prompt)
 
 
 class InstructionDataset(Dataset):

@@ -3,7 +3,8 @@
 `apply_lora` freezes the model and wraps chosen nn.Linear layers so that
 y = W x + b + (alpha / rank) * B(A(x)), with B initialised to zero (the adapted model starts
 equal to the base). `merge_lora` folds B A into W and restores plain nn.Linear layers, giving a
-model with the original parameter names and the same outputs.
+model with the original parameter names and the same outputs; within `adapters_off` the model
+computes as its base, adapters skipped.
 
 Targets are named per family; the command line's four roles (gptlab.config.LORA_ROLES) mean
 the same in both (each family's config says so in its `lora_roles`):
@@ -22,6 +23,8 @@ Besides those, a target may name one layer of its family directly (`attn.q`, `ff
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -54,6 +57,7 @@ class LoRALinear(nn.Module):
             raise GptlabError(f"LoRA rank must be positive, got {rank}")
         self.base = base
         self.scale = alpha / rank
+        self.enabled = True  # off: the base layer alone (`adapters_off`)
         self.lora_a = nn.Parameter(
             torch.empty(rank, base.in_features, device=base.weight.device, dtype=base.weight.dtype)
         )
@@ -63,6 +67,8 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base(x)
         return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
 
     def merged(self) -> nn.Linear:
@@ -89,6 +95,20 @@ def apply_lora(
             setattr(parent, attr, layer)
             added += layer.lora_a.numel() + layer.lora_b.numel()
     return added
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """While active, every adapter of `model` is skipped: the model computes as its frozen
+    base (preference tuning's reference, with no second copy of the weights)."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enabled = True
 
 
 def merge_lora(model: Decoder) -> Decoder:

@@ -9,6 +9,9 @@ RUN/base/           the base model: a from-scratch pretraining run in base/pretr
 RUN/classify/       SMS spam classification fine-tuning (gptlab.jobs.classify)
 RUN/instruct/       instruction fine-tuning (gptlab.jobs.instruct); the test split in test.json
 RUN/respond/        the instruction model's responses to the test split (responses.json)
+RUN/preference/     preference tuning (DPO) of the instruction model on the book's pairs
+                    (gptlab.jobs.preference), or skipped.json with --no-preference
+RUN/preference-respond/  the preference-tuned model's responses to the same test split
 RUN/judge/          the judge's scores (gptlab.judge), or skipped.json when no judge answered
 RUN/report.md       every stage's metrics, plots, samples, timings, hardware, commands
 RUN/results.json    the headline metrics, written last: its presence means the job finished
@@ -47,12 +50,14 @@ from gptlab.instructions import load_entries, training_texts
 from gptlab.io import atomic_write_json, atomic_write_text, read_json, read_json_object, read_utf8
 from gptlab.jobs.classify import finetune_classifier
 from gptlab.jobs.instruct import finetune_instruct
+from gptlab.jobs.preference import finetune_preference
 from gptlab.jobs.pretrain import pretrain_on_texts
 from gptlab.judge import JudgeUnavailable
 from gptlab.judge_local import evaluate
 from gptlab.judge_model import cached_judge
 from gptlab.labelled import load_splits
 from gptlab.llm import load
+from gptlab.preferences import BUNDLED_PAIRS
 from gptlab.report import pipeline_command, quote, table, write_report
 from gptlab.respond import answer_stats, respond
 from gptlab.runs import CONFIG, MODEL, RESULTS, SAMPLES, RunDir, has_run, is_complete
@@ -65,6 +70,7 @@ from gptlab.settings import (
     InstructConfig,
     JudgeConfig,
     PipelineConfig,
+    PreferenceConfig,
     PretrainConfig,
     Runtime,
     Sampling,
@@ -90,6 +96,15 @@ class Recipe:
     classify: TrainArgs = field(default_factory=lambda: ClassifierConfig().train)
     instruct: TrainArgs = field(default_factory=lambda: InstructConfig().train)
     instruct_lora_lr: float = 2e-4  # with --instruct-lora (docs/families.md: SmolLM2-135M)
+    # DPO on LoRA adapters of this rank (alpha 2 x rank; None: all weights): 160 pairs, a few
+    # minutes on a 2-core CPU for SmolLM2-135M (docs/preference.md); one evaluation, at the
+    # end, over every held-out pair (14 batches of 8 hold the 109)
+    preference: TrainArgs = field(
+        default_factory=lambda: PreferenceConfig().train.replace(
+            max_steps=20, lr=3e-4, eval_interval=20, eval_batches=14
+        )
+    )
+    preference_lora: int | None = 16
     response_tokens: int = 256
     sample_tokens: int = 30
     bench_limit: int = 50  # documents per benchmark task: about 10% of the pipeline's time
@@ -125,6 +140,10 @@ TINY = Recipe(
     classify=PRETRAINED.classify.replace(epochs=2, batch_size=4, lr=1e-3),
     instruct=PRETRAINED.instruct.replace(max_steps=6, batch_size=4, lr=1e-3, eval_interval=3),
     instruct_lora_lr=1e-3,
+    preference=PRETRAINED.preference.replace(
+        max_steps=4, batch_size=4, eval_interval=2, eval_batches=2, lr=1e-3
+    ),
+    preference_lora=4,
     response_tokens=8,
     sample_tokens=8,
     bench_limit=4,
@@ -455,12 +474,16 @@ class RespondStage(Stage):
         """The test split's entries, each with the model's `model_response`."""
         return self.folder / "responses.json"
 
-    def run(self) -> dict[str, Any]:
+    def model(self) -> Path:
+        """The model that answers."""
+        return InstructStage(self.ctx).model
+
+    def run(self) -> dict[str, Any] | None:
         ctx = self.ctx
         tokens = ctx.recipe().response_tokens
         instruct = InstructStage(ctx)
         path = respond(
-            str(instruct.model),
+            str(self.model()),
             instruct.test_data,
             self.responses,
             Sampling(max_new_tokens=tokens),
@@ -491,6 +514,77 @@ class RespondStage(Stage):
             lines += ["Expected:", "", quote(e.get("output", "")), ""]
             lines += ["Model:", "", quote(e["model_response"]), ""]
         return lines
+
+
+class PreferenceStage(Stage):
+    name = "preference"
+    needs = ("instruct",)
+    headline = ("steps", "val_accuracy", "val_margin", "val_loss", "train_seconds")
+
+    @property
+    def model(self) -> Path:
+        """The preference-tuned model folder."""
+        return self.folder / MODEL
+
+    @property
+    def tiny_pairs(self) -> Path:
+        """A tiny run's pairs: the first of the bundled ones, as many as its instructions."""
+        return self.folder / "pairs.json"
+
+    def run(self) -> dict[str, Any] | None:
+        """DPO of the instruction model on the book's pairs, prompted as it was tuned; or
+        None (skipped.json) with --no-preference."""
+        ctx = self.ctx
+        if not ctx.c.preference:
+            return self.skip("turned off by --no-preference", preference=True)
+        self.skipped.unlink(missing_ok=True)
+        recipe, data = ctx.recipe(), None
+        if ctx.c.tiny:
+            if not self.tiny_pairs.is_file():
+                with bundled(BUNDLED_PAIRS) as p:
+                    atomic_write_json(self.tiny_pairs, read_json(p)[: recipe.instructions])
+            data = self.tiny_pairs
+        rank = recipe.preference_lora
+        lora = {} if rank is None else {"lora_rank": rank, "lora_alpha": 2.0 * rank}
+        config = PreferenceConfig(
+            out=self.folder,
+            base=str(InstructStage(ctx).model),
+            data=data,
+            sample_tokens=recipe.sample_tokens,
+            train=ctx.train_args(recipe.preference),
+            runtime=ctx.runtime(),
+            **lora,
+        )
+        return finetune_preference(config, resume=has_run(self.folder))
+
+    def report_lines(self) -> list[str]:
+        if not is_complete(self.folder):
+            return []
+        r = read_json_object(self.results)
+        return [
+            f"DPO (beta {r['beta']:g}) of the instruction model on {r['pairs']['train']:,} "
+            f"pairs: on the {r['pairs']['val']} held-out pairs (the test split's instructions) "
+            f"the chosen response earns the higher reward for {r['val_accuracy']:.0%}, by a "
+            f"mean margin of {r['val_margin']:.2f}.",
+            "",
+        ]
+
+
+class PreferenceRespondStage(RespondStage):
+    name = "preference-respond"
+    needs = ("preference",)
+
+    def model(self) -> Path:
+        return PreferenceStage(self.ctx).model
+
+    def run(self) -> dict[str, Any] | None:
+        """The preference model's answers to the test split; skipped with its stage."""
+        preference = PreferenceStage(self.ctx)
+        if not is_complete(preference.folder):
+            atomic_write_json(self.skipped, read_json_object(preference.skipped))
+            return None
+        self.skipped.unlink(missing_ok=True)
+        return super().run()
 
 
 def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
@@ -582,12 +676,17 @@ class BenchStage(Stage):
     writes them), so that report.md shows what each stage changed."""
 
     name = "bench"
-    needs = ("base", "instruct")
+    needs = ("base", "instruct", "preference")
     headline = ("tasks", "limit", "average")
 
     def models(self) -> dict[str, str]:
-        """Row label -> the model it scores, in pipeline order."""
-        return {"base": self.ctx.base()["model"], "instruct": str(InstructStage(self.ctx).model)}
+        """Row label -> the model it scores, in pipeline order (the preference model when that
+        stage ran)."""
+        models = {"base": self.ctx.base()["model"], "instruct": str(InstructStage(self.ctx).model)}
+        preference = PreferenceStage(self.ctx)
+        if is_complete(preference.folder):
+            models["preference"] = str(preference.model)
+        return models
 
     def limit(self) -> int:
         return self.ctx.c.bench_limit or self.ctx.recipe().bench_limit
@@ -701,6 +800,8 @@ PIPELINE: tuple[type[Stage], ...] = (
     ClassifyStage,
     InstructStage,
     RespondStage,
+    PreferenceStage,
+    PreferenceRespondStage,
     JudgeStage,
     BenchStage,
 )

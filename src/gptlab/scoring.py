@@ -3,8 +3,9 @@
 Two entry points, neither knowing anything about tasks:
 
 - `token_logprobs(model, idx, targets)`: the log-probability of each target token (B, T),
-  differentiable, computed only where a target is set (IGNORE_INDEX elsewhere). Preference
-  tuning sums it over the response tokens of chosen and rejected rows.
+  differentiable, computed only where a target is set (IGNORE_INDEX elsewhere);
+  `response_logprobs` sums them per row through the model's own forward, as preference
+  tuning (gptlab.preferences) needs for its chosen and rejected rows.
 - `score_requests(model, requests)`: for each request, a context and one or more
   continuations, the summed log-probability of every continuation and whether greedy decoding
   would have produced it token by token. The context is run once, its keys and values are
@@ -26,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from gptlab.cpu import head_loss
 from gptlab.errors import GptlabError
 from gptlab.model import IGNORE_INDEX, Decoder, KVCache
 from gptlab.text import Tokenizer
@@ -93,6 +96,21 @@ def token_logprobs(model: Decoder, idx: torch.Tensor, targets: torch.Tensor) -> 
     logp, _ = _head_logprobs(model, h[keep], targets[keep])
     out = torch.zeros(targets.shape, dtype=torch.float32, device=h.device)
     return out.masked_scatter(keep, logp)
+
+
+def response_logprobs(
+    model: Decoder, module: nn.Module, idx: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Each row's summed log-probability of its targets (B,) float32, differentiable: what
+    preference tuning compares. It runs through `module`'s forward (`model` itself, or the
+    DDP / FSDP wrapper around it, which must see the forward to synchronise gradients), with
+    the head loss of `model` set to gptlab.cpu.head_loss's per-target `chunked_logprobs`
+    (training installs a summed loss)."""
+    model.head_loss = head_loss.chunked_logprobs
+    per_target = module(idx, targets=targets)
+    keep = targets != IGNORE_INDEX
+    rows = torch.zeros(targets.shape, dtype=torch.float32, device=per_target.device)
+    return rows.masked_scatter(keep, per_target).sum(dim=1)
 
 
 def _fit(request: Request, context_length: int) -> Request:

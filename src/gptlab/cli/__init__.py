@@ -91,6 +91,18 @@ VERBS: dict[str, Verb] = {
         f"results.json. {TRAINING}",
         resume=True,
     ),
+    "finetune-preference": Verb(
+        settings.PreferenceConfig,
+        "finetune_preference",
+        "preference tuning (DPO) of an instruction model (full or LoRA)",
+        "Tune an instruction-tuned model (--base: a finetune-instruct run, which is also the "
+        "frozen reference) to prefer the chosen response of each pair over the rejected one "
+        "with DPO (default: the bundled 1,100 pairs of polite and impolite answers), prompts "
+        "in the format the base was tuned in. Writes a run folder with the loss, reward "
+        "margin and accuracy plots, checkpoints, the reference's log-probabilities, the "
+        f"merged model (model/) and results.json. {TRAINING}",
+        resume=True,
+    ),
     "respond": Verb(
         settings.RespondConfig,
         "respond",

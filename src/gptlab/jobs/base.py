@@ -30,11 +30,13 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 
 from gptlab import distributed
-from gptlab.checkpoints import has_checkpoint, prune_checkpoints
+from gptlab.checkpoints import has_checkpoint, prune_checkpoints, save_model
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_json, read_json_object
-from gptlab.runs import CONFIG, RESULTS, RunDir, has_run
+from gptlab.lora import apply_lora, merge_lora
+from gptlab.model import Decoder
+from gptlab.runs import CONFIG, MODEL, RESULTS, RunDir, has_run
 from gptlab.settings import resume_conflicts
 from gptlab.training import Plan, TrainConfig, TrainResult, train
 
@@ -168,6 +170,35 @@ class TrainingJob(ABC, Generic[C]):
         atomic_write_json(s.run.path / RESULTS, results)
         prune_checkpoints(s.run.path, c.train.keep_checkpoints)
         return results
+
+
+def add_lora(model: Decoder, c: Any) -> dict[str, Any] | None:
+    """LoRA adapters as the fine-tuning settings `c` ask (`lora_rank`, `lora_alpha`,
+    `lora_targets`; seeded by the run's seed), and what config.json records of them; None
+    without `lora_rank`."""
+    if c.lora_rank is None:
+        return None
+    torch.manual_seed(c.train.seed)
+    adapters = apply_lora(model, c.lora_rank, c.lora_alpha, c.lora_targets)
+    log.info("LoRA: %s adapter parameters", f"{adapters:,}")
+    return {"rank": c.lora_rank, "alpha": c.lora_alpha, "targets": list(c.lora_targets)}
+
+
+def save_final_model(
+    s: Session,
+    plan: Plan,
+    weights: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    lora: dict[str, Any] | None,
+) -> Path:
+    """RUN/model, the run's final model with its tokenizer and `meta`: with LoRA, the
+    adapters merged into the weights first (a plain model, as every verb loads one)."""
+    if lora is not None:
+        merge_lora(plan.model)
+        weights = {}  # the merged model's own state, without adapters
+    return save_model(
+        plan.model, s.run.path / MODEL, meta, weights or None, tokenizer=plan.tokenizer
+    )
 
 
 def moved(saved: Any, was: Path, now: Path) -> Any:

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from gptlab import distributed
-from gptlab.checkpoints import save_model
 from gptlab.data import ResumableBatches
 from gptlab.errors import GptlabError
 from gptlab.hub import base_with_tokenizer
@@ -29,10 +28,8 @@ from gptlab.instructions import (
     split_entries,
 )
 from gptlab.io import atomic_write_json
-from gptlab.jobs.base import Session, TrainingJob
-from gptlab.lora import apply_lora, merge_lora
+from gptlab.jobs.base import Session, TrainingJob, add_lora, save_final_model
 from gptlab.respond import generate_responses
-from gptlab.runs import MODEL
 from gptlab.settings import InstructConfig, Sampling
 from gptlab.training import Plan, TrainResult
 
@@ -66,13 +63,7 @@ class InstructionTuning(TrainingJob[InstructConfig]):
             raise GptlabError(f"--max-length must be between 2 and the context {context}")
         self.batches(s)
         self.steps_per_epoch = max(1, self.train_batches.per_epoch // c.train.grad_accum)
-        self.lora = None
-        if c.lora_rank is not None:
-            torch.manual_seed(c.train.seed)
-            adapters = apply_lora(self.model, c.lora_rank, c.lora_alpha, c.lora_targets)
-            targets = list(c.lora_targets)
-            self.lora = {"rank": c.lora_rank, "alpha": c.lora_alpha, "targets": targets}
-            log.info("LoRA: %s adapter parameters", f"{adapters:,}")
+        self.lora = add_lora(self.model, c)
         self.trainable = self.model.num_params(trainable_only=True)
         return {
             "model": self.model.cfg.to_dict(),
@@ -161,16 +152,8 @@ class InstructionTuning(TrainingJob[InstructConfig]):
         self, s: Session, plan: Plan, result: TrainResult, weights: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
         c, model = self.c, plan.model
-        if self.lora is not None:
-            merge_lora(model)
-            weights = {}  # the merged model's own state, without adapters
-        model_dir = save_model(
-            model,
-            s.run.path / MODEL,
-            {"task": "lm", "template": self.format.name},
-            weights or None,
-            tokenizer=self.tokenizer,
-        )
+        meta = {"task": "lm", "template": self.format.name}
+        model_dir = save_final_model(s, plan, weights, meta, self.lora)
         return {
             "task": "instruct",
             "base": c.base,
