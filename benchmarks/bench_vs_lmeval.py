@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from gptlab.bench import Options, bench_model, load_docs, plan
-from gptlab.commands.bench import load
 from gptlab.formats.hf import export_hf
+from gptlab.llm import load
 from gptlab.tasks.base import ChoiceDoc, argmax
 
 
@@ -105,7 +105,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="HFLM's batch size")
     args = p.parse_args()
     torch.manual_seed(0)
-    model, tokenizer = load(args.model, "cpu")
+    llm = load(args.model, device="cpu")
+    model, tokenizer = llm.model, llm.tokenizer
     opts = Options(data_dir=args.data_dir, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         lm = lmeval_model(model, tokenizer, Path(tmp) / "hf", args.batch_size)

@@ -162,7 +162,7 @@ def fingerprint(run: Path, copied_from: Path | None = None) -> dict[str, Any]:
         elif path.name == "metrics.jsonl":
             records = RunDir(path.parent).metrics()
             fp[rel] = normalized([r for r in records if r.get("kind") != "stage"], runs)
-        elif path.name == "scores.jsonl":
+        elif path.name.endswith("scores.jsonl"):  # the compare file's journal too
             records = [json.loads(line) for line in path.read_text().splitlines()]
             fp[rel] = normalized(sorted(records, key=lambda r: r["index"]), runs)
         else:
@@ -235,6 +235,10 @@ def test_tiny_pipeline_writes_every_artifact(reference: Path) -> None:
 
     judge = load_json(run / "judge" / "results.json")
     assert judge["judge"] == "judge" and judge["n"] == len(test_entries)
+    versus = judge["compare"]  # the preference model's answers beside the instruction model's
+    assert versus["b"].endswith("preference-respond/responses.json")
+    assert versus["a_wins"] + versus["b_wins"] + versus["ties"] == versus["both_scored"]
+    assert judge["preference_win_rate"] == versus["win_rate"]
     assert judge["scored"] + judge["invalid"] == judge["n"]
     assert not (run / "judge" / "skipped.json").exists()
 
@@ -426,7 +430,7 @@ def test_force_reruns_a_stage_and_what_depends_on_it(
         "judge",
         "bench",
     ]
-    assert with_dependents(["preference"]) == ["preference", "preference-respond", "bench"]
+    assert with_dependents(["preference"]) == ["preference", "preference-respond", "judge", "bench"]
     assert with_dependents(["respond"]) == ["respond", "judge"]
     assert with_dependents(["base"]) == list(STAGES)
     run = tmp_path / "run"

@@ -87,10 +87,12 @@ def test_every_stage_uses_the_bases_tokenizer(run: Path, tiny_gguf: Path) -> Non
         "classify": "done",
         "instruct": "done",
         "respond": "done",
+        "preference": "done",
+        "preference-respond": "done",
         "judge": "skipped",  # nothing listens at DEAD
         "bench": "skipped",  # no benchmark data in the tests' cache, and no index
     }
-    for stage in ("classify", "instruct"):
+    for stage in ("classify", "instruct", "preference"):
         assert (run / stage / "model" / TOKENIZER).is_file(), stage
         tok = load_tokenizer(run / stage)
         assert (tok.vocab_size, tok.pad_id, tok.chat_template) == (

@@ -611,8 +611,16 @@ def degenerate_remark(stats: dict[str, Any], what: str, base: str) -> list[str]:
 
 class JudgeStage(Stage):
     name = "judge"
-    needs = ("respond",)
-    headline = ("judge", "protocol", "average", "median", "scored", "invalid")
+    needs = ("respond", "preference-respond")
+    headline = (
+        "judge",
+        "protocol",
+        "average",
+        "median",
+        "scored",
+        "invalid",
+        "preference_win_rate",
+    )
 
     @property
     def scores(self) -> Path:
@@ -631,10 +639,13 @@ class JudgeStage(Stage):
         # its results.json would be a duplicate (the scores themselves are in scores.jsonl).
         RunDir(self.folder).metrics_path.unlink(missing_ok=True)
         judge = in_process_judge(c)
+        preference = PreferenceRespondStage(self.ctx)
         try:
             results = evaluate(
                 JudgeConfig(
                     responses=RespondStage(self.ctx).responses,
+                    # the preference model's answers to the same instructions, side by side
+                    compare=preference.responses if is_complete(preference.folder) else None,
                     judge=judge,
                     protocol=c.judge_protocol if judge else "score",
                     device=Device(str(self.ctx.device)),
@@ -649,6 +660,8 @@ class JudgeStage(Stage):
         except JudgeUnavailable as exc:
             return self.skip(f"{exc}; or judge in-process: {JUDGE_HINT}")
         self.skipped.unlink(missing_ok=True)
+        if "compare" in results:  # how often the preference model's answer scored higher
+            results["preference_win_rate"] = results["compare"]["win_rate"]
         return results
 
     def report_lines(self) -> list[str]:
@@ -661,6 +674,16 @@ class JudgeStage(Stage):
                 f"None of the judge's replies to the {results.get('n')} answers held a score "
                 "from 0 to 100, so there is no average and no histogram; its replies are in "
                 f"{self.scores.relative_to(self.ctx.out).as_posix()}.",
+                "",
+            ]
+        if (versus := results.get("compare")) and versus.get("win_rate") is not None:
+            low, high = versus["interval"]
+            lines += [
+                f"The preference model's answer scored higher than the instruction model's on "
+                f"{versus['b_wins']} of {versus['both_scored']} instructions, lower on "
+                f"{versus['a_wins']}, equal on {versus['ties']}: a win rate of "
+                f"{versus['win_rate']:.2f} (95% interval {low:.2f}-{high:.2f}, a tie counting "
+                "half).",
                 "",
             ]
         lowest = results.get("lowest", [])[:SAMPLE_RESPONSES]
