@@ -12,8 +12,9 @@ the end of turn: exactly what greedy generation would write), else generated as
 wrong answer and against "I don't know.", both orders each. Every entry is journaled as it
 finishes (rerun the same command to continue; --n may grow), and the summary is printed from
 the journal: the means, and per entry how often the reference beats each other candidate.
-`--time-score K` also times the product's `score` protocol (judge_score) on K entries'
-reference answers and checks it agrees with the score read from the pass.
+`--time-score K` first times the product's `score` protocol (judge_score) on the reference
+answers of the first K entries already journaled, and prints the score read from the pass
+beside it.
 """
 
 from __future__ import annotations
@@ -128,20 +129,21 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.0, help="pairwise tie margin (nats)")
     parser.add_argument("--time-score", type=int, default=0, metavar="K")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="the judge's weights (none: float32)")
     args = parser.parse_args()
     entries = load_entries(None)
     done = {r["index"]: r for r in read_jsonl(args.journal) if isinstance(r, dict)}
     todo = [i for i in range(args.n) if i not in done]
     if todo or args.time_score:
         start = time.perf_counter()
-        judge = load_judge(args.judge, args.device)
+        judge = load_judge(args.judge, args.device, args.dtype)
         print(f"judge loaded in {time.perf_counter() - start:.0f} s", flush=True)
+        ready = [done[i] for i in sorted(done) if i < args.n]
+        time_score(judge, entries, ready[: args.time_score])  # first: the entries already done
         for i in todo:
             done[i] = judge_entry(judge, entries, i)
             append_jsonl(args.journal, done[i])
             print(json.dumps(done[i]), flush=True)
-        ready = [done[i] for i in sorted(done) if i < args.n]
-        time_score(judge, entries, ready[: args.time_score])
     records = [done[i] for i in sorted(done) if i < args.n]
     print("\n".join(summarize(records, args.margin)))
     seconds = [sum(r["seconds"].values()) for r in records]

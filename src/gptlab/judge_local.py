@@ -146,12 +146,13 @@ def check_memory(spec: str) -> None:
         )
 
 
-def load_judge(spec: str, device: str = "auto") -> LocalJudge:
+def load_judge(spec: str, device: str = "auto", dtype: str | None = None) -> LocalJudge:
     """The judge `spec` names, loaded after checking it fits in memory; a model without a chat
-    template (not an instruction model) is one GptlabError."""
+    template (not an instruction model) is one GptlabError. `dtype` as for gptlab.load (None:
+    float32 for every foreign format; the float32 weights are read first in any case)."""
     path = judge_spec(spec)
     check_memory(path)
-    llm = load(path, device=device)
+    llm = load(path, device=device, dtype=dtype)
     llm.check_language_model()
     if not llm.tokenizer.chat_template:
         raise GptlabError(
