@@ -155,6 +155,8 @@ def start_and_memory(path: Path, threads: int, sources: list[Path], rounds: int)
                     seen.setdefault((src, side), []).append(result)
     for src in sources:
         base = max(peak for _, peak in seen[(src, "baseline")])
+        imports = statistics.median(t for t, _ in seen[(src, "baseline")])
+        print(f"{src}: baseline (torch and gptlab imported, nothing loaded): {imports:.2f} s")
         for side in SIDES[1:]:
             if (src, side) not in seen:
                 print(f"{src}: {side}: not available")
