@@ -12,10 +12,13 @@ Batch 1 and batch 4 (left-padded prompts of different lengths): tokens/s of whol
 of `--new` tokens a row, and prefill tokens/s (a generation of one token: the prompt's
 forward pass and the head); ratios against transformers and against gptlab fp32. Then, each
 in a fresh process: seconds from the interpreter's start to the first generated token, and
-peak resident memory above a process that imports torch and gptlab and loads nothing.
+peak resident memory above a process that imports torch and gptlab and loads nothing, for the
+int4 and fp32 loads and for the command `gptlab generate --quantize int4` itself; `--src`
+times other source trees (an older checkout) in the same rounds.
 
     PYTHONPATH=src python benchmarks/quant_speed.py                  # ~5 minutes, quiet machine
     PYTHONPATH=src python benchmarks/quant_speed.py --reps 1 --new 16
+    PYTHONPATH=src python benchmarks/quant_speed.py --start-only --rounds 3 --src OLD/src --src src
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from speed import interleaved, median_rate  # isort: split
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -69,6 +73,22 @@ first = time.time()
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(first, int(hwm.split()[1]) * 1024)  # the peak resident size since exec
 """
+# The command itself: `gptlab generate --quantize int4`, one new token; prints as CHILD does
+# (on stderr: stdout holds the generated text) when it has returned.
+COMMAND = """
+import sys, time
+from gptlab.cli import main
+try:
+    main(["generate", "--model", sys.argv[2], "--prompt", "The capital of France is",
+          "--quantize", "int4", "--max-new-tokens", "1", "--no-stop"])
+except SystemExit as exc:
+    if exc.code:
+        raise
+first = time.time()
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(first, int(hwm.split()[1]) * 1024, file=sys.stderr)
+"""
+SIDES = ("baseline", "int4", "fp32", "gptlab generate --quantize int4")
 
 
 def runs(path: Path, n_new: int) -> dict[str, Callable[[], list[list[int]]]]:
@@ -108,21 +128,42 @@ def report(times: dict[str, list[float]], path: Path, n_new: int) -> None:
                 )
 
 
-def start_and_memory(path: Path, threads: int) -> None:
-    """Seconds to the first token and peak RSS above the baseline, each in a fresh process."""
-    code = CHILD.format(threads=threads)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    seen = {}
-    for side in ("baseline", "int4", "fp32"):
-        start = time.time()
-        cmd = [sys.executable, "-c", code, side, str(path)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
-        first, peak = proc.communicate()[0].decode().split()
-        seen[side] = (float(first) - start, int(peak))
-    for side in ("int4", "fp32"):
-        seconds, peak = seen[side]
-        extra = (peak - seen["baseline"][1]) / 2**20
-        print(f"{side}: first token {seconds:.2f} s after the command; peak RSS +{extra:.0f} MB")
+def start_once(path: Path, threads: int, side: str, src: Path) -> tuple[float, int] | None:
+    """(seconds from the process's start to its first token, peak RSS) of one fresh process
+    running `side` with the gptlab of `src`; None where that gptlab cannot run it."""
+    command = side.startswith("gptlab")
+    code = COMMAND if command else CHILD.format(threads=threads)
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    start = time.time()
+    cmd = [sys.executable, "-c", code, side, str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        return None
+    first, peak = (done.stderr if command else done.stdout).split()[-2:]
+    return float(first) - start, int(peak)
+
+
+def start_and_memory(path: Path, threads: int, sources: list[Path], rounds: int) -> None:
+    """Seconds to the first token (median) and peak RSS above the baseline (largest), each
+    in a fresh process, the sources and sides interleaved round by round."""
+    seen: dict[tuple[Path, str], list[tuple[float, int]]] = {}
+    for _ in range(rounds):
+        for src in sources:
+            for side in SIDES:
+                result = start_once(path, threads, side, src)
+                if result is not None:
+                    seen.setdefault((src, side), []).append(result)
+    for src in sources:
+        base = max(peak for _, peak in seen[(src, "baseline")])
+        imports = statistics.median(t for t, _ in seen[(src, "baseline")])
+        print(f"{src}: baseline (torch and gptlab imported, nothing loaded): {imports:.2f} s")
+        for side in SIDES[1:]:
+            if (src, side) not in seen:
+                print(f"{src}: {side}: not available")
+                continue
+            seconds = statistics.median(t for t, _ in seen[(src, side)])
+            extra = (max(p for _, p in seen[(src, side)]) - base) / 2**20
+            print(f"{src}: {side}: first token {seconds:.2f} s; peak RSS +{extra:.0f} MB")
     print(f"file size {path.stat().st_size / 2**20:.0f} MB")
 
 
@@ -132,13 +173,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--new", type=int, default=64, help="new tokens a row")
     ap.add_argument("--model", type=Path, default=SMOLLM2)
+    ap.add_argument("--start-only", action="store_true", help="only start-up and memory")
+    ap.add_argument("--rounds", type=int, default=1, help="start-up rounds")
+    ap.add_argument(
+        "--src",
+        type=Path,
+        action="append",
+        help="a gptlab source tree to time start-up with (repeatable; default: this one's)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     when = time.strftime("%Y-%m-%d %H:%M")
     print(f"{when}, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
-    times = interleaved(runs(args.model, args.new), args.reps, lambda: None)
-    report(times, args.model, args.new)
-    start_and_memory(args.model, args.threads)
+    if not args.start_only:
+        times = interleaved(runs(args.model, args.new), args.reps, lambda: None)
+        report(times, args.model, args.new)
+    sources = args.src or [Path(__file__).resolve().parents[1] / "src"]
+    start_and_memory(args.model, args.threads, sources, args.rounds)
     print(f"load at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -82,6 +82,21 @@ def test_only_large_products_are_split_over_the_threads(monkeypatch: pytest.Monk
         torch.testing.assert_close(y, F.linear(x, w))
 
 
+def test_blocks_split_the_way_that_measured_faster() -> None:
+    """Each way is tried once, the faster then kept, the other tried again every PROBE_EVERY
+    steps, and the choice follows when the other way becomes faster (a machine's load)."""
+    chooser = cpu_decode._Split()
+    assert chooser.pick() is False
+    chooser.record(False, 2.0)
+    assert chooser.pick() is True
+    chooser.record(True, 1.0)
+    picks = [chooser.pick() for _ in range(2 * cpu_decode.PROBE_EVERY)]
+    assert picks.count(False) == 2 and picks.count(True) == 2 * cpu_decode.PROBE_EVERY - 2
+    for _ in range(6):
+        chooser.record(False, 0.1)  # one thread became the faster way
+    assert [chooser.pick() for _ in range(3)] == [False, False, False]
+
+
 def test_decode_step_leaves_other_devices_to_torch() -> None:
     with cpu_decode.decode_step(torch.device("meta")):
         assert torch.get_num_threads() == 2

@@ -107,7 +107,7 @@ def test_a_foreign_format_is_placed_on_the_device_asked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"quantize": "int8"}, "quantize 'int8': not available yet; use none"),
+        ({"quantize": "int3"}, "unknown quantization 'int3'; choose from int8, int4"),
         ({"dtype": "int4"}, "dtype 'int4': choose one of float32"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
     ],

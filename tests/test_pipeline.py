@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from gptlab import respond as respond_module
 from gptlab.cli import build_parser, main
 from gptlab.cli.flags import build
 from gptlab.device import pick_device
@@ -40,9 +41,9 @@ from gptlab.pipeline import (
     summarize,
     with_dependents,
 )
-from gptlab.respond import answer_stats
+from gptlab.respond import answer_stats, respond
 from gptlab.runs import RunDir
-from gptlab.settings import STAGES, PipelineConfig
+from gptlab.settings import STAGES, PipelineConfig, Sampling
 from tests.bench_fixture import shared_bench_data
 from tests.serve_process import save_tiny_model, served
 
@@ -462,6 +463,25 @@ def test_no_preference_skips_both_preference_stages_until_asked(
     assert main(argv[1:]) == 0
     assert "stage judge already complete" in capsys.readouterr().out
     assert fingerprint(run, reference) == fingerprint(reference)
+
+
+def test_quantize_reaches_the_respond_stage(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--quantize int4` with `--force respond`: the stage loads the instruction model with
+    int4 weights (the loader watched, not replaced) and answers as `respond` does with them."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    asked, load = [], respond_module.load
+    monkeypatch.setattr(respond_module, "load", lambda *a, **k: asked.append(k) or load(*a, **k))
+    assert main([*pipeline_args(run), "--force", "respond", "--quantize", "int4"]) == 0
+    assert [k["quantize"] for k in asked] == ["int4"]
+    got = load_json(run / "respond" / "responses.json")
+    tokens = load_json(run / "respond" / "results.json")["max_new_tokens"]
+    model, test = run / "instruct" / "model", run / "instruct" / "test.json"
+    want = respond(str(model), test, tmp_path / "int4.json", Sampling(max_new_tokens=tokens),
+                   device="cpu", quantize="int4")  # fmt: skip
+    assert got == load_json(want)
 
 
 def test_a_rerun_must_keep_the_base(reference: Path, tmp_path: Path, capsys) -> None:

@@ -28,6 +28,7 @@ from gptlab.quantize import (
     Int8Linear,
     RescoredHead,
     dequantize_int4,
+    pack_cpu,
     quantize_int4,
     quantize_int8,
     quantize_model,
@@ -130,6 +131,16 @@ def test_int4_kernel_holds_exactly_the_codes_it_was_given() -> None:
     torch.testing.assert_close(layer.dequantized(), want, rtol=2**-22, atol=1e-6)
     with pytest.raises(ValueError, match="whole blocks"):
         layer.set_rows(32, q[:64], s[:64], z[:64])
+
+
+@pytest.mark.parametrize(("n", "k"), [(64, 32), (128, 64), (192, 576), (576, 1536)])
+def test_numpy_packing_is_the_kernels(n: int, k: int) -> None:
+    """pack_cpu (numpy, on bytes) lays the codes out byte for byte as torch's own CPU
+    conversion does, for every block and nibble."""
+    torch.manual_seed(n + k)
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8)
+    want = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    assert torch.equal(pack_cpu(q), want)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

@@ -34,7 +34,7 @@ from torch import nn
 
 from gptlab.config.gemma3 import Gemma3Config
 from gptlab.llama import GroupedQueryAttention, Rotary, SwiGLU
-from gptlab.model import Decoder, KVCache
+from gptlab.model import Decoder, KVCache, embedding
 
 Context = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None, bool]  # rope, mask, causal
 
@@ -119,7 +119,7 @@ class Gemma3(Decoder):
     def __init__(self, cfg: Gemma3Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.tok_emb = embedding(cfg.vocab_size, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList(Gemma3Block(cfg, i) for i in range(cfg.n_layers))
         self.final_norm = GemmaRMSNorm(cfg.emb_dim, cfg.rms_eps)

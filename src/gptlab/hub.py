@@ -47,6 +47,7 @@ from gptlab.download import download_file
 from gptlab.errors import GptlabError
 from gptlab.families import config_to_dict, new_model
 from gptlab.formats.gguf import build_llama, load_gguf, read_gguf
+from gptlab.formats.gguf_quant import load_gguf_quantized
 from gptlab.formats.hf import is_hf_folder, load_hf_safetensors
 from gptlab.formats.hf_llama import INDEX, is_hf_llama_folder, load_hf_llama
 from gptlab.formats.openai_tf import has_tf_files, is_tf_checkpoint, load_tf_checkpoint
@@ -87,7 +88,7 @@ def resolve_model(spec: str | Path, device: str = "cpu") -> tuple[Decoder, dict[
         return _foreign(model, path)
     if path.is_file() and path.suffix == ".safetensors":
         return _foreign(load_hf_safetensors(path, device), path)
-    if _is_gguf(path):  # a missing file is said there
+    if is_gguf(path):  # a missing file is said there
         return _foreign(load_gguf(path).to(device), path)
     if path.is_dir() and is_hf_llama_folder(path):
         return _foreign(load_hf_llama(path, device), path)
@@ -117,7 +118,7 @@ def load_tokenizer(spec: str | Path) -> text.Tokenizer:
     docstring). A Hugging Face Llama / Qwen3 folder without a tokenizer.json is one GptlabError:
     GPT-2's ids would not be its vocabulary."""
     path = _local(spec)
-    if _is_gguf(path):
+    if is_gguf(path):
         return text.from_gguf(path)
     if path.is_dir():
         if (path / TOKENIZER).is_file():
@@ -144,12 +145,20 @@ def resolve_with_tokenizer(spec: str | Path, device: str = "cpu") -> Resolved:
     needs them (gptlab.load); a GGUF file is read once for both (its header alone takes
     seconds to parse)."""
     path = Path(spec)
-    if _is_gguf(path):
+    if is_gguf(path):
         cfg, tensors, metadata = read_gguf(path)
         model, meta = _foreign(build_llama(cfg, tensors).to(device), path)
         return Resolved(model, meta, text.from_gguf_metadata(metadata, source=path))
     model, meta = resolve_model(spec, device)
     return Resolved(model, meta, load_tokenizer(spec))
+
+
+def resolve_gguf_quantized(path: Path, mode: str) -> Resolved:
+    """A .gguf file's model on the CPU on its own 4- and 8-bit blocks, its other linear
+    weights quantized with `mode` (gptlab.formats.gguf_quant), with its tokenizer."""
+    model, metadata = load_gguf_quantized(path, mode)
+    model, meta = _foreign(model, path)
+    return Resolved(model, meta, text.from_gguf_metadata(metadata, source=path))
 
 
 # A pipeline folder's language models, last tuned first (gptlab.pipeline's stage folders).
@@ -229,7 +238,7 @@ def _local(spec: str | Path) -> Path:
         ) from None
 
 
-def _is_gguf(path: Path) -> bool:
+def is_gguf(path: Path) -> bool:
     return path.suffix.lower() == ".gguf" and not path.is_dir()
 
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from gptlab.config.gemma3 import Gemma3Config
 from gptlab.config.llama import LlamaConfig
-from gptlab.model import AttentionImpl, Decoder, KVCache, reference_attention
+from gptlab.model import AttentionImpl, Decoder, KVCache, embedding, reference_attention
 
 # scaled_dot_product_attention shares key/value heads itself from torch 2.5 on (enable_gqa);
 # before that the keys and values are repeated per query head.
@@ -232,7 +232,7 @@ class Llama(Decoder):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.tok_emb = embedding(cfg.vocab_size, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = RMSNorm(cfg.emb_dim, cfg.rms_eps)

@@ -8,8 +8,10 @@ tokenizer and its config.json facts together, placed once on its device and dtyp
 `spec` is anything `--model` takes (gptlab.hub: a run or model folder, a Hugging Face folder,
 file or repository id, an OpenAI TF checkpoint, a .gguf file, a name such as gpt2-small). Every
 verb that runs a model and the server load through here, so a library user gets exactly what
-`gptlab generate` and `gptlab serve` run. `quantize` is where quantized inference will plug in;
-today only None ("none") is accepted.
+`gptlab generate` and `gptlab serve` run. `quantize` ("int8", "int4", "int8-dynamic"; None or
+"none": as stored) runs the blocks and the head on quantized weights (docs/quantize.md): a
+.gguf file on the CPU keeps its own 4- and 8-bit blocks (gptlab.formats.gguf_quant), anything
+else is loaded, placed on its device, then quantized there (gptlab.quantize.quantize_model).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.families import family_of
 from gptlab.generation import GenerationStats, TextStream, generate_text, generate_tokens
-from gptlab.hub import resolve_with_tokenizer
+from gptlab.hub import Resolved, is_gguf, resolve_gguf_quantized, resolve_with_tokenizer
 from gptlab.model import Decoder
 from gptlab.prompts import own_chat_template
+from gptlab.quantize import check_device, footprint, quantize_model
 from gptlab.settings import Sampling
 
 DTYPES = {
@@ -38,7 +41,6 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-QUANTIZE = (None, "none")
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -75,17 +77,15 @@ class LLM:
         quantize: str | None = None,
     ) -> LLM:
         """The model `spec` names on `device` ("auto": the best available), its weights in
-        `dtype` (None: as stored, float32 for every foreign format); a bad choice is one
-        GptlabError before anything is read. With a dtype, the weights are read on the CPU
-        and moved once, already cast, so the device never holds a float32 copy."""
-        if quantize not in QUANTIZE:
-            raise GptlabError(f"quantize {quantize!r}: not available yet; use none")
+        `dtype` (None: as stored, float32 for every foreign format) and, with `quantize`, its
+        linear layers quantized (see the module docstring); a bad choice is one GptlabError
+        before anything is read. With a dtype, the weights are read on the CPU and moved once,
+        already cast, so the device never holds a float32 copy."""
         target, cast = pick_device(str(device)), _dtype(dtype)
-        model, meta, tokenizer = resolve_with_tokenizer(
-            spec, device=str(target if cast is None else "cpu")
-        )
-        if cast is not None:
-            model.to(device=target, dtype=cast)
+        mode = None if quantize in (None, "none") else quantize
+        if mode is not None:
+            check_device(mode, target)
+        model, meta, tokenizer = _read(spec, target, cast, mode)
         return cls(model.eval(), tokenizer, meta, str(spec))
 
     @property
@@ -183,9 +183,26 @@ class LLM:
 
     def __repr__(self) -> str:
         return (
-            f"LLM({self.spec!r}, {self.family}, {self.model.num_params():,} parameters, "
+            f"LLM({self.spec!r}, {self.family}, {footprint(self.model)[0]:,} parameters, "
             f"{self.device}, tokenizer {self.tokenizer.name})"
         )
+
+
+def _read(
+    spec: str | Path, target: torch.device, cast: torch.dtype | None, mode: str | None
+) -> Resolved:
+    """The model on `target` in `cast`, quantized with `mode` (None: not)."""
+    on_file = mode is not None and target.type == "cpu" and cast in (None, torch.float32)
+    if on_file and is_gguf(Path(spec)):
+        return resolve_gguf_quantized(Path(spec), mode)
+    model, meta, tokenizer = resolve_with_tokenizer(
+        spec, device=str(target if cast is None else "cpu")
+    )
+    if cast is not None:
+        model.to(device=target, dtype=cast)
+    if mode is not None:
+        quantize_model(model, mode)
+    return Resolved(model, meta, tokenizer)
 
 
 load = LLM.load

@@ -330,7 +330,7 @@ class BaseStage(Stage):
             model_dir = base
         else:
             model_dir = ensure_pretrained(base, ctx.c.weights_cache, ctx.c.weights_url)
-        llm = load(model_dir, device=ctx.device)
+        llm = load(model_dir, device=ctx.device, quantize=ctx.c.device.quantize)
         prompts = list(SAMPLE_PROMPTS)
         continuations = llm.generate(prompts, max_new_tokens=recipe.sample_tokens)
         samples = [{"prompt": p, "text": t} for p, t in zip(prompts, continuations, strict=True)]
@@ -488,6 +488,7 @@ class RespondStage(Stage):
             self.responses,
             Sampling(max_new_tokens=tokens),
             device=str(ctx.device),
+            quantize=ctx.c.device.quantize,
         )
         stats = answer_stats([e["model_response"] for e in json.loads(read_utf8(path))])
         return {

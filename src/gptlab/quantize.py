@@ -34,6 +34,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -163,9 +164,21 @@ def _packed(n: int, k: int, device: torch.device) -> tuple[tuple[int, ...], torc
 def _pack(codes: torch.Tensor) -> torch.Tensor:
     """torch's packed int4 layout of codes (rows, K) in 0..15, for the codes' device."""
     if codes.device.type == "cpu":
-        return torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        return pack_cpu(codes)
     pairs = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)  # even column: high nibble
     return torch._convert_weight_to_int4pack(pairs, _inner_k_tiles(codes.shape[1]))
+
+
+def pack_cpu(codes: torch.Tensor) -> torch.Tensor:
+    """torch._convert_weight_to_int4pack_for_cpu(codes, 1) of codes (rows, K) in 0..15, rows
+    a multiple of ROW_BLOCK, computed without it, in numpy on bytes: the kernel takes int32
+    codes and took most of a GGUF load; this is about 10x faster. Its layout, each block of
+    64 rows stored as K x 32 bytes: byte (k, j) holds row j's weight k in its low nibble and
+    row j + 32's in its high one (tests/test_quantize.py checks it against the kernel)."""
+    n, k = codes.shape
+    rows = codes.to(torch.uint8).numpy().reshape(n // ROW_BLOCK, 2, ROW_BLOCK // 2, k)
+    pairs = rows[:, 0] | (rows[:, 1] << 4)  # (blocks, 32, K)
+    return torch.from_numpy(np.ascontiguousarray(pairs.transpose(0, 2, 1)).reshape(n, k // 2))
 
 
 class Int4Linear(nn.Module):
@@ -308,7 +321,7 @@ class RescoredHead(nn.Module):
     def __init__(self, layer: Int8Linear | Int4Linear) -> None:
         super().__init__()
         self.layer = layer
-        self.out_features = layer.out_features
+        self.in_features, self.out_features = layer.in_features, layer.out_features
         self.max_norm = layer.max_row_norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -408,6 +421,68 @@ def check_mode(mode: str, group_size: int = 32) -> None:
     if group_size not in GROUP_SIZES:
         sizes = ", ".join(map(str, GROUP_SIZES))
         raise GptlabError(f"int4 group size {group_size} is not one of {sizes}")
+
+
+INT4_CUDA_CAPABILITY = (8, 0)  # torch's CUDA int4 kernel needs Ampere or newer
+
+
+def check_device(mode: str, device: torch.device) -> None:
+    """One GptlabError line where `mode` has no kernel on `device`, before anything loads:
+    int4 runs on CPU and on CUDA GPUs of compute capability 8.0 and up, int8-dynamic on CPU;
+    int8 runs everywhere (widened per call where torch has no int8 kernel)."""
+    check_mode(mode)
+    if device.type == "cpu" or mode == "int8":
+        return
+    if mode == "int4" and device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability >= INT4_CUDA_CAPABILITY:
+            return
+        where = f"{device} (compute capability {capability[0]}.{capability[1]})"
+    else:
+        where = str(device)
+    choice = "int8 or none" if mode == "int4" else "int8 or int4"
+    raise GptlabError(f"quantize {mode}: torch has no {mode} kernel on {where}; use {choice}")
+
+
+def footprint(model: nn.Module) -> tuple[int, int]:
+    """(weights, bytes) of a model as it is held: parameters counted once (a tied head once),
+    a quantized layer by the weights it stands for and the bytes it keeps, buffers by their
+    bytes, and a GGUF embedding (gptlab.formats.gguf_quant) by its rows as stored."""
+    weights, size, seen = 0, 0, set()
+    for module in model.modules():
+        if isinstance(module, (Int8Linear, Int4Linear, DynamicInt8Linear)):
+            bias = getattr(module, "bias", None)  # a buffer (fbgemm packs its own)
+            weights += module.in_features * module.out_features + (
+                0 if bias is None else bias.numel()
+            )
+        if isinstance(module, DynamicInt8Linear):
+            size += module.in_features * module.out_features  # int8, inside fbgemm's packing
+        stored = getattr(module, "raw", None)  # a GGUF embedding's memory-mapped rows
+        if stored is not None:
+            weights, size = weights + stored.shape[0] * module.dim, size + stored.nbytes
+        for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                size += t.numel() * t.element_size()
+                weights += t.numel() if isinstance(t, nn.Parameter) else 0
+    head = getattr(model, "out_head", None)
+    if getattr(model, "tied", False) and head is not None and not isinstance(head, nn.Linear):
+        weights -= head.in_features * head.out_features  # the embedding's, counted there
+    return weights, size
+
+
+def quantization_level(model: nn.Module) -> str:
+    """What the model's linear layers hold: "int4", "int8", "int4+int8" (a mix), or the
+    float type of its parameters ("F32", "BF16", "F16") when none is quantized."""
+    kinds = {
+        "int4": Int4Linear,
+        "int8": (Int8Linear, DynamicInt8Linear),
+    }
+    found = [k for k, cls in kinds.items() if any(isinstance(m, cls) for m in model.modules())]
+    if found:
+        return "+".join(found)
+    dtype = next(model.parameters()).dtype
+    return {torch.bfloat16: "BF16", torch.float16: "F16"}.get(dtype, "F32")
 
 
 @torch.no_grad()

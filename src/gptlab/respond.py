@@ -68,15 +68,22 @@ def progress_path(out_path: Path) -> Path:
 
 
 def progress_header(
-    model_spec: str, data_path: Path, sampling: Sampling, prompt_format: str | None = None
+    model_spec: str,
+    data_path: Path,
+    sampling: Sampling,
+    prompt_format: str | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
-    """What a progress file was made from; a rerun only continues one with the same header."""
+    """What a progress file was made from; a rerun only continues one with the same header
+    (quantized weights are named in it; float ones, as before quantization existed, not)."""
     header = {
         "model": str(model_spec),
         "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
         "sampling": asdict(instruct_sampling(sampling)),
         "prompt_format": prompt_format,
     }
+    if quantize not in (None, "none"):
+        header["quantize"] = quantize
     return json.loads(json.dumps(header))  # as read back from JSON: tuples become lists
 
 
@@ -105,22 +112,24 @@ def respond(
     batch_size: int = 8,
     device: str = "auto",
     prompt_format: str | None = None,
+    quantize: str | None = None,
 ) -> Path:
     """Write `out_path`: the entries of `data_path`, each with a `model_response`, prompted in
     `prompt_format` (None: the model's own, see `model_prompt_format`) through the model's
-    tokenizer. Responses are appended to OUT.progress.jsonl batch by batch (prompts of similar
-    length together), so a rerun after an interruption only generates the missing ones; the
-    final JSON is written atomically and the progress file then removed."""
+    tokenizer, the model loaded with `quantize` (gptlab.load). Responses are appended to
+    OUT.progress.jsonl batch by batch (prompts of similar length together), so a rerun after
+    an interruption only generates the missing ones; the final JSON is written atomically and
+    the progress file then removed."""
     if batch_size < 1:
         raise GptlabError(f"batch size must be positive, got {batch_size}")
     entries = load_entries(data_path, require_output=False)
     s = instruct_sampling(sampling)
-    header = progress_header(model_spec, data_path, s, prompt_format)
+    header = progress_header(model_spec, data_path, s, prompt_format, quantize)
     progress = progress_path(out_path)
     done = _read_progress(progress, header, len(entries))
     todo = [i for i in range(len(entries)) if i not in done]
     if todo:
-        llm = load(model_spec, device=device)
+        llm = load(model_spec, device=device, quantize=quantize)
         fmt = model_prompt_format(llm.metadata, llm.tokenizer, prompt_format)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if not read_jsonl(progress):  # a new file (or one whose header a crash cut short)

@@ -344,6 +344,25 @@ class Device(Settings):
             )
 
 
+QUANTIZE = ("none", "int8", "int4")
+
+
+@dataclass
+class Inference(Device):
+    """device and weights: where the model runs, and on which weights (docs/quantize.md)"""
+
+    quantize: str = arg(
+        "none",
+        "none (as loaded), int8 (one scale per output channel) or int4 (groups of 32) weights "
+        "for the blocks and the head; a .gguf file's Q4_0/Q4_1/Q4_K/Q8_0 blocks run as stored",
+        choices=QUANTIZE,
+    )
+
+    def load_options(self) -> dict[str, str | None]:
+        """What gptlab.load takes of this group: `load(spec, **group.load_options())`."""
+        return {"device": self.device, "quantize": self.quantize}
+
+
 @dataclass
 class Runtime(Device):
     """runtime: device and precision"""
@@ -564,7 +583,7 @@ class RespondConfig(Settings):
         choices=PROMPT_FORMATS,
     )
     sampling: Sampling = sampling(256)
-    device: Device = arg(factory=Device)
+    device: Inference = arg(factory=Inference)
 
 
 @dataclass
@@ -630,7 +649,7 @@ class GenerateConfig(Settings):
     model: str = arg("", MODEL_HELP, required=True)
     prompt: str = arg("", "the text to continue", required=True)
     sampling: Sampling = sampling(64)
-    device: Device = arg(factory=Device)
+    device: Inference = arg(factory=Inference)
 
 
 @dataclass
@@ -639,7 +658,7 @@ class ChatConfig(Settings):
 
     model: str = arg("", MODEL_HELP, required=True)
     sampling: Sampling = sampling(256)
-    device: Device = arg(factory=Device)
+    device: Inference = arg(factory=Inference)
 
 
 @dataclass
@@ -676,7 +695,7 @@ class ServeConfig(Settings):
     )
     threads: int | None = arg(None, "CPU threads for the model (none: torch's)", min=1)
     limits: ServeLimits = arg(factory=ServeLimits)
-    device: Device = arg(factory=Device)
+    device: Inference = arg(factory=Inference)
     # The web page (gptlab.serve.web): a runs browser, and a key for a server off loopback.
     runs: Path | None = arg(None, "folder of run folders to browse at / (with or without --model)")
     api_key: str | None = arg(None, "Bearer token that every API request must carry")
@@ -764,7 +783,7 @@ class BenchConfig(Settings):
     batch_tokens: int = arg(4096, "rows x tokens of one scoring batch", min=1)
     gen_batch: int = arg(8, "prompts generated together (gsm8k)", min=1)
     max_new_tokens: int = arg(256, "most tokens of a generated answer (gsm8k)", min=1)
-    device: Device = arg(factory=Device)
+    device: Inference = arg(factory=Inference)
 
 
 # ---- the pipeline ----------------------------------------------------------------------------
@@ -839,7 +858,7 @@ class PipelineConfig(Settings):
     preference: bool = arg(
         True, "preference-tune (DPO) the instruction model on the book's pairs, and answer again"
     )
-    device: Device = arg(factory=Device)
+    device: Inference = arg(factory=Inference)
 
     def identity(self) -> dict[str, Any]:
         """What a rerun must keep: the rest (device, judge, cache) may change."""

@@ -11,7 +11,7 @@ from gptlab.settings import BenchConfig
 
 def run(c: BenchConfig) -> int:
     plan(c.tasks, c.shots)  # an unknown task is refused before the model loads
-    llm = load(c.model, device=c.device.device)
+    llm = load(c.model, **c.device.load_options())
     llm.check_language_model()
     opts = Options(
         data_dir=c.data_dir,

@@ -20,7 +20,7 @@ INPUT_SEPARATOR = "||"
 
 
 def run(c: ChatConfig) -> int:
-    llm = load(c.model, device=c.device.device)
+    llm = load(c.model, **c.device.load_options())
     model, tokenizer = llm.model, llm.tokenizer
     templated = llm.chat_template is not None
     messages: list[dict[str, str]] = []

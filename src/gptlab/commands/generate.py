@@ -14,7 +14,7 @@ from gptlab.settings import GenerateConfig
 def run(c: GenerateConfig) -> int:
     if not c.prompt:
         raise GptlabError("--prompt is empty")
-    llm = load(c.model, device=c.device.device)
+    llm = load(c.model, **c.device.load_options())
     prompt = llm.tokenizer.encode(c.prompt)
     if not prompt:
         raise GptlabError("--prompt is empty")

@@ -9,7 +9,14 @@ from gptlab.settings import RespondConfig
 def run(c: RespondConfig) -> int:
     assert c.data is not None and c.out is not None  # required flags
     out = respond(
-        c.model, c.data, c.out, c.sampling, c.batch_size, c.device.device, c.prompt_format
+        c.model,
+        c.data,
+        c.out,
+        c.sampling,
+        c.batch_size,
+        c.device.device,
+        c.prompt_format,
+        c.device.quantize,
     )
     print(f"responses: {out}")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from gptlab.errors import GptlabError
+from gptlab.llm import load
 from gptlab.serve.server import run_server
 from gptlab.settings import ServeConfig
 
@@ -22,8 +23,9 @@ def run(c: ServeConfig) -> int:
 
     if c.threads:
         torch.set_num_threads(c.threads)
+    model = load(c.model, **c.device.load_options()) if c.model else None
     run_server(
-        c.model or None,
+        model,
         c.host,
         c.port,
         c.name,

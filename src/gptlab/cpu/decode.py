@@ -10,12 +10,15 @@ views of the same tensors (the large ones split over as many BLAS threads as tor
 below); torch drops to one thread meanwhile. Its remaining work per token is small, and two
 thread pools busy-waiting on the same cores made decoding 2.5x slower when measured.
 
-Only the products of large weights (the output head) are split over the BLAS threads; the
-blocks' (a few MB each) run on one. A split can save at most a fraction of a millisecond on
-such a product, while OpenBLAS's hand-over to its second thread cost about 12 ms per product
-whenever the machine's other core was busy (SmolLM2-135M's 1536x576 matrices: 0.9 ms on one
-thread, 11.6 ms on two, on the shared 2-core VM; benchmarks/llama_speed.py). The result is
-the same bit for bit either way: each output is one dot product, whichever thread computes it.
+The products of large weights (the output head) are always split over the BLAS threads. The
+blocks' (a few MB each) are split or not by what each generation measures (`_Split`): a
+split saves up to a quarter of a GPT-2 decode step on a quiet machine (36.8 against 27.8
+tokens/s for gpt2-small), while OpenBLAS's hand-over to its second thread cost about 12 ms
+per product whenever the machine's other core was busy (SmolLM2-135M's 1536x576 matrices:
+0.9 ms on one thread, 11.6 ms on two, on the shared 2-core VM; benchmarks/llama_speed.py).
+So each generation times its decode steps both ways, keeps the faster, and tries the other
+again every PROBE_EVERY steps, as the machine's load changes. The result is the same bit for
+bit either way: each output is one dot product, whichever thread computes it.
 
 The model knows nothing of this. Generation applies it explicitly: `numpy_products(model)`
 around a whole generation, `decode_step()` around each new token, and `head()` for the output
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import cache
@@ -57,19 +61,45 @@ def _view(t: torch.Tensor) -> np.ndarray:
     return np.asarray(SimpleNamespace(__array_interface__=interface))
 
 
-SPLIT_BYTES = 32 * 2**20  # weights at least this large are split over the BLAS threads
+SPLIT_BYTES = 32 * 2**20  # weights at least this large are always split over the BLAS threads
+PROBE_EVERY = 16  # decode steps: one in this many runs the blocks' products the other way
+
+
+class _Split:
+    """Whether the blocks' products are split over the BLAS threads, chosen by time: each way's
+    recent seconds per decode step (an average that follows the machine's load), the faster
+    way taken, the other tried first once and then every PROBE_EVERY steps."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[bool, float] = {}
+        self.steps = 0
+
+    def pick(self) -> bool:
+        self.steps += 1
+        for way in (False, True):
+            if way not in self.seconds:
+                return way
+        best = self.seconds[True] < self.seconds[False]
+        return not best if self.steps % PROBE_EVERY == 0 else best
+
+    def record(self, way: bool, seconds: float) -> None:
+        old = self.seconds.get(way)
+        self.seconds[way] = seconds if old is None else 0.7 * old + 0.3 * seconds
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T + bias, like F.linear, for float32 CPU tensors, computed by numpy's BLAS
-    (no autograd); inside a decode step on its threads for a large weight, else on one."""
+    (no autograd); inside a decode step on its threads for a large weight, and for the others
+    as the step chose (`_Split`)."""
     if x.dtype != torch.float32 or weight.dtype != torch.float32:
         raise TypeError(f"numpy decoding takes float32, got {x.dtype} and {weight.dtype}")
     rows = x.reshape(-1, x.shape[-1])
     out = torch.empty(rows.shape[0], weight.shape[0], dtype=x.dtype)
     threads = getattr(_step, "threads", 1)
-    split = threads > 1 and weight.numel() * 4 >= SPLIT_BYTES
-    with _blas_threads().limit(limits=threads, user_api="blas") if split else nullcontext():
+    large = weight.numel() * 4 >= SPLIT_BYTES
+    _step.blocks = getattr(_step, "blocks", 0) + (not large)
+    widen = threads > 1 and large and not getattr(_step, "split", False)  # else as the step's
+    with _blas_threads().limit(limits=threads, user_api="blas") if widen else nullcontext():
         np.matmul(_view(rows), _view(weight).T, out=_view(out))
     if bias is not None:
         out += bias
@@ -95,9 +125,11 @@ def numpy_products(model: nn.Module) -> Iterator[None]:
     layers = [m for m in model.modules() if type(m) is nn.Linear] if enabled else []
     for layer in layers:
         layer.__class__ = _NumpyLinear
+    outer, _step.chooser = getattr(_step, "chooser", None), _Split()  # timed afresh
     try:
         yield
     finally:
+        _step.chooser = outer
         for layer in layers:
             layer.__class__ = nn.Linear
 
@@ -119,13 +151,18 @@ def decode_step(device: torch.device) -> Iterator[None]:
         yield
         return
     threads = torch.get_num_threads()
-    with _blas_threads().limit(limits=1, user_api="blas"):
+    chooser = getattr(_step, "chooser", None) or _Split()
+    split = chooser.pick() if threads > 1 else False
+    with _blas_threads().limit(limits=threads if split else 1, user_api="blas"):
         torch.set_num_threads(1)
-        _step.on, _step.threads = True, threads
+        _step.on, _step.threads, _step.split, _step.blocks = True, threads, split, 0
+        start = time.perf_counter()
         try:
             yield
         finally:
-            _step.on, _step.threads = False, 1
+            if _step.blocks:  # a step of the blocks (not a prefill's head alone): timed
+                chooser.record(split, time.perf_counter() - start)
+            _step.on, _step.threads, _step.split = False, 1, False
             torch.set_num_threads(threads)
 
 

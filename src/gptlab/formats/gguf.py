@@ -13,8 +13,10 @@ Before anything else, the file's `general.architecture` is read by walking the h
 key/value pairs only up to it (`read_architecture`), so a file of another architecture is
 refused at once, whatever the size of its vocabulary.
 
-The file is memory-mapped by gguf.GGUFReader and each tensor is dequantized from the map
-once, so a model costs its float32 size in memory plus the mapped pages, never two copies.
+The header is walked with struct (`_reader`: the key/values, then each tensor's name, shape,
+type and offset) and the file memory-mapped; each tensor is a numpy view of the map, shaped as
+gguf.GGUFReader shapes it, and is dequantized by gguf from the map once, so a model costs its
+float32 size in memory plus the mapped pages, never two copies.
 
 One layout change besides renaming: for the `llama` architecture llama.cpp's converter
 (convert_hf_to_gguf.py) reorders the rows of each head of attn_q and attn_k, because ggml's
@@ -85,11 +87,15 @@ def _check_magic(path: Path) -> None:
         raise GptlabError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
 
 
-# Bytes of each scalar value type of GGUF's key/value section, by type number (gguf's
-# GGUFValueType: UINT8 .. INT32, FLOAT32, BOOL, then UINT64, INT64, FLOAT64); 8 is a string,
-# 9 an array.
-_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
+# GGUF's scalar value types by number (gguf's GGUFValueType: UINT8 .. INT32, FLOAT32, BOOL,
+# then UINT64, INT64, FLOAT64; 8 is a string, 9 an array): numpy type, struct code, bytes.
+_SCALARS = {
+    0: ("u1", "B"), 1: ("i1", "b"), 2: ("u2", "H"), 3: ("i2", "h"), 4: ("u4", "I"),
+    5: ("i4", "i"), 6: ("f4", "f"), 7: ("?", "?"), 10: ("u8", "Q"), 11: ("i8", "q"),
+    12: ("f8", "d"),
+}  # fmt: skip
+_SCALAR_BYTES = {kind: np.dtype(t).itemsize for kind, (t, _) in _SCALARS.items()}
+_STRING, _ARRAY, _FLOAT32 = 8, 9, 6
 
 
 def read_architecture(path: Path) -> str | None:
@@ -116,35 +122,46 @@ def read_architecture(path: Path) -> str | None:
 
 
 def count_parameters(path: Path) -> int | None:
-    """The number of weights the file's tensor infos declare, read from the header alone (the
-    key/value pairs skipped, no tensor data touched), so a model's size in memory is known
-    before it is loaded. None when the header cannot be walked."""
+    """The number of weights the file's tensor infos declare, read from the header alone (no
+    tensor data touched), so a model's size in memory is known before it is loaded. None when
+    the header cannot be walked."""
     _check_magic(path)
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        try:
-            order = "<" if struct.unpack_from("<I", m, 4)[0] & 0xFFFF else ">"
-            n_tensors, n_kv = struct.unpack_from(order + "QQ", m, 8)
-            pos = 24
-            for _ in range(n_kv):
-                pos = _string(m, pos, order)[1]
-                pos = _skip_value(m, pos + 4, struct.unpack_from(order + "I", m, pos)[0], order)
-            total = 0
-            for _ in range(n_tensors):
-                pos = _string(m, pos, order)[1]
-                n_dims = struct.unpack_from(order + "I", m, pos)[0]
-                dims = struct.unpack_from(order + "Q" * n_dims, m, pos + 4)
-                total += int(np.prod(dims, dtype=np.float64))
-                pos += 4 + 8 * n_dims + 4 + 8  # dims, then the type and the data offset
-        except (struct.error, ValueError):
-            return None
-    return total
+    try:
+        tensors = _reader(path).tensors
+    except GptlabError:
+        return None
+    return sum(int(np.prod(t.shape, dtype=np.int64)) for t in tensors)
 
 
-def _string(m: mmap.mmap, pos: int, order: str) -> tuple[str, int]:
+def _string(m: mmap.mmap, pos: int, order: str, errors: str = "replace") -> tuple[str, int]:
     n = struct.unpack_from(order + "Q", m, pos)[0]
     if pos + 8 + n > len(m):
         raise ValueError("string past the end of the file")
-    return m[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace"), pos + 8 + n
+    return m[pos + 8 : pos + 8 + n].decode("utf-8", errors=errors), pos + 8 + n
+
+
+def _value(m: mmap.mmap, pos: int, kind: int, order: str) -> tuple[Any, int]:
+    """The value of type `kind` at `pos` (as gguf's ReaderField.contents gives it: numbers,
+    str, or a list of them) and the position after it."""
+    if kind == _STRING:
+        return _string(m, pos, order, "strict")
+    if kind == _ARRAY:
+        item, count = struct.unpack_from(order + "IQ", m, pos)
+        pos += 12
+        if item in _SCALAR_BYTES:
+            end = pos + count * _SCALAR_BYTES[item]
+            if end > len(m):
+                raise ValueError("array past the end of the file")
+            dtype = np.dtype(_SCALARS[item][0]).newbyteorder(order)
+            return np.frombuffer(m[pos:end], dtype=dtype).tolist(), end
+        values = []
+        for _ in range(count):
+            value, pos = _value(m, pos, item, order)
+            values.append(value)
+        return values, pos
+    if kind not in _SCALAR_BYTES:
+        raise ValueError(f"value type {kind}")
+    return struct.unpack_from(order + _SCALARS[kind][1], m, pos)[0], pos + _SCALAR_BYTES[kind]
 
 
 def _skip_value(m: mmap.mmap, pos: int, kind: int, order: str) -> int:
@@ -171,17 +188,113 @@ def check_architecture(path: Path, arch: Any) -> None:
         )
 
 
-def _reader(path: Path) -> Any:
-    import gguf
+class GGUFTensor(NamedTuple):
+    """One tensor of a GGUF file: `data` is a view of the memory-mapped file, typed and shaped
+    as gguf.GGUFReader gives it (float types as numbers, quantized types as block bytes, one
+    row of blocks per row)."""
 
+    name: str
+    shape: tuple[int, ...]  # GGUF's order: innermost dimension first
+    tensor_type: Any  # gguf.GGMLQuantizationType
+    n_bytes: int
+    data: np.ndarray
+    offset: int  # of its first byte in the file
+
+
+class GGUFHeader(NamedTuple):
+    metadata: dict[str, Any]  # scalar key/values, and the arrays named by ARRAY_PREFIXES
+    tensors: list[GGUFTensor]
+    mapped: np.memmap  # the whole file
+
+    def drop(self, tensor: GGUFTensor) -> None:
+        """Give the tensor's pages of the mapped file back, once it has been read into other
+        memory: they stay in the page cache, a later read maps them again, and a model read
+        from the file costs its own size, not that plus the file's (a resident mapped page
+        counts towards the process's memory)."""
+        mapped = getattr(self.mapped, "_mmap", None)  # numpy's mmap.mmap behind the array
+        if mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = tensor.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, start, tensor.offset + tensor.n_bytes - start)
+
+
+def _reader(path: Path) -> GGUFHeader:
+    """The file's metadata and tensors, its header walked with struct (gguf.GGUFReader builds
+    numpy views of every field: 9 s for SmolLM2's 49,152-token vocabulary on the 2-core
+    machine, where this takes a fraction of a second); the tensors stay in the file."""
     _check_magic(path)
     try:
-        return gguf.GGUFReader(path)
-    except (ValueError, KeyError, IndexError, OSError) as exc:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return _header(path, m)
+    except (ValueError, KeyError, IndexError, OSError, struct.error) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GptlabError(
             f"{path}: cannot read GGUF ({detail}); the file may be truncated"
         ) from None
+
+
+def _header(path: Path, m: mmap.mmap) -> GGUFHeader:
+    version = struct.unpack_from("<I", m, 4)[0]
+    order = "<" if version & 0xFFFF else ">"  # a big-endian file's version reads swapped
+    version, n_tensors, n_kv = struct.unpack_from(order + "IQQ", m, 4)
+    if version not in (2, 3):
+        raise ValueError(f"version {version}, where gguf reads 2 and 3")
+    meta: dict[str, Any] = {
+        "GGUF.version": version,
+        "GGUF.tensor_count": n_tensors,
+        "GGUF.kv_count": n_kv,
+    }
+    pos = 24
+    for _ in range(n_kv):
+        key, pos = _string(m, pos, order, "strict")
+        kind = struct.unpack_from(order + "I", m, pos)[0]
+        if kind == _ARRAY and not key.startswith(ARRAY_PREFIXES):
+            pos = _skip_value(m, pos + 4, kind, order)  # other arrays are not handed over
+            continue
+        meta[key], pos = _value(m, pos + 4, kind, order)
+        if kind == _FLOAT32:
+            meta[key] = float(str(np.float32(meta[key])))  # 9.999999747e-06 -> 1e-05
+    infos = []
+    for _ in range(n_tensors):
+        name, pos = _string(m, pos, order, "strict")
+        n_dims = struct.unpack_from(order + "I", m, pos)[0]
+        dims = struct.unpack_from(f"{order}{n_dims}QIQ", m, pos + 4)
+        infos.append((name, dims[:n_dims], dims[n_dims], dims[n_dims + 1]))
+        pos += 4 + 8 * n_dims + 12
+    align = meta.get("general.alignment", 32)
+    if not isinstance(align, int) or align <= 0 or align & (align - 1):
+        raise ValueError(f"general.alignment {align!r} is not a power of two")
+    start = -(-pos // align) * align
+    data = np.memmap(path, mode="r")
+    return GGUFHeader(meta, [_tensor(data, start, order, *info) for info in infos], data)
+
+
+def _tensor(
+    data: np.memmap, start: int, order: str, name: str, dims: tuple[int, ...], kind: int, at: int
+) -> GGUFTensor:
+    """One tensor's view of the mapped file, as gguf.GGUFReader shapes it."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    qtype = GGMLQuantizationType(kind)
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    n_elems = int(np.prod(dims, dtype=np.int64))
+    n_bytes = n_elems * type_size // block
+    begin = start + at
+    if begin + n_bytes > len(data):
+        raise ValueError(f"tensor {name} runs past the end of the file")
+    shape = tuple(reversed(dims))
+    raw = data[begin : begin + n_bytes]
+    if qtype.name in _NUMBERS:
+        array = raw.view(np.dtype(_NUMBERS[qtype.name]).newbyteorder(order)).reshape(shape)
+    else:
+        array = raw.reshape(*shape[:-1], shape[-1] // block * type_size)
+    return GGUFTensor(name, dims, qtype, n_bytes, array, begin)
+
+
+# GGML types gguf.GGUFReader hands over as numbers; the rest as bytes
+_NUMBERS = {
+    "F16": "f2", "F32": "f4", "F64": "f8", "I8": "i1", "I16": "i2", "I32": "i4", "I64": "i8",
+}  # fmt: skip
 
 
 # Array-valued keys handed over (a tokenizer's vocabulary, merges, token types, scores); other
@@ -191,25 +304,7 @@ ARRAY_PREFIXES = ("tokenizer.ggml.",)
 GEMMA3_NORM_SHIFT = 1.0
 
 
-def _metadata(reader: Any) -> dict[str, Any]:
-    from gguf import GGUFValueType
-
-    out = {}
-    for key, field in reader.fields.items():
-        if field.types and field.types[0] == GGUFValueType.ARRAY:
-            if key.startswith(ARRAY_PREFIXES):
-                out[key] = list(field.contents())
-            continue
-        value = field.contents()
-        if field.types and field.types[0] in (GGUFValueType.FLOAT32,):
-            value = float(str(np.float32(value)))  # 9.999999747e-06 -> 1e-05, as written
-        out[key] = value
-    return out
-
-
-def _config(
-    path: Path, reader: Any, meta: dict[str, Any], names: set[str]
-) -> LlamaConfig | Gemma3Config:
+def _config(path: Path, meta: dict[str, Any], names: set[str]) -> LlamaConfig | Gemma3Config:
     arch = meta.get("general.architecture")
     check_architecture(path, arch)
 
@@ -219,8 +314,8 @@ def _config(
             raise GptlabError(f"{path}: metadata {arch}.{key} missing")
         return value
 
-    if "tokenizer.ggml.tokens" in reader.fields:
-        vocab_size = len(reader.fields["tokenizer.ggml.tokens"].data)
+    if "tokenizer.ggml.tokens" in meta:
+        vocab_size = len(meta["tokenizer.ggml.tokens"])
     else:
         vocab_size = get("vocab_size")
     if arch == "gemma3":
@@ -327,7 +422,7 @@ def _dequantize(path: Path, t: Any) -> torch.Tensor:
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
     """The file's metadata as read_gguf gives it, without reading any tensor (for a tokenizer:
     gptlab.text.from_gguf_metadata)."""
-    return _metadata(_reader(Path(path)))
+    return _reader(Path(path)).metadata
 
 
 def read_gguf(path: str | Path) -> GGUFModel:
@@ -338,30 +433,42 @@ def read_gguf(path: str | Path) -> GGUFModel:
     arch = read_architecture(path)
     if arch is not None:  # else the full reader says what is wrong with the header
         check_architecture(path, arch)
-    reader = _reader(path)
-    meta = _metadata(reader)
-    cfg, names, by_name = _layout(path, reader, meta)
+    header = _reader(path)
+    meta = header.metadata
+    cfg, names, by_name = _layout(path, header)
     shapes = expected_shapes(cfg)
     tensors = {}
     for n in names:
         w = _dequantize(path, by_name[n.gguf])
+        header.drop(by_name[n.gguf])
         check_shape(path, n, tuple(w.shape), shapes)
-        heads = rotary_heads(meta, cfg, n.gptlab)
-        if heads is not None:
-            w = unpermute_rotary(w, heads)
-        elif isinstance(cfg, Gemma3Config) and n.gguf.endswith("norm.weight"):
-            w = w - GEMMA3_NORM_SHIFT
-        tensors[n.gptlab] = w
+        tensors[n.gptlab] = as_gptlab(meta, cfg, n, w)
     return GGUFModel(cfg, tensors, meta)
 
 
+def as_gptlab(
+    meta: dict[str, Any], cfg: LlamaConfig | Gemma3Config, name: Any, w: torch.Tensor
+) -> torch.Tensor:
+    """A tensor of the file as gptlab holds it: llama's q and k rows back in the halves order,
+    Gemma 3's norm weights less the one llama.cpp added."""
+    heads = rotary_heads(meta, cfg, name.gptlab)
+    if heads is not None:
+        return unpermute_rotary(w, heads)
+    if isinstance(cfg, Gemma3Config) and name.gguf.endswith("norm.weight"):
+        return w - GEMMA3_NORM_SHIFT
+    return w
+
+
 def _layout(
-    path: Path, reader: Any, meta: dict[str, Any]
-) -> tuple[LlamaConfig | Gemma3Config, list[Any], dict]:
+    path: Path, header: GGUFHeader
+) -> tuple[LlamaConfig | Gemma3Config, list[Any], dict[str, GGUFTensor]]:
     """The config (Llama 3 scaling read from rope_freqs), the parameter names and the file's
     tensors by name, every expected one present and none unexpected."""
-    by_name = {t.name: t for t in reader.tensors}
-    cfg = _config(path, reader, meta, set(by_name))
+    by_name = {t.name: t for t in header.tensors}
+    if len(by_name) < len(header.tensors):
+        raise GptlabError(f"{path}: a tensor name appears twice")
+    meta = header.metadata
+    cfg = _config(path, meta, set(by_name))
     if "rope_freqs.weight" in by_name:
         divisors = _dequantize(path, by_name.pop("rope_freqs.weight"))
         cfg = cfg.replace(rope_scaling=_rope_scaling(path, cfg, divisors))

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from gptlab.families import new_model
 from gptlab.formats import gguf as gguf_file
 from gptlab.formats.llama_names import expected_shapes
-from gptlab.llama import Llama
+from gptlab.model import Decoder
 from gptlab.quantize import (
     COMPUTE,
     PACK_ROWS,
@@ -161,33 +163,49 @@ def _linear(
     return quantize_weight(w, bias, mode, head=head)
 
 
-def load_gguf_quantized(path: str | Path, mode: str = "int4") -> tuple[Llama, dict[str, Any]]:
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one thread: a load is hundreds of small copies, and each one that torch splits
+    over two threads waited about 15 ms for the second on the shared 2-core machine (0.01 ms
+    on one thread; together 5 of the 8 s of SmolLM2's load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def load_gguf_quantized(path: str | Path, mode: str = "int4") -> tuple[Decoder, dict[str, Any]]:
     """The model of a GGUF file (eval mode, CPU) on its own quantized blocks, with the file's
     metadata (as gptlab.formats.gguf.read_gguf gives it, for the tokenizer). Tensors of types
     without a 4-bit form are quantized with `mode` (gptlab.quantize.MODES); the load logs how
     many were."""
     check_mode(mode)
-    path = Path(path)
-    reader = gguf_file._reader(path)
-    meta = gguf_file._metadata(reader)
-    cfg, names, by_name = gguf_file._layout(path, reader, meta)
+    with _one_thread():
+        return _load(Path(path), mode)
+
+
+def _load(path: Path, mode: str) -> tuple[Decoder, dict[str, Any]]:
+    header = gguf_file._reader(path)
+    meta = header.metadata
+    cfg, names, by_name = gguf_file._layout(path, header)
     with torch.device("meta"):
-        model = Llama(cfg)
-    vectors, matrices = {}, []
+        model = new_model(cfg)
     shapes = expected_shapes(cfg)
+    vectors = {}
     for n in names:
         tensor = by_name[n.gguf]
         gguf_file.check_shape(path, n, tuple(int(d) for d in reversed(tensor.shape)), shapes)
         if len(tensor.shape) == 1:
-            heads = gguf_file.rotary_heads(meta, cfg, n.gptlab)
             w = gguf_file._dequantize(path, tensor)
-            vectors[n.gptlab] = w if heads is None else gguf_file.unpermute_rotary(w, heads)
-        else:
-            matrices.append(n)
+            vectors[n.gptlab] = gguf_file.as_gptlab(meta, cfg, n, w)
     model.load_state_dict(vectors, strict=False, assign=True)
     kinds: Counter[str] = Counter()
-    for n in matrices:
+    for n in names:
         tensor = by_name[n.gguf]
+        if len(tensor.shape) == 1:
+            continue
         if n.gptlab == "tok_emb.weight":
             model.tok_emb = GGUFEmbedding(tensor, cfg.emb_dim)
         layer_name = "out_head" if n.gptlab == "tok_emb.weight" else n.gptlab[: -len(".weight")]
@@ -199,6 +217,7 @@ def load_gguf_quantized(path: str | Path, mode: str = "int4") -> tuple[Llama, di
         layer = _linear(path, tensor, heads, bias, mode, layer_name == "out_head")
         setattr(model.get_submodule(parent) if parent else model, attr, layer)
         kinds[tensor.tensor_type.name] += 1
+        header.drop(tensor)  # read into the layer: the file's pages can go
     _log_kinds(path, kinds, mode)
     return model.eval(), meta
 

@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from gptlab.families import family_of
 from gptlab.prompts import format_prompt
+from gptlab.quantize import footprint, quantization_level
 from gptlab.serve.engine import ApiError, Job
 from gptlab.serve.schemas import OllamaChat, OllamaGenerate, OllamaOptions, OllamaShow
 from gptlab.serve.service import (
@@ -62,14 +63,15 @@ def ollama_stats(job: Job) -> dict[str, Any]:
 
 
 def model_details(service: Service) -> dict[str, Any]:
-    """The served model as Ollama describes one; its weights are float32 whatever the file."""
+    """The served model as Ollama describes one, its weights as they are held (F32, BF16, F16,
+    or gptlab's quantized int8 / int4 layers: gptlab.quantize.quantization_level)."""
     family = family_of(service.model.cfg)
     return {
         "format": service.format,
         "family": family,
         "families": [family],
-        "parameter_size": f"{service.model.num_params() / 1e6:.1f}M",
-        "quantization_level": "F32",
+        "parameter_size": f"{footprint(service.model)[0] / 1e6:.1f}M",
+        "quantization_level": quantization_level(service.model),
     }
 
 
@@ -148,7 +150,7 @@ async def api_tags(service: ServiceDep) -> dict[str, Any]:
         "name": f"{name}:latest",
         "model": f"{name}:latest",
         "modified_at": datetime.fromtimestamp(service.created, timezone.utc).isoformat(),
-        "size": model.num_params() * 4,
+        "size": footprint(model)[1],  # bytes in memory, as loaded
         "digest": uuid.uuid5(uuid.NAMESPACE_URL, name).hex,
         "details": model_details(service),
     }
@@ -168,7 +170,7 @@ async def api_show(r: OllamaShow, service: ServiceDep) -> dict[str, Any]:
         "details": model_details(service),
         "model_info": {
             "general.architecture": arch,
-            "general.parameter_count": model.num_params(),
+            "general.parameter_count": footprint(model)[0],
             f"{arch}.context_length": context,
             f"{arch}.embedding_length": cfg.emb_dim,
             f"{arch}.block_count": cfg.n_layers,
