@@ -738,7 +738,7 @@ class BenchStage(Stage):
         unless its row is already complete."""
         row = self.folder / label
         if not is_complete(row):
-            llm = load(spec, device=str(self.ctx.device))
+            llm = load(spec, device=str(self.ctx.device), quantize=self.ctx.c.device.quantize)
             opts = BenchOptions(data_dir=self.ctx.c.bench_data)
             bench_model(
                 llm.model, llm.tokenizer, self.ctx.c.bench_tasks, 0, self.limit(), row, opts
