@@ -51,3 +51,29 @@ def transformers_reference(
     torch.save({"file_sha256": sha, "asked": asked, "output": output}, tmp)
     tmp.replace(store)
     return output
+
+
+def transformers_gguf_output(
+    path: Path, id_texts: list[str], logit_texts: list[str], prompt: str, new_tokens: int
+) -> dict[str, Any]:
+    """transformers' reading of a GGUF file (float32), stored: "ids" of every text in
+    `id_texts` by its tokenizer, "logits" (T, vocab) of each of `logit_texts` on those ids, and
+    "greedy", the `new_tokens` it picks after `prompt` (whose ids are "prompt")."""
+
+    def compute() -> dict[str, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        ).eval()
+        ids = {t: tok(t)["input_ids"] for t in id_texts}
+        start = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            logits = [model(torch.tensor([ids[t]])).logits[0] for t in logit_texts]
+            out = model.generate(torch.tensor([start]), max_new_tokens=new_tokens, do_sample=False)
+        greedy = out[0, len(start) :].tolist()
+        return {"ids": ids, "logits": logits, "prompt": start, "greedy": greedy}
+
+    asked = {"ids": id_texts, "logits": logit_texts, "greedy": [prompt, new_tokens]}
+    return transformers_reference(path, asked, compute)

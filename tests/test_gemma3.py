@@ -26,7 +26,7 @@ from gptlab.instructions import prompt_format, tokenize_entry
 from gptlab.model import KVCache
 from gptlab.settings import Sampling
 from gptlab.text import GEMMA_TEMPLATE, family_template, from_gguf_metadata, render_chat
-from tests.reference import transformers_reference
+from tests.reference import transformers_gguf_output, transformers_reference
 from tests.test_llama import check_left_padding
 
 BASE = dict(vocab_size=97, context_length=128, emb_dim=64, hidden_dim=96, rms_eps=1e-6)
@@ -191,29 +191,13 @@ CHAT_TEXT = (
 
 
 def transformers_output(path: Path) -> dict:
-    """transformers' reading of the file: token ids, logits and greedy tokens; the chat
-    conversation rendered by its own template engine (on gptlab's Gemma template) and the
-    conversation written out tokenized (stored after the first run; tests/reference.py)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    def model_output() -> dict:
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        ).eval()
-        ids = {t: tok(t)["input_ids"] for t in ID_TEXTS}
-        prompt = tok(PROMPT)["input_ids"]
-        with torch.no_grad():
-            logits = [model(torch.tensor([ids[t]])).logits[0] for t in TEXTS]
-            greedy = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
-        return {
-            "ids": ids,
-            "logits": logits,
-            "prompt": prompt,
-            "greedy": greedy[0, len(prompt) :].tolist(),
-        }
+    """transformers' reading of the file (tests/reference.py), and the chat conversation
+    rendered by its own template engine on gptlab's Gemma template and, written out, tokenized
+    by its tokenizer (stored too)."""
 
     def chat_output() -> dict:
+        from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         rendered = tok.apply_chat_template(
             CHAT, chat_template=GEMMA_TEMPLATE, add_generation_prompt=True, tokenize=False
@@ -221,10 +205,9 @@ def transformers_output(path: Path) -> dict:
         ids = tok(CHAT_TEXT, add_special_tokens=False)["input_ids"]
         return {"chat_rendered": rendered, "chat_ids": ids}
 
-    asked = {"ids": ID_TEXTS, "logits": TEXTS, "greedy": [PROMPT, 8]}
     chat = {"chat": [CHAT, CHAT_TEXT], "template": GEMMA_TEMPLATE, "generation_prompt": True}
     return {
-        **transformers_reference(path, asked, model_output),
+        **transformers_gguf_output(path, ID_TEXTS, TEXTS, PROMPT, 8),
         **transformers_reference(path, chat, chat_output),
     }
 
