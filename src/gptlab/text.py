@@ -15,7 +15,9 @@ model's chat template (Jinja source, or None). Three constructors:
   when the folder has them;
 - `from_gguf_metadata(metadata)` / `from_gguf(path)`: the byte-level BPE described by a GGUF
   file's tokenizer.ggml.* keys (llama.cpp's "gpt2" tokenizer model: vocabulary, merges, token
-  types, special token ids, add_bos_token, chat template), rebuilt as a `tokenizers` BPE.
+  types, special token ids, add_bos_token, chat template), rebuilt as a `tokenizers` BPE;
+  a file without a chat template gets its family's where gptlab has one (`FAMILY_TEMPLATES`:
+  Gemma's turns for a Gemma 3 file whose vocabulary has them), else none.
 
 A GGUF file names its pre-tokenizer (how text is cut into words before the merges run) in
 tokenizer.ggml.pre, and the name decides the split pattern: GPT-2's for "gpt2"; single digits
