@@ -1,7 +1,8 @@
 """A real Qwen2.5 file (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, llama.cpp's `qwen2` architecture)
-read by gptlab and by transformers (the reference): the same config, logits, token ids and
-greedy continuation, and a chat answer that knows its geography. (gptlab's qwen2 GGUF export
-is checked against transformers on a tiny model in tests/test_gguf_export.py.)"""
+read by gptlab and by transformers (the reference, computed by transformers on the first run
+and stored beside the file: tests/reference.py): the same config, logits, token ids and greedy
+continuation, and a chat answer that knows its geography. (gptlab's qwen2 GGUF export is
+checked against transformers on a tiny model in tests/test_gguf_export.py.)"""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from gptlab.formats.gguf import GGUFModel, build_llama, read_gguf
 from gptlab.generation import generate
 from gptlab.settings import Sampling
 from gptlab.text import from_gguf_metadata
+from tests.reference import transformers_gguf_output
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +28,19 @@ TEXTS = [
 ]
 
 
+ID_TEXTS = [*TEXTS, " leading space", "x\r\ny", "ünïcödé  ", "日本語のテキスト"]
+PROMPT = "def is_prime(n):\n"
+
+
 @pytest.fixture(scope="module")
 def qwen2(qwen2_file: Path):
-    """(gptlab's read, gptlab's model, gptlab's tokenizer, transformers' model and tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """(gptlab's read, model and tokenizer of the file; transformers' output on it)."""
     start = time.perf_counter()
     read = read_gguf(qwen2_file)
     print(f"gptlab read_gguf: {time.perf_counter() - start:.1f} s")
     ours = build_llama(read.cfg, read.tensors)
     tokenizer = from_gguf_metadata(read.metadata, source=qwen2_file)
-    folder, name = qwen2_file.parent, qwen2_file.name
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    theirs = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    return read, ours, tokenizer, theirs.eval(), tok
+    return read, ours, tokenizer, transformers_gguf_output(qwen2_file, ID_TEXTS, TEXTS, PROMPT, 10)
 
 
 def test_config_is_the_published_shape(qwen2) -> None:
@@ -53,31 +54,30 @@ def test_config_is_the_published_shape(qwen2) -> None:
 
 
 def test_token_ids_equal_transformers(qwen2) -> None:
-    _, _, ours, _, theirs = qwen2
-    for text in [*TEXTS, " leading space", "x\r\ny", "ünïcödé  ", "日本語のテキスト"]:
-        assert ours.encode(text) == theirs(text)["input_ids"], text
+    _, _, ours, theirs = qwen2
+    for text in ID_TEXTS:
+        assert ours.encode(text) == theirs["ids"][text], text
         assert ours.decode(ours.encode(text)) == text
 
 
 @torch.no_grad()
 def test_logits_equal_transformers(qwen2) -> None:
-    _, model, tokenizer, theirs, _ = qwen2
+    _, model, _, theirs = qwen2
     worst = 0.0
-    for text in TEXTS:
-        ids = torch.tensor([tokenizer.encode(text)])
-        worst = max(worst, (model(ids) - theirs(ids).logits).abs().max().item())
+    for text, want in zip(TEXTS, theirs["logits"], strict=True):
+        ids = torch.tensor([theirs["ids"][text]])
+        worst = max(worst, (model(ids)[0] - want).abs().max().item())
     print(f"max |logit difference| vs transformers: {worst:.3g}")
     assert worst < 1e-4
 
 
 @torch.no_grad()
 def test_greedy_continuation_and_chat_answer(qwen2) -> None:
-    _, model, tokenizer, theirs, _ = qwen2
-    prompt = tokenizer.encode("def is_prime(n):\n")
+    _, model, tokenizer, theirs = qwen2
+    prompt = theirs["prompt"]
+    assert tokenizer.encode(PROMPT) == prompt
     s = Sampling(max_new_tokens=10, stop_ids=())
-    ours = generate(model, [prompt], s, tokenizer=tokenizer)[0]
-    want = theirs.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)
-    assert ours == want[0, len(prompt) :].tolist()
+    assert generate(model, [prompt], s, tokenizer=tokenizer)[0] == theirs["greedy"]
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     chat = tokenizer.encode(tokenizer.render_chat(messages), add_bos=False)
     answer = generate(model, [chat], Sampling(max_new_tokens=12), tokenizer=tokenizer)[0]

@@ -15,7 +15,9 @@ model's chat template (Jinja source, or None). Three constructors:
   when the folder has them;
 - `from_gguf_metadata(metadata)` / `from_gguf(path)`: the byte-level BPE described by a GGUF
   file's tokenizer.ggml.* keys (llama.cpp's "gpt2" tokenizer model: vocabulary, merges, token
-  types, special token ids, add_bos_token, chat template), rebuilt as a `tokenizers` BPE.
+  types, special token ids, add_bos_token, chat template), rebuilt as a `tokenizers` BPE;
+  a file without a chat template gets its family's where gptlab has one (`FAMILY_TEMPLATES`:
+  Gemma's turns for a Gemma 3 file whose vocabulary has them), else none.
 
 A GGUF file names its pre-tokenizer (how text is cut into words before the merges run) in
 tokenizer.ggml.pre, and the name decides the split pattern: GPT-2's for "gpt2"; single digits
@@ -57,6 +59,34 @@ END_TOKENS = (
     "<|return|>",
 )
 EOT = "<|endoftext|>"
+
+# Gemma's turn format, as Google's Gemma 3 chat template renders text messages: <bos>, then
+# each turn as <start_of_turn>ROLE\n, its text trimmed, <end_of_turn>\n, with "model" for the
+# assistant; a system message leads the first user turn, followed by a blank line; user and
+# assistant turns alternate; the generation prompt opens the model's turn.
+GEMMA_TEMPLATE = r"""{{- bos_token -}}
+{%- if messages and messages[0]['role'] == 'system' -%}
+  {%- set lead = messages[0]['content'] + '\n\n' -%}
+  {%- set turns = messages[1:] -%}
+{%- else -%}
+  {%- set lead = '' -%}
+  {%- set turns = messages -%}
+{%- endif -%}
+{%- for message in turns -%}
+  {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+    {{- raise_exception('Gemma conversations alternate user and assistant turns') -}}
+  {%- endif -%}
+  {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+  {{- '<start_of_turn>' + role + '\n' + (lead if loop.first else '') -}}
+  {{- message['content'] | trim -}}
+  {{- '<end_of_turn>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{- '<start_of_turn>model\n' -}}
+{%- endif -%}"""
+# The chat template of a family whose GGUF files may carry none (Gemma 3 270M's does not), by
+# general.architecture, with the special tokens it needs in the vocabulary.
+FAMILY_TEMPLATES = {"gemma3": (GEMMA_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"))}
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 # Split patterns of the pre-tokenizers GGUF files name (tokenizer.ggml.pre). GPT-2's is the
@@ -452,12 +482,17 @@ def from_gguf_metadata(metadata: Mapping[str, Any], source: str | Path = "GGUF")
         backend.post_processor = processors.TemplateProcessing(
             single=" ".join(pieces), special_tokens=ids
         )
-    return HFTokenizer(
-        backend,
-        name=str(source),
-        special_tokens=special,
-        chat_template=metadata.get("tokenizer.chat_template"),
-    )
+    template = metadata.get("tokenizer.chat_template")
+    if template is None:
+        template = family_template(str(metadata.get("general.architecture")), control)
+    return HFTokenizer(backend, name=str(source), special_tokens=special, chat_template=template)
+
+
+def family_template(architecture: str, specials: Iterable[str]) -> str | None:
+    """The chat template of the `architecture`'s family (FAMILY_TEMPLATES) for a file that
+    carries none, when the vocabulary has its turn tokens as `specials`; else None."""
+    template, needs = FAMILY_TEMPLATES.get(architecture, (None, ()))
+    return template if template is not None and set(needs) <= set(specials) else None
 
 
 def from_gguf(path: str | Path) -> HFTokenizer:
