@@ -83,17 +83,20 @@ def test_only_large_products_are_split_over_the_threads(monkeypatch: pytest.Monk
 
 
 def test_blocks_split_the_way_that_measured_faster() -> None:
-    """Each way is tried once, the faster then kept, the other tried again every PROBE_EVERY
-    steps, and the choice follows when the other way becomes faster (a machine's load)."""
-    chooser = cpu_decode._Split()
+    """Each way is tried once, the faster then kept, the other tried again after PROBE_EVERY
+    steps times how much slower it was, and the choice follows when a try finds the other way
+    faster (a machine's load changed)."""
+    chooser, every = cpu_decode._Split(), cpu_decode.PROBE_EVERY
     assert chooser.pick() is False
     chooser.record(False, 2.0)
     assert chooser.pick() is True
-    chooser.record(True, 1.0)
-    picks = [chooser.pick() for _ in range(2 * cpu_decode.PROBE_EVERY)]
-    assert picks.count(False) == 2 and picks.count(True) == 2 * cpu_decode.PROBE_EVERY - 2
-    for _ in range(6):
-        chooser.record(False, 0.1)  # one thread became the faster way
+    chooser.record(True, 1.0)  # split: twice as fast, so one thread is tried every 2 x 16
+    picks = []
+    for _ in range(4 * every):
+        picks.append(chooser.pick())
+        chooser.record(picks[-1], 1.0 if picks[-1] else 2.0)
+    assert picks.count(False) == 2 and picks.index(False) == 2 * every - 1
+    chooser.record(False, 0.1)  # a try finds one thread faster now
     assert [chooser.pick() for _ in range(3)] == [False, False, False]
 
 

@@ -17,7 +17,7 @@ tokens/s for gpt2-small), while OpenBLAS's hand-over to its second thread cost a
 per product whenever the machine's other core was busy (SmolLM2-135M's 1536x576 matrices:
 0.9 ms on one thread, 11.6 ms on two, on the shared 2-core VM; benchmarks/llama_speed.py).
 So each generation times its decode steps both ways, keeps the faster, and tries the other
-again every PROBE_EVERY steps, as the machine's load changes. The result is the same bit for
+again now and then (`_Split`), as the machine's load changes. The result is the same bit for
 bit either way: each output is one dot product, whichever thread computes it.
 
 The model knows nothing of this. Generation applies it explicitly: `numpy_products(model)`
@@ -66,25 +66,32 @@ PROBE_EVERY = 16  # decode steps: one in this many runs the blocks' products the
 
 
 class _Split:
-    """Whether the blocks' products are split over the BLAS threads, chosen by time: each way's
-    recent seconds per decode step (an average that follows the machine's load), the faster
-    way taken, the other tried first once and then every PROBE_EVERY steps."""
+    """Whether the blocks' products are split over the BLAS threads, chosen by time: the way
+    in use keeps an average of its seconds per decode step (it follows the machine's load), the
+    other is tried once at the start and then again after PROBE_EVERY steps times how much
+    slower it was (so a try costs about 1/PROBE_EVERY of the steps' time), its fresh time
+    replacing its old one; the faster is taken."""
 
     def __init__(self) -> None:
         self.seconds: dict[bool, float] = {}
-        self.steps = 0
+        self.best, self.since = False, 0
 
     def pick(self) -> bool:
-        self.steps += 1
         for way in (False, True):
             if way not in self.seconds:
                 return way
-        best = self.seconds[True] < self.seconds[False]
-        return not best if self.steps % PROBE_EVERY == 0 else best
+        self.best = self.seconds[True] < self.seconds[False]
+        self.since += 1
+        slower = self.seconds[not self.best] / max(self.seconds[self.best], 1e-9)
+        if self.since >= PROBE_EVERY * max(1.0, slower):
+            self.since = 0
+            return not self.best
+        return self.best
 
     def record(self, way: bool, seconds: float) -> None:
         old = self.seconds.get(way)
-        self.seconds[way] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        kept = old is not None and way == self.best
+        self.seconds[way] = 0.7 * old + 0.3 * seconds if kept else seconds
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
