@@ -146,13 +146,15 @@ def check_memory(spec: str) -> None:
         )
 
 
-def load_judge(spec: str, device: str = "auto", dtype: str | None = None) -> LocalJudge:
+def load_judge(
+    spec: str, device: str = "auto", dtype: str | None = None, quantize: str = "none"
+) -> LocalJudge:
     """The judge `spec` names, loaded after checking it fits in memory; a model without a chat
-    template (not an instruction model) is one GptlabError. `dtype` as for gptlab.load (None:
-    float32 for every foreign format; the float32 weights are read first in any case)."""
+    template (not an instruction model) is one GptlabError. `dtype` and `quantize` as for
+    gptlab.load (dtype None: float32 for every foreign format)."""
     path = judge_spec(spec)
     check_memory(path)
-    llm = load(path, device=device, dtype=dtype)
+    llm = load(path, device=device, dtype=dtype, quantize=quantize)
     llm.check_language_model()
     if not llm.tokenizer.chat_template:
         raise GptlabError(
@@ -307,7 +309,7 @@ def evaluate(config: JudgeConfig) -> dict[str, Any]:
         if config.compare is None:
             raise GptlabError("--protocol pairwise compares two responses files: add --compare")
         load_responses(config.compare)
-    judge = load_judge(config.judge, config.device.device)
+    judge = load_judge(config.judge, config.device.device, quantize=config.device.quantize)
     if config.protocol == "pairwise":
         return evaluate_pairwise(config, judge)
     protocol = PROTOCOL_RUNS[config.protocol]

@@ -604,7 +604,7 @@ class JudgeConfig(Settings):
         0.0, "pairwise: a verdict (log-odds, nats) of at most this size is a tie", min=0
     )
     batch_size: int = arg(4, "in-process: entries judged together", min=1)
-    device: Device = arg(factory=Device)
+    device: Inference = arg(factory=Inference)
     judge_model: str = arg("llama3.1:8b", "the judge model's name on the server")
     url: str = arg("http://localhost:11434", "the judge server")
     api: str = arg("ollama", "the server's API", choices=("ollama", "openai"))
