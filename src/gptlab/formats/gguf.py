@@ -122,15 +122,37 @@ def read_architecture(path: Path) -> str | None:
 
 
 def count_parameters(path: Path) -> int | None:
-    """The number of weights the file's tensor infos declare, read from the header alone (no
-    tensor data touched), so a model's size in memory is known before it is loaded. None when
-    the header cannot be walked."""
+    """The number of weights the file's tensor infos declare, read from the header alone (the
+    key/value pairs skipped, no tensor data touched: a header is enough), so a model's size in
+    memory is known before it is loaded. None when the header cannot be walked."""
     _check_magic(path)
-    try:
-        tensors = _reader(path).tensors
-    except GptlabError:
-        return None
-    return sum(int(np.prod(t.shape, dtype=np.int64)) for t in tensors)
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        try:
+            order = "<" if struct.unpack_from("<I", m, 4)[0] & 0xFFFF else ">"
+            n_tensors, n_kv = struct.unpack_from(order + "QQ", m, 8)
+            pos = 24
+            for _ in range(n_kv):
+                pos = _string(m, pos, order)[1]
+                pos = _skip_value(m, pos + 4, struct.unpack_from(order + "I", m, pos)[0], order)
+            infos, _ = _tensor_infos(m, pos, order, n_tensors)
+        except (struct.error, ValueError):
+            return None
+    return sum(int(np.prod(dims, dtype=np.int64)) for _, dims, _, _ in infos)
+
+
+def _tensor_infos(
+    m: mmap.mmap, pos: int, order: str, n_tensors: int
+) -> tuple[list[tuple[str, tuple[int, ...], int, int]], int]:
+    """(name, dims, type, data offset) of each tensor whose info starts at `pos`, and the
+    position after them."""
+    infos = []
+    for _ in range(n_tensors):
+        name, pos = _string(m, pos, order, "strict")
+        n_dims = struct.unpack_from(order + "I", m, pos)[0]
+        dims = struct.unpack_from(f"{order}{n_dims}QIQ", m, pos + 4)
+        infos.append((name, dims[:n_dims], dims[n_dims], dims[n_dims + 1]))
+        pos += 4 + 8 * n_dims + 12
+    return infos, pos
 
 
 def _string(m: mmap.mmap, pos: int, order: str, errors: str = "replace") -> tuple[str, int]:
@@ -254,13 +276,7 @@ def _header(path: Path, m: mmap.mmap) -> GGUFHeader:
         meta[key], pos = _value(m, pos + 4, kind, order)
         if kind == _FLOAT32:
             meta[key] = float(str(np.float32(meta[key])))  # 9.999999747e-06 -> 1e-05
-    infos = []
-    for _ in range(n_tensors):
-        name, pos = _string(m, pos, order, "strict")
-        n_dims = struct.unpack_from(order + "I", m, pos)[0]
-        dims = struct.unpack_from(f"{order}{n_dims}QIQ", m, pos + 4)
-        infos.append((name, dims[:n_dims], dims[n_dims], dims[n_dims + 1]))
-        pos += 4 + 8 * n_dims + 12
+    infos, pos = _tensor_infos(m, pos, order, n_tensors)
     align = meta.get("general.alignment", 32)
     if not isinstance(align, int) or align <= 0 or align & (align - 1):
         raise ValueError(f"general.alignment {align!r} is not a power of two")
