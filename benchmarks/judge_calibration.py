@@ -130,13 +130,14 @@ def main() -> None:
     parser.add_argument("--time-score", type=int, default=0, metavar="K")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="the judge's weights (none: float32)")
+    parser.add_argument("--quantize", default="none", help="none, int8 or int4 (gptlab.load's)")
     args = parser.parse_args()
     entries = load_entries(None)
     done = {r["index"]: r for r in read_jsonl(args.journal) if isinstance(r, dict)}
     todo = [i for i in range(args.n) if i not in done]
     if todo or args.time_score:
         start = time.perf_counter()
-        judge = load_judge(args.judge, args.device, args.dtype)
+        judge = load_judge(args.judge, args.device, args.dtype, args.quantize)
         print(f"judge loaded in {time.perf_counter() - start:.0f} s", flush=True)
         ready = [done[i] for i in sorted(done) if i < args.n]
         time_score(judge, entries, ready[: args.time_score])  # first: the entries already done
