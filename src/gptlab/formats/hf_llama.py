@@ -16,6 +16,8 @@ read it) and one `model.safetensors`, loadable by `AutoModelForCausalLM.from_pre
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,20 @@ def _gemma3_rope(hf: dict[str, Any], source: str) -> tuple[float, float, float]:
     return base, local_base, factor
 
 
+@contextmanager
+def config_fields(source: str) -> Iterator[None]:
+    """A config.json field missing or malformed while a config is built from it, or the
+    config's own check failing, as one GptlabError naming `source`."""
+    try:
+        yield
+    except KeyError as exc:
+        raise GptlabError(f"{source}: missing field {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise GptlabError(f"{source}: bad field value ({exc})") from None
+    except GptlabError as exc:
+        raise GptlabError(f"{source}: {exc}") from None
+
+
 def hf_gemma3_config(hf: dict[str, Any], source: str) -> Gemma3Config:
     """A Gemma3Config from a Hugging Face Gemma3ForCausalLM config.json (model_type
     gemma3_text)."""
@@ -123,7 +139,7 @@ def hf_gemma3_config(hf: dict[str, Any], source: str) -> Gemma3Config:
         if hf.get(key) is not None:
             raise GptlabError(f"{source}: {key} is not supported")
     base, local_base, factor = _gemma3_rope(hf, source)
-    try:
+    with config_fields(source):
         return Gemma3Config(
             vocab_size=int(hf["vocab_size"]),
             context_length=int(hf["max_position_embeddings"]),
@@ -142,12 +158,6 @@ def hf_gemma3_config(hf: dict[str, Any], source: str) -> Gemma3Config:
             rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_weights=bool(hf.get("tie_word_embeddings", True)),
         )
-    except KeyError as exc:
-        raise GptlabError(f"{source}: missing field {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise GptlabError(f"{source}: bad field value ({exc})") from None
-    except GptlabError as exc:
-        raise GptlabError(f"{source}: {exc}") from None
 
 
 def hf_llama_config(hf: dict[str, Any], source: str) -> LlamaConfig | Gemma3Config:
@@ -165,7 +175,7 @@ def hf_llama_config(hf: dict[str, Any], source: str) -> LlamaConfig | Gemma3Conf
     if kind != "llama" and hf.get("use_sliding_window", False):
         raise GptlabError(f"{source}: sliding-window attention is not supported")
     theta, scaling = _rope(hf, source)
-    try:
+    with config_fields(source):
         n_heads = int(hf["num_attention_heads"])
         head_dim = hf.get("head_dim")
         if head_dim is None:  # transformers' defaults: Llama derives it, Qwen3 says 128
@@ -187,12 +197,6 @@ def hf_llama_config(hf: dict[str, Any], source: str) -> LlamaConfig | Gemma3Conf
             attention_bias=kind != "qwen2" and bool(hf.get("attention_bias", False)),
             qkv_bias=kind == "qwen2",  # Qwen2ForCausalLM: always, and nowhere else
         )
-    except KeyError as exc:
-        raise GptlabError(f"{source}: missing field {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise GptlabError(f"{source}: bad field value ({exc})") from None
-    except GptlabError as exc:
-        raise GptlabError(f"{source}: {exc}") from None
 
 
 def _weight_files(folder: Path) -> list[Path]:
