@@ -77,3 +77,17 @@ def transformers_gguf_output(
 
     asked = {"ids": id_texts, "logits": logit_texts, "greedy": [prompt, new_tokens]}
     return transformers_reference(path, asked, compute)
+
+
+@torch.no_grad()
+def worst_logit_difference(
+    model: torch.nn.Module, texts: list[str], theirs: dict[str, Any]
+) -> float:
+    """The largest |logit difference| between `model` and transformers' stored logits
+    (transformers_gguf_output) over `texts`, each run on transformers' own token ids."""
+    worst = 0.0
+    for text, want in zip(texts, theirs["logits"], strict=True):
+        ids = torch.tensor([theirs["ids"][text]])
+        worst = max(worst, (model(ids)[0] - want).abs().max().item())
+    print(f"max |logit difference| vs transformers: {worst:.3g}")
+    return worst

@@ -26,7 +26,11 @@ from gptlab.instructions import prompt_format, tokenize_entry
 from gptlab.model import KVCache
 from gptlab.settings import Sampling
 from gptlab.text import GEMMA_TEMPLATE, family_template, from_gguf_metadata, render_chat
-from tests.reference import transformers_gguf_output, transformers_reference
+from tests.reference import (
+    transformers_gguf_output,
+    transformers_reference,
+    worst_logit_difference,
+)
 from tests.test_llama import check_left_padding
 
 BASE = dict(vocab_size=97, context_length=128, emb_dim=64, hidden_dim=96, rms_eps=1e-6)
@@ -239,12 +243,7 @@ def test_real_file_config_and_token_ids(gemma3) -> None:
 @torch.no_grad()
 def test_real_file_logits_and_greedy_equal_transformers(gemma3) -> None:
     _, model, tokenizer, theirs = gemma3
-    worst = 0.0
-    for text, want in zip(TEXTS, theirs["logits"], strict=True):
-        ids = torch.tensor([theirs["ids"][text]])
-        worst = max(worst, (model(ids)[0] - want).abs().max().item())
-    print(f"max |logit difference| vs transformers: {worst:.3g}")
-    assert worst < 1e-4
+    assert worst_logit_difference(model, TEXTS, theirs) < 1e-4
     prompt = theirs["prompt"]
     assert tokenizer.encode(PROMPT) == prompt
     ours = generate(model, [prompt], Sampling(max_new_tokens=8, stop_ids=()), tokenizer=tokenizer)

@@ -17,7 +17,7 @@ from gptlab.formats.gguf import GGUFModel, build_llama, read_gguf
 from gptlab.generation import generate
 from gptlab.settings import Sampling
 from gptlab.text import from_gguf_metadata
-from tests.reference import transformers_gguf_output
+from tests.reference import transformers_gguf_output, worst_logit_difference
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +63,7 @@ def test_token_ids_equal_transformers(qwen2) -> None:
 @torch.no_grad()
 def test_logits_equal_transformers(qwen2) -> None:
     _, model, _, theirs = qwen2
-    worst = 0.0
-    for text, want in zip(TEXTS, theirs["logits"], strict=True):
-        ids = torch.tensor([theirs["ids"][text]])
-        worst = max(worst, (model(ids)[0] - want).abs().max().item())
-    print(f"max |logit difference| vs transformers: {worst:.3g}")
-    assert worst < 1e-4
+    assert worst_logit_difference(model, TEXTS, theirs) < 1e-4
 
 
 @torch.no_grad()
