@@ -6,8 +6,9 @@ Each task (gptlab.tasks) gives documents; how they are scored follows its kind:
   highest log-probability per character of the choice, lm-eval's acc_norm and OLMES's
   acc_per_char) and `acc_token` (per token, as CORE scores), each with its standard error.
 - "lambada": right when greedy decoding produces the last word; its perplexity beside.
-- "generate": greedy generation with the batched KV cache (gptlab.generation), stopped at the
-  task's stop strings, the answer extracted and compared exactly (GSM8K).
+- "generate": greedy generation, continuously batched over the few-shot prefix all prompts
+  share (gptlab.batch_generation), stopped at the task's stop strings, the answer extracted
+  and compared exactly (GSM8K).
 - "text": bits per byte and perplexity of files, scored in windows of the context length.
 
 With `out`, each task's documents go to OUT/<task>.jsonl (doc_id, gold, the prediction by
@@ -28,9 +29,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from gptlab.batch_generation import generate_all_text
 from gptlab.download import sha256_of
 from gptlab.errors import GptlabError
-from gptlab.generation import generate_text, tokenizer_sampling
+from gptlab.generation import tokenizer_sampling
 from gptlab.io import atomic_write, atomic_write_json
 from gptlab.model import IGNORE_INDEX, Decoder
 from gptlab.scoring import Request, Score, encode_request, score_requests, token_logprobs
@@ -51,7 +53,7 @@ class Options:
     data_dir: Path | None = None
     index_url: str | None = None
     batch_tokens: int = 4096  # rows x padded tokens of a scoring batch
-    gen_batch: int = 8  # prompts generated together
+    gen_batch: int = 16  # prompts generated together (slots: gptlab.batch_generation)
     max_new_tokens: int = 256  # of a generated answer
     progress: bool = True
 
@@ -288,14 +290,10 @@ def _generate(
         Sampling(max_new_tokens=opts.max_new_tokens, stop_strings=run.task.extra["stop"]),
         tokenizer,
     )
-    order = sorted(range(len(gen_docs)), key=lambda i: len(gen_docs[i].prompt))
-    outputs: dict[int, str] = {}
     with _bar(opts, len(gen_docs), run.label, "doc") as bar:
-        for at in range(0, len(order), opts.gen_batch):
-            batch = order[at : at + opts.gen_batch]
-            texts = generate_text(model, [gen_docs[i].prompt for i in batch], sampling, tokenizer)
-            outputs.update(zip(batch, texts, strict=True))
-            bar.update(len(batch))
+        outputs = generate_all_text(
+            model, [d.prompt for d in gen_docs], sampling, tokenizer, opts.gen_batch, bar.update
+        )
     records = []
     for i, doc in enumerate(gen_docs):
         pred = extract(outputs[i])

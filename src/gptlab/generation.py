@@ -157,7 +157,7 @@ def generate_tokens(
             yield nxt, active.clone()
             for row in torch.nonzero(active).flatten().tolist():
                 generated[row].append(int(nxt[row]))
-                if s.stop_strings and _ends_with_stop(tok, generated[row], s.stop_strings):
+                if s.stop_strings and ends_with_stop(tok, generated[row], s.stop_strings):
                     active[row] = False
             if not active.any() or step == s.max_new_tokens - 1:
                 break  # (after the last token, no step for logits nobody reads)
@@ -179,7 +179,7 @@ def generate_tokens(
     stats.finished = (~active).tolist()
 
 
-def _ends_with_stop(
+def ends_with_stop(
     tokenizer: text_tokenizers.Tokenizer, ids: list[int], stops: tuple[str, ...]
 ) -> bool:
     # Stop strings are short: the last few tokens' text is enough to find one just completed.

