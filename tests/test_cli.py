@@ -221,6 +221,7 @@ def test_resume_says_what_it_resumes_and_refuses_other_settings(tmp_path: Path) 
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 30, encoding="utf-8")
     common = ["--corpus", str(corpus), "--preset", "gpt-nano", "--context", "16"]
     common += ["--out", "run", "--device", "cpu", "--eval-interval", "1"]
+    common += ["--checkpoint-minutes", "0"]  # at every evaluation
     checkpoints = tmp_path / "run" / "checkpoints"
     # Nothing to resume: said plainly, and a new run starts.
     first = gptlab(

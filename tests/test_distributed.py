@@ -27,7 +27,7 @@ from gptlab.shards import prepare_data
 SRC = Path(__file__).resolve().parents[1] / "src"
 ARGS = dict(preset="gpt-nano", batch_size=4, max_steps=4, eval_interval=2, context=32)
 ARGS.update(dropout=0.0, lr=1e-3, sample_tokens=4, eval_batches=2, device="cpu", grad_accum=2)
-ARGS.update(keep_checkpoints=2)  # the tests resume the step-2 checkpoint
+ARGS.update(keep_checkpoints=2, checkpoint_minutes=0)  # the tests resume the step-2 checkpoint
 
 
 def cli_args(data: Path, out: Path) -> list[str]:

@@ -38,7 +38,12 @@ def _batches(seed: int = 0) -> tuple[ResumableBatches, ResumableBatches]:
 
 
 def _run(
-    path: Path, max_steps: int, resume: bool = False, stop_after: int | None = None, keep: int = 0
+    path: Path,
+    max_steps: int,
+    resume: bool = False,
+    stop_after: int | None = None,
+    keep: int = 0,
+    minutes: float = 0.0,  # checkpoint at every evaluation
 ) -> GPT:
     torch.manual_seed(0)
     model = GPT(CFG)
@@ -53,6 +58,7 @@ def _run(
         eval_interval=3,
         eval_batches=2,
         keep_checkpoints=keep,
+        checkpoint_minutes=minutes,
     )
     plan = Plan(model, train_b, val_b, max_steps)
     train(plan, cfg, run, torch.device("cpu"), resume=resume, stop_after=stop_after)
@@ -82,6 +88,18 @@ def test_final_checkpoint_holds_final_weights(tmp_path: Path) -> None:
         "LATEST",
         "step-000003",
     ]
+
+
+def test_checkpoints_are_spaced_by_minutes_and_a_stop_always_saves(tmp_path: Path) -> None:
+    # Within its 30 minutes, a run evaluates at steps 3 and 6 but writes no checkpoint...
+    straight = _run(tmp_path / "a", max_steps=8, minutes=30)
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    # ...except when it stops (here at step 5, between evaluations), and resumes from there.
+    _run(tmp_path / "b", max_steps=8, stop_after=5, minutes=30)
+    assert (tmp_path / "b" / "checkpoints" / "LATEST").read_text().strip() == "step-000005"
+    resumed = _run(tmp_path / "b", max_steps=8, resume=True, minutes=30)
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
 def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:

@@ -203,7 +203,11 @@ class Context:
 
     def train_args(self, recipe: TrainArgs) -> TrainArgs:
         """A stage's training settings: its recipe with this run's seed and checkpoints."""
-        return recipe.replace(seed=self.c.seed, keep_checkpoints=self.c.keep_checkpoints)
+        return recipe.replace(
+            seed=self.c.seed,
+            keep_checkpoints=self.c.keep_checkpoints,
+            checkpoint_minutes=self.c.checkpoint_minutes,
+        )
 
 
 class Stage(ABC):

@@ -249,6 +249,21 @@ def keep_checkpoints() -> Any:
     )
 
 
+def checkpoint_minutes() -> Any:
+    """--checkpoint-minutes, of the training jobs and the pipeline: a checkpoint (the weights
+    and AdamW's two moments, three times the model) at every evaluation made a SmolLM2-135M
+    instruction run write about ten times its model per evaluation. Resuming from an older
+    checkpoint replays the same steps, so spacing them by time loses at most that much work
+    after a crash; a stop (Ctrl-C) always checkpoints."""
+    return arg(
+        30.0,
+        "at an evaluation, checkpoint once this many minutes of training have passed since the "
+        "last checkpoint (0: at every evaluation); a stop (Ctrl-C) always checkpoints",
+        min=0,
+        resumable=True,
+    )
+
+
 def sample_tokens() -> Any:
     """--sample-tokens of the instruction-answering jobs."""
     return arg(64, "tokens of the sample answer at each evaluation", min=0, resumable=True)
@@ -286,12 +301,15 @@ class TrainArgs(Settings):
     grad_clip: float | None = arg(
         1.0, "clip the gradient norm to this (none: no clipping)", above=0
     )
-    eval_interval: int = arg(10, "evaluate and checkpoint every N steps", min=1, resumable=True)
+    eval_interval: int = arg(
+        10, "evaluate every N steps (and checkpoint: --checkpoint-minutes)", min=1, resumable=True
+    )
     eval_batches: int | None = arg(
         None, "batches per evaluation (none: all)", min=1, resumable=True
     )
     log_interval: int = arg(1, "log the training loss every N steps", min=1, resumable=True)
     keep_checkpoints: int = keep_checkpoints()
+    checkpoint_minutes: float = checkpoint_minutes()
     seed: int = arg(123, "seed of the data order, initialisation and dropout")
 
 
@@ -833,6 +851,7 @@ class PipelineConfig(Settings):
     weights_cache: Path | None = arg(None, "pretrained weights cache (none: the user cache)")
     weights_url: str | None = arg(None, "mirror of OpenAI's GPT-2 files")
     keep_checkpoints: int = keep_checkpoints()  # of every training stage
+    checkpoint_minutes: float = checkpoint_minutes()
     instruct_lora: int | None = arg(
         None,
         "instruction-tune LoRA adapters of this rank (alpha 2 x rank) instead of all weights",

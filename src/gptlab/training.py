@@ -344,9 +344,10 @@ def train(
     on_eval: OnEval | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train `plan.model` for `cfg.max_steps` optimizer steps, evaluating and checkpointing
-    every `cfg.eval_interval` steps. `stop_after` ends the call early at that step, after its
-    checkpoint, as an interruption would (used to split a run in two). Under torchrun every
+    """Train `plan.model` for `cfg.max_steps` optimizer steps, evaluating every
+    `cfg.eval_interval` steps and checkpointing there when due (`_Loop.checkpoint_due`).
+    `stop_after` ends the call early at that step, after its checkpoint, as an interruption
+    would (used to split a run in two). Under torchrun every
     process calls this; `on_eval` runs on all of them (FSDP needs every rank in a forward).
     Perplexity is logged only for a `plan.language_model`: of a classifier's loss it means
     nothing. Checkpoints hold `plan.tokenizer` (one other than GPT-2's) beside the model."""
@@ -405,6 +406,7 @@ class _Loop:
         self.pending = self.next_batch()  # read ahead, while the accelerator works
         self.window_tokens, self.window_start = 0, time.perf_counter()  # tokens/s window
         self.seq_len = 0  # of the latest batch, for MFU
+        self.saved_at = state.elapsed  # training seconds at the last checkpoint (or the start)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.d.is_main:
@@ -431,15 +433,14 @@ class _Loop:
                     self.log_train(loss, bar)
                 bar.update(1)
                 # Evaluate on the fixed schedule only, so an interrupted and resumed run logs
-                # exactly what an uninterrupted one does; checkpoint there and when stopping,
-                # but not at the end of a run that keeps no checkpoint (one killed before its
-                # results resumes, exactly, from the one before).
+                # exactly what an uninterrupted one does; checkpoint there when due, and when
+                # stopping.
                 if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:
                     self.evaluate(bar, on_eval)
-                    if state.step < cfg.max_steps or stop or cfg.train.keep_checkpoints:
-                        state.save(self.run_dir, self.plan, self.optimizer, cfg)
+                    if self.checkpoint_due(stop or state.step == stop_after):
+                        self.save()
                 elif stop or state.step == stop_after:
-                    state.save(self.run_dir, self.plan, self.optimizer, cfg)
+                    self.save()
                 if stop:
                     raise Interrupted(
                         f"interrupted at step {state.step}; checkpoint saved in "
@@ -448,6 +449,23 @@ class _Loop:
                 if state.step == stop_after:
                     break
         return state.result()
+
+    def checkpoint_due(self, stopping: bool) -> bool:
+        """At an evaluation: always when stopping; at the end only for a run that keeps
+        checkpoints (one killed before its results resumes, exactly, from the one before);
+        otherwise once --checkpoint-minutes of training have passed since the last. Every
+        process decides alike (a checkpoint is a collective under FSDP)."""
+        cfg, state = self.cfg, self.state
+        if stopping:
+            return True
+        if state.step == cfg.max_steps:
+            return bool(cfg.train.keep_checkpoints)
+        due = state.elapsed - self.saved_at >= cfg.train.checkpoint_minutes * 60
+        return distributed.global_sum(int(due)) > 0
+
+    def save(self) -> None:
+        self.state.save(self.run_dir, self.plan, self.optimizer, self.cfg)
+        self.saved_at = self.state.elapsed
 
     def step(self, interrupted: bool) -> tuple[float, bool]:
         """One optimizer step over `grad_accum` micro-batches: (its loss, the mean over every

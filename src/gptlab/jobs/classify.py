@@ -232,6 +232,7 @@ class ClassifierTraining(TrainingJob[ClassifierConfig]):
                 # one evaluation, at the end: each pass over all windows costs ~1/3 epoch
                 eval_interval=p.steps,
                 keep_checkpoints=c.train.keep_checkpoints,
+                checkpoint_minutes=c.train.checkpoint_minutes,
                 seed=c.train.seed,
             ),
             speed=c.speed,
