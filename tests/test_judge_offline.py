@@ -26,6 +26,7 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.judge import score_prompt
 from gptlab.judge_local import (
+    PRUNE,
     evaluate,
     judge_expected,
     judge_pairwise,
@@ -36,7 +37,7 @@ from gptlab.judge_local import (
 from gptlab.judge_model import JUDGE, SplitFile, ensure_split_file
 from gptlab.model import GPT
 from gptlab.pipeline import in_process_judge
-from gptlab.scoring import Request, score_requests, score_tree
+from gptlab.scoring import Prefix, Request, common_prefix, score_requests, score_tree
 from gptlab.settings import JudgeConfig, PipelineConfig
 from gptlab.tasks.data import Wheel
 
@@ -97,15 +98,50 @@ def test_expected_equals_brute_force(judge) -> None:
     entry = answered(["Paris.", "6", "tac"])[0]
     context = judge.chat_ids(score_prompt(entry))
     model = judge.llm.model
-    logps = [brute_force(model, context, s) for s in score_strings(judge)]
-    p = [math.exp(x) for x in logps]
-    record = judge_expected(judge, [entry])[0]
-    assert record["mass"] == pytest.approx(sum(p), rel=1e-5)
-    assert record["mean"] == pytest.approx(sum(i * q for i, q in enumerate(p)) / sum(p), abs=1e-5)
-    tree = score_tree(model, Request(context, score_strings(judge)))
-    flat = score_requests(model, [Request(context, score_strings(judge))])[0]
+    strings = score_strings(judge)
+    logps = [brute_force(model, context, s) for s in strings]
+    tree = score_tree(model, Request(context, strings))
+    flat = score_requests(model, [Request(context, strings)])[0]
     assert [s.logprob for s in tree] == pytest.approx(logps, abs=1e-5)
     assert [s.greedy for s in tree] == [s.greedy for s in flat]
+    # The record leaves out the strings with a digit prefix less likely than PRUNE: the
+    # random model's flat digits lose some, and less than 101 x PRUNE of probability.
+    kept = [
+        all(brute_force(model, context, s[:j]) >= math.log(PRUNE) for j in range(1, len(s)))
+        for s in strings
+    ]
+    p = [math.exp(x) for x in logps]
+    q = [x if k else 0.0 for x, k in zip(p, kept, strict=True)]
+    assert 0 < kept.count(False) < 101 and sum(p) - sum(q) < 101 * PRUNE
+    record = judge_expected(judge, [entry])[0]
+    assert record["mass"] == pytest.approx(sum(q), rel=1e-5)
+    assert record["mean"] == pytest.approx(sum(i * x for i, x in enumerate(q)) / sum(q), abs=1e-5)
+    # Entries judged together run their prompts' common beginning once: the same records.
+    both = judge_expected(judge, answered(["Paris.", "6", "tac"])[:2])
+    second = judge_expected(judge, answered(["Paris.", "6", "tac"])[1:2])[0]
+    assert both[0]["mean"] == pytest.approx(record["mean"], abs=1e-5)
+    assert both[1]["mean"] == pytest.approx(second["mean"], abs=1e-5)
+
+
+def test_tree_from_a_shared_prefix_and_pruned(judge) -> None:
+    """Contexts that begin alike run only past their common beginning, to the same scores;
+    with min_prob, a string through a less likely prefix gets -inf and the others stay."""
+    model, strings = judge.llm.model, score_strings(judge)
+    contexts = [judge.chat_ids(score_prompt(e)) for e in answered(["Paris.", "6", "tac"])]
+    prefix = Prefix(model, common_prefix(contexts))
+    assert 5 < len(prefix.tokens) < min(len(c) for c in contexts)
+    for context in contexts:
+        plain = score_tree(model, Request(context, strings))
+        shared = score_tree(model, Request(context, strings), prefix)
+        assert [s.logprob for s in shared] == pytest.approx([s.logprob for s in plain], abs=1e-5)
+        pruned = score_tree(model, Request(context, strings), prefix, min_prob=0.02)
+        for s, full, p in zip(strings, plain, pruned, strict=True):
+            through = [score_tree(model, Request(context, [s[:j]]))[0] for j in (1, len(s) - 1)]
+            if p.logprob == -math.inf:
+                assert min(t.logprob for t in through) < math.log(0.02)
+            else:
+                assert p.logprob == pytest.approx(full.logprob, abs=1e-5)
+        assert -math.inf in [p.logprob for p in pruned]
 
 
 def test_expected_without_mass_on_scores_is_unusable(judge) -> None:

@@ -29,6 +29,7 @@ from gptlab.cpu import decode as cpu_decode
 from gptlab.errors import GptlabError
 from gptlab.generation import ends_with_stop, sample_next, tokenizer_sampling, trim_at_stop
 from gptlab.model import Decoder, KVCache
+from gptlab.scoring import common_prefix
 from gptlab.settings import Sampling
 
 SLACK = 64  # cache columns beyond the longest prompt plus answer: compactions are that rare
@@ -120,17 +121,6 @@ def _admit(
         return head(last)
 
 
-def _shared_prefix(prompts: list[list[int]]) -> list[int]:
-    """The tokens every prompt begins with (none for one prompt), leaving each at least one
-    of its own, whose hidden state predicts its first new token."""
-    if len(prompts) < 2:
-        return []
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        n = next((i for i in range(n) if p[i] != first[i]), n)
-    return first[:n]
-
-
 def _check(model: Decoder, prompts: Sequence[Sequence[int]], slots: int) -> None:
     if any(len(p) == 0 for p in prompts):
         raise GptlabError("every prompt needs at least one token")
@@ -159,7 +149,7 @@ def generate_all(
     ctx = model.cfg.context_length
     todo = [list(p[-(ctx - 1) :]) for p in prompts]
     longest = max(len(p) for p in todo)
-    shared = _shared_prefix(todo)
+    shared = common_prefix(todo)
     width = min(ctx, longest + s.max_new_tokens + SLACK)
     out: list[list[int]] = [[] for _ in todo]
     device = next(model.parameters()).device

@@ -22,6 +22,7 @@ the context's), so the same words give the same tokens as lm-eval's scores.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -290,35 +291,97 @@ def _prefix_rows(continuations: Sequence[Sequence[int]]) -> list[dict[tuple[int,
     return depths
 
 
+def common_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
+    """The tokens every sequence begins with (none for a single one), leaving each at least
+    one of its own, whose hidden state predicts what follows it."""
+    if len(seqs) < 2:
+        return []
+    first, n = seqs[0], min(len(x) for x in seqs) - 1
+    for x in seqs[1:]:
+        n = next((i for i in range(n) if x[i] != first[i]), n)
+    return list(first[:n])
+
+
+class Prefix:
+    """Keys and values of tokens that many requests' contexts begin with (a judge's chat
+    template and instructions), run once: `score_tree` then runs only the rest of each."""
+
+    @torch.inference_mode()
+    def __init__(self, model: Decoder, tokens: Sequence[int]) -> None:
+        p = next(model.parameters())
+        self.tokens = list(tokens)
+        self.cache = KVCache(model.cfg, 1, max(1, len(tokens)), p.device, p.dtype)
+        if self.tokens:
+            model.hidden_states(torch.tensor([self.tokens], device=p.device), self.cache)
+
+    def begins(self, context: Sequence[int]) -> bool:
+        n = len(self.tokens)
+        return 0 < n < len(context) and list(context[:n]) == self.tokens
+
+
+def _context_logp(
+    model: Decoder, context: Sequence[int], prefix: Prefix | None
+) -> tuple[KVCache, torch.Tensor]:
+    """The context's cache (from `prefix`'s when the context begins with it) and its last
+    position's next-token log-probabilities (1, V)."""
+    device = next(model.parameters()).device
+    if prefix is not None and prefix.begins(context):
+        rest = list(context[len(prefix.tokens) :])
+        cache = _expand(prefix.cache, model, torch.zeros(1, dtype=torch.long), len(rest))
+    else:
+        rest = list(context)
+        p = next(model.parameters())
+        cache = KVCache(model.cfg, 1, len(rest), device, p.dtype)
+    h = model.hidden_states(torch.tensor([rest], device=device), cache)[:, -1]
+    return cache, F.log_softmax(model.out_head(h).float(), -1)
+
+
 @torch.inference_mode()
-def score_tree(model: Decoder, request: Request) -> list[Score]:
+def score_tree(
+    model: Decoder, request: Request, prefix: Prefix | None = None, min_prob: float = 0.0
+) -> list[Score]:
     """The Scores of `request`'s continuations, as `score_requests` gives them, with every
     token prefix they share run once: depth by depth, one row per distinct prefix, its cache
     copied from its parent's row. Many short continuations that share their first tokens
     (the replies "0" ... "100", digit by digit) cost one token each instead of their length
-    each, padded."""
+    each, padded. A context that begins with `prefix`'s tokens runs only past them.
+
+    With `min_prob`, a token prefix less likely than that is not run further: continuations
+    through it get log-probability -inf, which leaves out less than min_prob of probability
+    per pruned prefix (the judge's unlikely first digits: 90 rows become a few)."""
     fitted = _fit(request, model.cfg.context_length)
     conts = [list(c) for c in fitted.continuations]
     depths = _prefix_rows(conts)
-    p = next(model.parameters())
-    ctx = torch.tensor([list(fitted.context)], device=p.device)
-    cache = KVCache(model.cfg, 1, ctx.shape[1], p.device, p.dtype)
-    logp = [F.log_softmax(model.out_head(model.hidden_states(ctx, cache)[:, -1]).float(), -1)]
+    cache, first = _context_logp(model, fitted.context, prefix)
+    logp, path = [first], {(): 0.0}  # path: a run prefix's summed log-probability
+    floor = math.log(min_prob) if min_prob > 0 else -math.inf
     for d in range(1, len(depths)):
-        rows = list(depths[d])
-        owner = torch.tensor([depths[d - 1][r[:-1]] for r in rows], device=p.device)
+        prev, dist = depths[d - 1], logp[d - 1]
+        for r in depths[d]:
+            if r[:-1] in prev:
+                path[r] = path[r[:-1]] + float(dist[prev[r[:-1]], r[-1]])
+        rows = [r for r in depths[d] if r in path and path[r] >= floor]
+        if not rows:
+            break
+        depths[d] = {r: i for i, r in enumerate(rows)}
+        owner = torch.tensor([depths[d - 1][r[:-1]] for r in rows], device=cache.k.device)
         cache = _expand(cache, model, owner, 1)
-        last = torch.tensor([[r[-1]] for r in rows], device=p.device)
+        last = torch.tensor([[r[-1]] for r in rows], device=cache.k.device)
         h = model.hidden_states(last, cache)[:, -1]
         logp.append(F.log_softmax(model.out_head(h).float(), -1))
-    scores = []
-    for c in conts:
-        rows = [depths[d][tuple(c[:d])] for d in range(len(c))]
-        dist = [logp[d][row] for d, row in enumerate(rows)]
-        total = sum(float(x[t]) for x, t in zip(dist, c, strict=True))
-        greedy = all(int(x.argmax()) == t for x, t in zip(dist, c, strict=True))
-        scores.append(Score(total, greedy, len(c)))
-    return scores
+    return [_tree_score(c, depths, logp) for c in conts]
+
+
+def _tree_score(
+    c: list[int], depths: list[dict[tuple[int, ...], int]], logp: list[torch.Tensor]
+) -> Score:
+    rows = [depths[d].get(tuple(c[:d])) if d < len(logp) else None for d in range(len(c))]
+    if None in rows:  # pruned on its way
+        return Score(-math.inf, False, len(c))
+    dist = [logp[d][row] for d, row in enumerate(rows)]
+    total = sum(float(x[t]) for x, t in zip(dist, c, strict=True))
+    greedy = all(int(x.argmax()) == t for x, t in zip(dist, c, strict=True))
+    return Score(total, greedy, len(c))
 
 
 @torch.inference_mode()
