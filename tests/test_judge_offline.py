@@ -26,7 +26,6 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.judge import score_prompt
 from gptlab.judge_local import (
-    PRUNE,
     evaluate,
     judge_expected,
     judge_pairwise,
@@ -104,18 +103,10 @@ def test_expected_equals_brute_force(judge) -> None:
     flat = score_requests(model, [Request(context, strings)])[0]
     assert [s.logprob for s in tree] == pytest.approx(logps, abs=1e-5)
     assert [s.greedy for s in tree] == [s.greedy for s in flat]
-    # The record leaves out the strings with a digit prefix less likely than PRUNE: the
-    # random model's flat digits lose some, and less than 101 x PRUNE of probability.
-    kept = [
-        all(brute_force(model, context, s[:j]) >= math.log(PRUNE) for j in range(1, len(s)))
-        for s in strings
-    ]
     p = [math.exp(x) for x in logps]
-    q = [x if k else 0.0 for x, k in zip(p, kept, strict=True)]
-    assert 0 < kept.count(False) < 101 and sum(p) - sum(q) < 101 * PRUNE
     record = judge_expected(judge, [entry])[0]
-    assert record["mass"] == pytest.approx(sum(q), rel=1e-5)
-    assert record["mean"] == pytest.approx(sum(i * x for i, x in enumerate(q)) / sum(q), abs=1e-5)
+    assert record["mass"] == pytest.approx(sum(p), rel=1e-5)
+    assert record["mean"] == pytest.approx(sum(i * x for i, x in enumerate(p)) / sum(p), abs=1e-5)
     # Entries judged together run their prompts' common beginning once: the same records.
     both = judge_expected(judge, answered(["Paris.", "6", "tac"])[:2])
     second = judge_expected(judge, answered(["Paris.", "6", "tac"])[1:2])[0]
@@ -123,25 +114,17 @@ def test_expected_equals_brute_force(judge) -> None:
     assert both[1]["mean"] == pytest.approx(second["mean"], abs=1e-5)
 
 
-def test_tree_from_a_shared_prefix_and_pruned(judge) -> None:
-    """Contexts that begin alike run only past their common beginning, to the same scores;
-    with min_prob, a string through a less likely prefix gets -inf and the others stay."""
+def test_tree_from_a_shared_prefix(judge) -> None:
+    """Contexts that begin alike run only past their common beginning, to the same scores."""
     model, strings = judge.llm.model, score_strings(judge)
     contexts = [judge.chat_ids(score_prompt(e)) for e in answered(["Paris.", "6", "tac"])]
     prefix = Prefix(model, common_prefix(contexts))
     assert 5 < len(prefix.tokens) < min(len(c) for c in contexts)
     for context in contexts:
-        plain = score_tree(model, Request(context, strings))
+        flat = score_requests(model, [Request(context, strings)])[0]
         shared = score_tree(model, Request(context, strings), prefix)
-        assert [s.logprob for s in shared] == pytest.approx([s.logprob for s in plain], abs=1e-5)
-        pruned = score_tree(model, Request(context, strings), prefix, min_prob=0.02)
-        for s, full, p in zip(strings, plain, pruned, strict=True):
-            through = [score_tree(model, Request(context, [s[:j]]))[0] for j in (1, len(s) - 1)]
-            if p.logprob == -math.inf:
-                assert min(t.logprob for t in through) < math.log(0.02)
-            else:
-                assert p.logprob == pytest.approx(full.logprob, abs=1e-5)
-        assert -math.inf in [p.logprob for p in pruned]
+        assert [s.logprob for s in shared] == pytest.approx([s.logprob for s in flat], abs=1e-5)
+        assert [s.greedy for s in shared] == [s.greedy for s in flat]
 
 
 def test_expected_without_mass_on_scores_is_unusable(judge) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -15,7 +16,15 @@ from gptlab.formats.hf import export_hf
 from gptlab.gemma3 import Gemma3
 from gptlab.llama import Llama
 from gptlab.model import GPT, IGNORE_INDEX, Decoder
-from gptlab.scoring import Request, encode_request, score_requests, token_logprobs
+from gptlab.scoring import (
+    Prefix,
+    Request,
+    common_prefix,
+    encode_request,
+    score_requests,
+    score_tree,
+    token_logprobs,
+)
 from gptlab.text import gpt2
 
 VOCAB = 97
@@ -109,6 +118,43 @@ def test_chunks_and_long_rows_equal_full_passes(model: Decoder) -> None:
             logp, greedy = full_pass(model, list(r.context)[-keep:], list(cont))
             assert score.logprob == pytest.approx(logp, abs=1e-4)
             assert score.greedy == greedy
+
+
+def tree_request(rng: random.Random, context: list[int]) -> Request:
+    """Continuations that share their first tokens as score replies do: a few first tokens,
+    each alone or followed by others, every one ending in the same end token."""
+    end, firsts = 0, rng.sample(range(1, VOCAB), 4)
+    conts = [[f, end] for f in firsts]
+    conts += [[f, rng.randrange(1, VOCAB), end] for f in firsts for _ in range(3)]
+    conts += [[*conts[-1][:2], 5, end]]
+    return Request(context, conts)
+
+
+@pytest.mark.parametrize("window", [8, 40])
+def test_tree_from_a_shared_prefix_equals_full_passes(window: int) -> None:
+    """score_tree runs each context's rest and every distinct continuation prefix in one pass:
+    GPT-2, Llama and Gemma 3 give what full passes give; a sliding window shorter than
+    context plus tree (8; 40 for the longest context) scores the continuations one by one
+    instead."""
+    rng = random.Random(window)
+    head = [rng.randrange(VOCAB) for _ in range(9)]
+    # the last context's 40 tokens and the tree's 17 nodes take more slots (57) than the
+    # models' context length (48), though no position passes it
+    contexts = [head + [rng.randrange(VOCAB) for _ in range(n)] for n in (1, 6, 31)]
+    for name in MODELS:
+        torch.manual_seed(0)
+        model = MODELS[name]().eval()
+        if name == "gemma3":
+            model = Gemma3(dataclasses.replace(model.cfg, sliding_window=window)).eval()
+        prefix = Prefix(model, common_prefix(contexts))
+        assert prefix.tokens == head
+        for context in contexts:
+            request = tree_request(rng, context)
+            for scores in (score_tree(model, request), score_tree(model, request, prefix)):
+                for cont, score in zip(request.continuations, scores, strict=True):
+                    logp, greedy = full_pass(model, context, list(cont))
+                    assert score.logprob == pytest.approx(logp, abs=1e-4), name
+                    assert score.greedy == greedy and score.n_tokens == len(cont)
 
 
 def test_batch_size_does_not_change_scores(model: Decoder) -> None:

@@ -61,9 +61,6 @@ from gptlab.scoring import Prefix, Request, Score, common_prefix, score_requests
 from gptlab.settings import JUDGE_PROTOCOLS, JudgeConfig, Sampling
 
 MIN_MASS = 0.01  # least probability on score strings for an `expected` score
-# Score prefixes less likely than this are not read further: together they leave out less than
-# 101 x PRUNE = 0.001 of probability, which moves a mean over most of it by about 0.1 point.
-PRUNE = 1e-5
 SCORE_TOKENS = 8  # greedy reply of the `score` protocol: an integer, maybe a period
 MEMORY_MARGIN = 1.2  # the estimate: float32 weights plus room for activations and caches
 PAIRWISE_PROMPT = (
@@ -195,15 +192,13 @@ def score_strings(judge: LocalJudge) -> list[list[int]]:
 
 def judge_expected(judge: LocalJudge, entries: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
     """`expected`: the probability-weighted mean of the score replies (module docstring). The
-    prompts' common beginning (chat template, the book's first words) runs once, and a first
-    digit less likely than PRUNE is not read further."""
+    prompts' common beginning (chat template, the book's first words) runs once."""
     replies = score_strings(judge)
     model = judge.llm.model
     prompts = [judge.chat_ids(score_prompt(e)) for e in entries]
     prefix = Prefix(model, common_prefix(prompts))
-    return [
-        expected_record(score_tree(model, Request(ids, replies), prefix, PRUNE)) for ids in prompts
-    ]
+    trees = (score_tree(model, Request(ids, replies), prefix) for ids in prompts)
+    return [expected_record(tree) for tree in trees]
 
 
 def expected_record(scores: Sequence[Score]) -> dict[str, Any]:

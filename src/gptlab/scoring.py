@@ -22,7 +22,6 @@ the context's), so the same words give the same tokens as lm-eval's scores.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -281,16 +280,6 @@ def _cache_tokens(model: Decoder) -> int:
     return max(1, CACHE_BYTES // per_token)
 
 
-def _prefix_rows(continuations: Sequence[Sequence[int]]) -> list[dict[tuple[int, ...], int]]:
-    """For each depth d >= 1, the distinct d-token prefixes that some continuation extends,
-    each numbered as a row of that depth; depth 0 is the context's own row."""
-    depths: list[dict[tuple[int, ...], int]] = [{(): 0}]
-    for d in range(1, max(len(c) for c in continuations)):
-        prefixes = dict.fromkeys(tuple(c[:d]) for c in continuations if len(c) > d)
-        depths.append({p: row for row, p in enumerate(prefixes)})
-    return depths
-
-
 def common_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
     """The tokens every sequence begins with (none for a single one), leaving each at least
     one of its own, whose hidden state predicts what follows it."""
@@ -319,66 +308,84 @@ class Prefix:
         return 0 < n < len(context) and list(context[:n]) == self.tokens
 
 
-def _context_logp(
-    model: Decoder, context: Sequence[int], prefix: Prefix | None
-) -> tuple[KVCache, torch.Tensor]:
-    """The context's cache (from `prefix`'s when the context begins with it) and its last
-    position's next-token log-probabilities (1, V)."""
-    device = next(model.parameters()).device
-    if prefix is not None and prefix.begins(context):
-        rest = list(context[len(prefix.tokens) :])
-        cache = _expand(prefix.cache, model, torch.zeros(1, dtype=torch.long), len(rest))
-    else:
-        rest = list(context)
+class _TreeCache(KVCache):
+    """A one-row cache that takes, in one pass, the rest of a context (after `prefix`) and then
+    a tree of continuation prefixes: the rest attends causally; tree node i (its parent
+    parents[i], -1: the context's last token) attends to the whole context and to its own
+    ancestors, at position len(context) - 1 + its depth."""
+
+    def __init__(self, model: Decoder, prefix: Prefix | None, rest: int, parents: list[int]):
         p = next(model.parameters())
-        cache = KVCache(model.cfg, 1, len(rest), device, p.dtype)
-    h = model.hidden_states(torch.tensor([rest], device=device), cache)[:, -1]
-    return cache, F.log_softmax(model.out_head(h).float(), -1)
+        start = len(prefix.tokens) if prefix is not None else 0
+        context, n = start + rest, len(parents)
+        super().__init__(model.cfg, 1, 1, p.device, p.dtype)
+        # widened past the model's context if need be: the nodes take more slots than positions
+        self.max_len = context + n
+        shape = (*self.k.shape[:3], self.max_len, self.k.shape[-1])
+        self.k = torch.empty(shape, device=p.device, dtype=p.dtype)
+        self.v = torch.empty(shape, device=p.device, dtype=p.dtype)
+        if prefix is not None:
+            self.k[:, :, :, :start] = prefix.cache.k
+            self.v[:, :, :, :start] = prefix.cache.v
+            self.length = start
+        depth = torch.zeros(n, dtype=torch.long)
+        ancestors = torch.eye(n, dtype=torch.bool)
+        for i, parent in enumerate(parents):
+            if parent >= 0:
+                depth[i] = depth[parent] + 1
+                ancestors[i] |= ancestors[parent]
+        self.tree_positions = torch.cat([torch.arange(start, context), context + depth])[None]
+        mask = torch.zeros(rest + n, context + n, dtype=torch.bool)
+        mask[:rest, :context] = torch.ones(rest, context, dtype=torch.bool).tril(start)
+        mask[rest:, :context] = True
+        mask[rest:, context:] = ancestors
+        self.tree_mask = mask[None, None].to(p.device)
+        self.tree_positions = self.tree_positions.to(p.device)
+
+    def positions(self, n_new: int) -> torch.Tensor:
+        return self.tree_positions
+
+    def attention_mask(self, n_new: int) -> tuple[torch.Tensor | None, bool]:
+        return self.tree_mask, False
+
+
+def _windowed(model: Decoder, slots: int) -> bool:
+    """Whether a sliding-window layer (Gemma 3) would cut `slots` cache slots: its window is
+    counted in slots, which a tree's nodes do not fill in position order."""
+    window = getattr(model.cfg, "sliding_window", None)
+    return window is not None and slots > window
 
 
 @torch.inference_mode()
-def score_tree(
-    model: Decoder, request: Request, prefix: Prefix | None = None, min_prob: float = 0.0
-) -> list[Score]:
-    """The Scores of `request`'s continuations, as `score_requests` gives them, with every
-    token prefix they share run once: depth by depth, one row per distinct prefix, its cache
-    copied from its parent's row. Many short continuations that share their first tokens
-    (the replies "0" ... "100", digit by digit) cost one token each instead of their length
-    each, padded. A context that begins with `prefix`'s tokens runs only past them.
-
-    With `min_prob`, a token prefix less likely than that is not run further: continuations
-    through it get log-probability -inf, which leaves out less than min_prob of probability
-    per pruned prefix (the judge's unlikely first digits: 90 rows become a few)."""
+def score_tree(model: Decoder, request: Request, prefix: Prefix | None = None) -> list[Score]:
+    """The Scores of `request`'s continuations, as `score_requests` gives them, from one
+    forward pass: the context (past `prefix`'s tokens, when it begins with them) and then every
+    distinct token prefix of the continuations, once each, as a tree (_TreeCache). Many short
+    continuations that share their first tokens (the replies "0" ... "100", digit by digit:
+    202 tokens, 101 distinct prefixes) cost one token per prefix. Where a sliding window would
+    cut the tree, the continuations are scored one by one (score_requests)."""
     fitted = _fit(request, model.cfg.context_length)
     conts = [list(c) for c in fitted.continuations]
-    depths = _prefix_rows(conts)
-    cache, first = _context_logp(model, fitted.context, prefix)
-    logp, path = [first], {(): 0.0}  # path: a run prefix's summed log-probability
-    floor = math.log(min_prob) if min_prob > 0 else -math.inf
-    for d in range(1, len(depths)):
-        prev, dist = depths[d - 1], logp[d - 1]
-        for r in depths[d]:
-            if r[:-1] in prev:
-                path[r] = path[r[:-1]] + float(dist[prev[r[:-1]], r[-1]])
-        rows = [r for r in depths[d] if r in path and path[r] >= floor]
-        if not rows:
-            break
-        depths[d] = {r: i for i, r in enumerate(rows)}
-        owner = torch.tensor([depths[d - 1][r[:-1]] for r in rows], device=cache.k.device)
-        cache = _expand(cache, model, owner, 1)
-        last = torch.tensor([[r[-1]] for r in rows], device=cache.k.device)
-        h = model.hidden_states(last, cache)[:, -1]
-        logp.append(F.log_softmax(model.out_head(h).float(), -1))
-    return [_tree_score(c, depths, logp) for c in conts]
+    nodes = list(dict.fromkeys(tuple(c[:d]) for c in conts for d in range(1, len(c))))
+    if prefix is None or not prefix.begins(fitted.context):
+        prefix = None
+    rest = list(fitted.context[len(prefix.tokens) if prefix is not None else 0 :])
+    if _windowed(model, len(fitted.context) + len(nodes)):
+        return score_requests(model, [fitted])[0]
+    index = {node: i for i, node in enumerate(nodes)}
+    cache = _TreeCache(model, prefix, len(rest), [index.get(n[:-1], -1) for n in nodes])
+    device = cache.k.device
+    tokens = torch.tensor([rest + [n[-1] for n in nodes]], device=device)
+    h = model.hidden_states(tokens, cache)[0, len(rest) - 1 :]  # the context's last, the nodes
+    logp = F.log_softmax(model.out_head(h).float(), -1)
+    row = {(): 0, **{node: i + 1 for i, node in enumerate(nodes)}}
+    return [_tree_score(c, row, logp) for c in conts]
 
 
-def _tree_score(
-    c: list[int], depths: list[dict[tuple[int, ...], int]], logp: list[torch.Tensor]
-) -> Score:
-    rows = [depths[d].get(tuple(c[:d])) if d < len(logp) else None for d in range(len(c))]
-    if None in rows:  # pruned on its way
-        return Score(-math.inf, False, len(c))
-    dist = [logp[d][row] for d, row in enumerate(rows)]
+def _tree_score(c: list[int], row: dict[tuple[int, ...], int], logp: torch.Tensor) -> Score:
+    """A continuation's Score from the next-token log-probabilities after each of its
+    prefixes (rows of `logp`)."""
+    dist = [logp[row[tuple(c[:d])]] for d in range(len(c))]
     total = sum(float(x[t]) for x, t in zip(dist, c, strict=True))
     greedy = all(int(x.argmax()) == t for x, t in zip(dist, c, strict=True))
     return Score(total, greedy, len(c))
