@@ -1,57 +1,29 @@
 """Continuous batching over a shared prefix (gptlab.batch_generation) gives every prompt what
-it gives alone: GPT-2, a grouped-query Llama and a sliding-window Gemma 3, with slots
-refilled, a cache compacted at the context's end, stop ids and stop strings."""
+it gives alone: GPT-2, a grouped-query Llama and a sliding-window Gemma 3 (test_scoring's),
+with slots refilled, a cache compacted at the context's end, stop ids and stop strings."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 from gptlab.batch_generation import generate_all, generate_all_text
-from gptlab.config import Gemma3Config, GPTConfig, LlamaConfig
 from gptlab.errors import GptlabError
-from gptlab.gemma3 import Gemma3
 from gptlab.generation import generate
-from gptlab.llama import Llama
 from gptlab.model import GPT, Decoder
 from gptlab.settings import Sampling
 
-VOCAB = 97
-MODELS = {
-    "gpt2": lambda ctx: GPT(
-        GPTConfig(vocab_size=VOCAB, context_length=ctx, emb_dim=32, n_layers=2, n_heads=4)
-    ),
-    "llama-gqa": lambda ctx: Llama(
-        LlamaConfig(
-            vocab_size=VOCAB,
-            context_length=ctx,
-            emb_dim=32,
-            n_layers=2,
-            hidden_dim=48,
-            n_heads=4,
-            n_kv_heads=2,
-        )
-    ),
-    "gemma3-window6": lambda ctx: Gemma3(
-        Gemma3Config(
-            vocab_size=VOCAB,
-            context_length=ctx,
-            emb_dim=32,
-            hidden_dim=48,
-            n_layers=3,
-            n_heads=4,
-            n_kv_heads=2,
-            head_dim=8,
-            sliding_window=6,
-            sliding_pattern=2,
-        )
-    ),
-}
+from .test_scoring import MODELS, VOCAB
 
 
 def build(name: str, ctx: int) -> Decoder:
+    """test_scoring's tiny GPT-2, grouped-query Llama or Gemma 3 (window 8, shorter than the
+    prompts), with a context of `ctx` tokens."""
+    model = MODELS[name]()
     torch.manual_seed(0)
-    return MODELS[name](ctx).eval()
+    return type(model)(dataclasses.replace(model.cfg, context_length=ctx)).eval()
 
 
 def prompts(shared: int, seed: int = 1) -> list[list[int]]:
@@ -89,7 +61,7 @@ def test_cache_compacts_and_rows_end_at_the_context(name: str) -> None:
 
 
 def test_stop_ids_and_strings_end_only_their_row() -> None:
-    model = build("llama-gqa", 128)
+    model = build("llama", 128)
     ps = prompts(shared=4, seed=3)
     free = alone(model, ps, Sampling(max_new_tokens=12, stop_ids=()))
     stop = free[0][4]  # a token the first prompt's answer meets
