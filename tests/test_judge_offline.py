@@ -23,10 +23,12 @@ from tokenizers import pre_tokenizers
 from gptlab.checkpoints import save_model
 from gptlab.cli import main
 from gptlab.config import GPTConfig
+from gptlab.device import native_bf16
 from gptlab.errors import GptlabError
 from gptlab.judge import score_prompt
 from gptlab.judge_local import (
     evaluate,
+    judge_dtype,
     judge_expected,
     judge_pairwise,
     judge_score,
@@ -72,7 +74,7 @@ def judge_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def judge(judge_folder: Path):
-    return load_judge(str(judge_folder), "cpu")
+    return load_judge(str(judge_folder), "cpu", dtype="float32")  # exact sums below
 
 
 def brute_force(model: torch.nn.Module, context: list[int], reply: list[int]) -> float:
@@ -81,6 +83,16 @@ def brute_force(model: torch.nn.Module, context: list[int], reply: list[int]) ->
     with torch.inference_mode():
         logp = F.log_softmax(model(ids)[0].double(), dim=-1)
     return sum(float(logp[len(context) - 1 + j, t]) for j, t in enumerate(reply))
+
+
+def test_judge_weights_bfloat16_where_native() -> None:
+    """Judging is prompt reading, twice as fast in bfloat16 where its products are native: a
+    GPU, or a CPU with AVX512-BF16 or AMX; never under --quantize."""
+    assert judge_dtype(torch.device("cuda")) == "bfloat16"
+    assert judge_dtype(torch.device("cuda"), "int4") is None
+    assert judge_dtype(torch.device("mps")) is None
+    cpu = "bfloat16" if native_bf16(torch.device("cpu")) else None
+    assert judge_dtype(torch.device("cpu")) == cpu
 
 
 def test_replies_are_digits_then_end_of_turn(judge) -> None:
@@ -169,6 +181,9 @@ def test_evaluate_resumes_from_its_journal(judge_folder: Path, tmp_path: Path) -
     journal = cfg.scores_path(responses)
     lines = journal.read_text().splitlines()
     assert len(lines) == 3 and first["protocol"] == "expected"
+    weights = "BF16" if native_bf16(torch.device("cpu")) else "F32"  # judge_dtype's choice
+    assert first["judge_weights"] == weights
+    assert json.loads(lines[0])["judge"] == f"{judge_folder} (expected, {weights})"
     journal.write_text(lines[0] + "\n" + lines[1][:20])
     again = evaluate(cfg)
     now = journal.read_text().splitlines()

@@ -7,7 +7,9 @@ so no inference code imports gptlab.training.
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,6 +83,26 @@ def to_device(batch: Any, device: torch.device, pin: bool = False) -> Any:
 
 # Dense bf16 peak FLOP/s by GPU name, for model FLOPs utilisation.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively on `device`: a GPU, or a CPU with
+    AVX512-BF16 or AMX. There a bfloat16 model reads prompts about twice as fast as in float32
+    (the 2-core AMD EPYC: 91 against 41 GFLOP/s for a 77-token product with a 1536 x 8960
+    weight); elsewhere bfloat16 products are emulated, and slower."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and _cpu_bf16()
+
+
+@functools.cache
+def _cpu_bf16() -> bool:
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: assume not
+        return False
+    flags = set(info.split())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def peak_flops(device: torch.device, tflops: float | None = None) -> float | None:

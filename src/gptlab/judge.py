@@ -417,12 +417,16 @@ Scorer = Callable[[Path], tuple[list[dict], list[dict]]]
 
 
 def evaluate_responses(
-    config: JudgeConfig, scorer: Scorer | None = None, judge: str | None = None
+    config: JudgeConfig,
+    scorer: Scorer | None = None,
+    judge: str | None = None,
+    about: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the responses file (and `compare`, if set), write the report folder and return its
     results: judge, protocol, average (the headline), median, n, scored, invalid, lowest,
     compare, and histogram (None when no reply held a score). `scorer(path)` gives a file's
-    (entries, records) (default: the server at config.url, `score_file`); `judge` names it."""
+    (entries, records) (default: the server at config.url, `score_file`); `judge` names it and
+    `about` adds what results.json should say of it (an in-process judge's weights)."""
     load_responses(config.responses)  # fail on a bad file before contacting anyone
     if config.compare is not None:
         load_responses(config.compare)
@@ -436,6 +440,7 @@ def evaluate_responses(
     results: dict[str, Any] = {
         "task": "evaluate",
         "judge": judge,
+        **(about or {}),
         "protocol": config.protocol,
         "responses": str(config.responses),
         **summarize(entries, records, config.n_lowest),

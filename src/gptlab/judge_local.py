@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from gptlab.device import native_bf16, pick_device
 from gptlab.errors import GptlabError, Interrupted
 from gptlab.formats.gguf import count_parameters
 from gptlab.generation import generate
@@ -56,6 +57,7 @@ from gptlab.judge import (
 )
 from gptlab.judge_model import judge_spec
 from gptlab.llm import LLM, load
+from gptlab.quantize import quantization_level
 from gptlab.runs import RunDir
 from gptlab.scoring import Prefix, Request, Score, common_prefix, score_requests, score_tree
 from gptlab.settings import JUDGE_PROTOCOLS, JudgeConfig, Sampling
@@ -81,6 +83,11 @@ class LocalJudge:
     llm: LLM
     fmt: PromptFormat
     name: str
+
+    @property
+    def weights(self) -> str:
+        """What its weights are computed in: "BF16", "F32", or the --quantize mode."""
+        return quantization_level(self.llm.model)
 
     def chat_ids(self, prompt: str) -> list[int]:
         """`prompt` as one user turn in the judge's chat template, ready for its reply."""
@@ -146,14 +153,26 @@ def check_memory(spec: str) -> None:
         )
 
 
+def judge_dtype(device: torch.device, quantize: str = "none") -> str | None:
+    """The judge's weights: bfloat16 where bfloat16 products are native (a GPU, a CPU with
+    AVX512-BF16 or AMX), since judging is all prompt reading, about twice as fast there as in
+    float32 (docs/judge.md: scores within about a point of float32's); otherwise as loaded
+    (float32 for every foreign format), and as loaded under --quantize."""
+    if quantize in (None, "none") and native_bf16(device):
+        return "bfloat16"
+    return None
+
+
 def load_judge(
     spec: str, device: str = "auto", dtype: str | None = None, quantize: str = "none"
 ) -> LocalJudge:
     """The judge `spec` names, loaded after checking it fits in memory; a model without a chat
     template (not an instruction model) is one GptlabError. `dtype` and `quantize` as for
-    gptlab.load (dtype None: float32 for every foreign format)."""
+    gptlab.load; dtype None: bfloat16 where its products are native (judge_dtype)."""
     path = judge_spec(spec)
     check_memory(path)
+    if dtype is None:
+        dtype = judge_dtype(pick_device(device), quantize)
     llm = load(path, device=device, dtype=dtype, quantize=quantize)
     llm.check_language_model()
     if not llm.tokenizer.chat_template:
@@ -314,7 +333,7 @@ def evaluate(config: JudgeConfig) -> dict[str, Any]:
     if config.protocol == "pairwise":
         return evaluate_pairwise(config, judge)
     protocol = PROTOCOL_RUNS[config.protocol]
-    judge_id = f"{judge.name} ({config.protocol})"
+    judge_id = f"{judge.name} ({config.protocol}, {judge.weights})"
 
     def scorer(path: Path) -> tuple[list[dict], list[dict]]:
         entries = load_responses(path)
@@ -325,7 +344,7 @@ def evaluate(config: JudgeConfig) -> dict[str, Any]:
 
         return entries, journaled(config.scores_path(path), keys, judge_id, run, config.batch_size)
 
-    return evaluate_responses(config, scorer, judge.name)
+    return evaluate_responses(config, scorer, judge.name, {"judge_weights": judge.weights})
 
 
 def evaluate_pairwise(config: JudgeConfig, judge: LocalJudge) -> dict[str, Any]:
@@ -351,6 +370,7 @@ def evaluate_pairwise(config: JudgeConfig, judge: LocalJudge) -> dict[str, Any]:
     results: dict[str, Any] = {
         "task": "evaluate",
         "judge": judge.name,
+        "judge_weights": judge.weights,
         "protocol": "pairwise",
         "responses": str(config.responses),
         "compare": {
