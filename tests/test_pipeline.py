@@ -76,6 +76,8 @@ def pipeline_args(out: Path, judge_url: str = DEAD, *extra: str) -> list[str]:
         judge_url,
         "--keep-checkpoints",  # the fault tests delete and resume checkpoints
         "1",
+        "--checkpoint-minutes",  # ... written at every evaluation
+        "0",
         "--bench-data",
         str(shared_bench_data()),
         *extra,
