@@ -129,7 +129,11 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.0, help="pairwise tie margin (nats)")
     parser.add_argument("--time-score", type=int, default=0, metavar="K")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None, help="the judge's weights (none: float32)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="the judge's weights (none: bfloat16 where native, judge_dtype)",
+    )
     parser.add_argument("--quantize", default="none", help="none, int8 or int4 (gptlab.load's)")
     args = parser.parse_args()
     entries = load_entries(None)
