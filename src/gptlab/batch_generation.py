@@ -27,9 +27,15 @@ import torch
 from gptlab import text as text_tokenizers
 from gptlab.cpu import decode as cpu_decode
 from gptlab.errors import GptlabError
-from gptlab.generation import ends_with_stop, sample_next, tokenizer_sampling, trim_at_stop
+from gptlab.generation import (
+    check_prompts,
+    ends_with_stop,
+    sample_next,
+    tokenizer_sampling,
+    trim_at_stop,
+)
 from gptlab.model import Decoder, KVCache
-from gptlab.scoring import common_prefix
+from gptlab.scoring import Prefix, common_prefix
 from gptlab.settings import Sampling
 
 SLACK = 64  # cache columns beyond the longest prompt plus answer: compactions are that rare
@@ -55,12 +61,14 @@ class _Batch:
     def free(self) -> list[int]:
         return [slot for slot, owner in enumerate(self.owner) if owner is None]
 
+    def held(self) -> list[int]:
+        return [slot for slot, owner in enumerate(self.owner) if owner is not None]
+
     def compact(self, keep_room: int) -> None:
         """Move every row left by the padding all held rows share (at most so far that
         `keep_room` columns stay before the end, for prompts still to come)."""
         c = self.cache
-        held = [slot for slot, owner in enumerate(self.owner) if owner is not None]
-        shift = min([int(c.n_pad[slot]) for slot in held] + [c.length - keep_room])
+        shift = min([int(c.n_pad[slot]) for slot in self.held()] + [c.length - keep_room])
         if shift <= 0:
             raise GptlabError("internal: a full generation cache with no room to compact")
         for kv in (c.k, c.v):
@@ -70,7 +78,7 @@ class _Batch:
 
     def shrink(self) -> None:
         """Drop the free slots (when no prompt is left to take them)."""
-        keep = [slot for slot, owner in enumerate(self.owner) if owner is not None]
+        keep = self.held()
         rows = torch.tensor(keep, device=self.cache.k.device)
         c = self.cache
         c.k, c.v, c.n_pad = c.k[:, rows], c.v[:, rows], c.n_pad[rows]
@@ -78,18 +86,9 @@ class _Batch:
         self.logits = self.logits[rows]
 
 
-def _prefix_cache(model: Decoder, prefix: list[int]) -> KVCache | None:
-    if not prefix:
-        return None
-    p = next(model.parameters())
-    cache = KVCache(model.cfg, 1, len(prefix), p.device, p.dtype)
-    model.hidden_states(torch.tensor([prefix], device=p.device), cache)
-    return cache
-
-
 def _admit(
     batch: _Batch,
-    prefix: KVCache | None,
+    prefix: Prefix,
     head: cpu_decode.Head,
     prompts: list[list[int]],
     slots: list[int],
@@ -97,15 +96,14 @@ def _admit(
     """Run `prompts` (each past the shared prefix) as one block and copy each one's keys and
     values into its slot, right-aligned at the cache's end; their next-token logits."""
     model, big = batch.model, batch.cache
-    n_prefix = prefix.length if prefix is not None else 0
+    n_prefix = len(prefix.tokens)
     tails = [p[n_prefix:] for p in prompts]
     lens = torch.tensor([len(t) for t in tails], device=big.k.device)
     width = int(lens.max())
     part = KVCache(model.cfg, len(prompts), n_prefix + width, big.k.device, big.k.dtype)
-    if prefix is not None:
-        part.k[:, :, :, :n_prefix] = prefix.k
-        part.v[:, :, :, :n_prefix] = prefix.v
-        part.length = n_prefix
+    part.k[:, :, :, :n_prefix] = prefix.cache.k[:, :, :, :n_prefix]
+    part.v[:, :, :, :n_prefix] = prefix.cache.v[:, :, :, :n_prefix]
+    part.length = n_prefix
     block = torch.zeros(len(prompts), width, dtype=torch.long)  # right-padded: never read
     for row, tail in enumerate(tails):
         block[row, : len(tail)] = torch.tensor(tail, dtype=torch.long)
@@ -121,15 +119,6 @@ def _admit(
         return head(last)
 
 
-def _check(model: Decoder, prompts: Sequence[Sequence[int]], slots: int) -> None:
-    if any(len(p) == 0 for p in prompts):
-        raise GptlabError("every prompt needs at least one token")
-    if model.cfg.n_classes is not None:
-        raise GptlabError("this model is a classifier; it cannot generate text")
-    if slots < 1:
-        raise GptlabError(f"slots must be at least 1, got {slots}")
-
-
 @torch.inference_mode()
 def generate_all(
     model: Decoder,
@@ -141,7 +130,9 @@ def generate_all(
 ) -> list[list[int]]:
     """New token ids for each prompt (stop ids excluded), `slots` generated at a time; each
     prompt keeps its last context_length - 1 tokens. `on_done(n)` hears of every n that end."""
-    _check(model, prompts, slots)
+    check_prompts(model, prompts, allow_none=True)
+    if slots < 1:
+        raise GptlabError(f"slots must be at least 1, got {slots}")
     if not prompts:
         return []
     s = tokenizer_sampling(s, tokenizer)
@@ -156,7 +147,7 @@ def generate_all(
     generator = None if s.seed is None else torch.Generator(device=device).manual_seed(s.seed)
     with cpu_decode.numpy_products(model):
         head = cpu_decode.head(model.out_head)
-        prefix = _prefix_cache(model, shared)
+        prefix = Prefix(model, shared)
         batch = _Batch(model, min(slots, len(todo)), width, longest)
         queue = list(range(len(todo)))[::-1]  # popped from the end: prompt order
         while True:
@@ -176,7 +167,7 @@ def generate_all(
             ended = _record(batch, nxt, todo, out, s, tok, ctx)
             if ended and on_done is not None:
                 on_done(ended)
-            if all(owner is None for owner in batch.owner):
+            if not batch.held():
                 continue
             if batch.cache.length == batch.cache.max_len:
                 batch.compact(max((len(todo[i]) for i in queue), default=0))
@@ -196,7 +187,7 @@ def _record(
 ) -> int:
     """Append each held row's new token to its output, freeing the slots whose row ended;
     how many ended."""
-    held = sum(owner is not None for owner in batch.owner)
+    held = len(batch.held())
     for slot, i in enumerate(batch.owner):
         if i is None:
             continue
@@ -209,7 +200,7 @@ def _record(
         done = len(out[i]) >= s.max_new_tokens or len(prompts[i]) + len(out[i]) > ctx
         if done or (s.stop_strings and ends_with_stop(tok, out[i], s.stop_strings)):
             batch.owner[slot] = None
-    return held - sum(owner is not None for owner in batch.owner)
+    return held - len(batch.held())
 
 
 def generate_all_text(

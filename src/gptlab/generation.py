@@ -116,6 +116,14 @@ def _prefill(
         return cache, head(last)
 
 
+def check_prompts(model: Decoder, prompts: Sequence[Sequence[int]], allow_none: bool) -> None:
+    """Refuse an empty prompt (or, unless `allow_none`, no prompt at all) and a classifier."""
+    if (not prompts and not allow_none) or any(len(p) == 0 for p in prompts):
+        raise GptlabError("every prompt needs at least one token")
+    if model.cfg.n_classes is not None:
+        raise GptlabError("this model is a classifier; it cannot generate text")
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: Decoder,
@@ -131,10 +139,7 @@ def generate_tokens(
     `tokenizer` (default GPT-2's) decodes for stop strings and gives the default stop ids."""
     s = tokenizer_sampling(s, tokenizer)
     tok = _tokenizer(tokenizer)
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise GptlabError("every prompt needs at least one token")
-    if model.cfg.n_classes is not None:
-        raise GptlabError("this model is a classifier; it cannot generate text")
+    check_prompts(model, prompts, allow_none=False)
     stats = stats if stats is not None else GenerationStats()
     ctx = model.cfg.context_length
     device = next(model.parameters()).device

@@ -334,13 +334,13 @@ class _TreeCache(KVCache):
             if parent >= 0:
                 depth[i] = depth[parent] + 1
                 ancestors[i] |= ancestors[parent]
-        self.tree_positions = torch.cat([torch.arange(start, context), context + depth])[None]
+        positions = torch.cat([torch.arange(start, context), context + depth])
         mask = torch.zeros(rest + n, context + n, dtype=torch.bool)
         mask[:rest, :context] = torch.ones(rest, context, dtype=torch.bool).tril(start)
         mask[rest:, :context] = True
         mask[rest:, context:] = ancestors
+        self.tree_positions = positions[None].to(p.device)
         self.tree_mask = mask[None, None].to(p.device)
-        self.tree_positions = self.tree_positions.to(p.device)
 
     def positions(self, n_new: int) -> torch.Tensor:
         return self.tree_positions
